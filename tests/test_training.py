@@ -1,0 +1,355 @@
+"""Real training on scikit-learn's bundled datasets: small models, few epochs, no mocks."""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from models import catalog
+from models.cnn import CNN, CNNConfig
+from models.datasets import load_dataset
+from models.registry import ACTIVATIONS, build_for_trial, build_model
+from worker.train import (
+    DeviceData,
+    Diverged,
+    Pruned,
+    TrialConfig,
+    TrialResult,
+    evaluate,
+    to_device,
+    train_trial,
+)
+
+CPU = torch.device("cpu")
+Reports = list[tuple[int, dict[str, float]]]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Small models train faster on one thread, and results do not depend on the core count."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+_DATA: dict[str, DeviceData] = {}
+
+
+def device_data(name: str) -> DeviceData:
+    """Each dataset loaded once for the whole file, as a worker does."""
+    if name not in _DATA:
+        _DATA[name] = to_device(load_dataset(name), CPU)
+    return _DATA[name]
+
+
+def make_config(
+    dataset: str = "digits",
+    model: str = "mlp",
+    objective: str = "val_accuracy",
+    direction: str = "maximize",
+    reduce: str = "best",
+    number: int = 0,
+    **values: Any,
+) -> TrialConfig:
+    spec = {"name": dataset, "options": {}, "val_fraction": 0.2, "split_seed": 0}
+    hparams = catalog.resolve_hyperparameters(model, values)
+    return TrialConfig(model, spec, hparams, objective, direction, reduce, number)
+
+
+def train(config: TrialConfig) -> tuple[TrialResult, Reports]:
+    reports: Reports = []
+    result = train_trial(
+        config, device_data(config.dataset["name"]), CPU, lambda e, m: reports.append((e, m))
+    )
+    return result, reports
+
+
+def without_time(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: v for k, v in metrics.items() if k != "epoch_seconds"}
+
+
+# -------------------------------------------------------------------------------------------
+# Datasets
+
+
+@pytest.mark.parametrize("name", sorted(catalog.DATASETS))
+def test_every_catalog_dataset_loads_standardized(name: str) -> None:
+    data = load_dataset(name)
+    task = catalog.DATASETS[name].task
+    assert data.task == task
+    assert data.X_train.dtype == data.X_val.dtype == np.float32
+    assert data.X_train.shape[1:] == data.input_shape
+    assert math.prod(data.input_shape) == data.n_features
+    flat = data.X_train.reshape(len(data.X_train), -1)
+    np.testing.assert_allclose(flat.mean(axis=0), 0, atol=1e-4)
+    expected = np.int64 if task == "classification" else np.float32
+    assert data.y_train.dtype == data.y_val.dtype == expected
+    if task == "classification":
+        assert data.n_outputs == len(np.unique(data.y_train))
+    else:
+        assert data.n_outputs == 1
+
+
+def test_split_is_fixed_by_seed_and_stratified() -> None:
+    a, b = load_dataset("iris"), load_dataset("iris")
+    np.testing.assert_array_equal(a.X_val, b.X_val)
+    assert not np.array_equal(a.X_val, load_dataset("iris", split_seed=1).X_val)
+    assert np.bincount(a.y_val).tolist() == [10, 10, 10]
+    assert len(load_dataset("iris", val_fraction=0.5).y_val) == 75
+
+
+def test_digits_image_is_digits_reshaped() -> None:
+    flat, image = load_dataset("digits"), load_dataset("digits_image")
+    assert image.input_shape == (1, 8, 8)
+    assert image.X_train.shape == (len(flat.X_train), 1, 8, 8)
+    np.testing.assert_array_equal(image.X_train.reshape(len(image.X_train), -1), flat.X_train)
+
+
+def test_regression_targets_standardized_with_original_scale_kept() -> None:
+    data = load_dataset("diabetes")
+    assert abs(float(data.y_train.mean())) < 1e-5
+    assert data.y_std > 1 and data.y_mean > 1  # diabetes progression is in the tens to hundreds
+
+
+def test_synthetic_options() -> None:
+    options: dict[str, int | float] = {
+        "n_samples": 200,
+        "n_features": 8,
+        "n_informative": 4,
+        "n_classes": 3,
+    }
+    data = load_dataset("synthetic", options)
+    assert data.input_shape == (8,) and data.n_outputs == 3
+    assert len(data.X_train) + len(data.X_val) == 200
+
+
+def test_synthetic_that_cannot_be_split_raises_value_error() -> None:
+    options: dict[str, int | float] = {"n_samples": 20, "n_classes": 10, "n_informative": 5}
+    with pytest.raises(ValueError):
+        load_dataset("synthetic", options)
+
+
+# -------------------------------------------------------------------------------------------
+# Models
+
+
+@pytest.mark.parametrize("model", sorted(catalog.MODELS))
+@pytest.mark.parametrize("activation", catalog.ACTIVATIONS)
+@pytest.mark.parametrize("batch_norm", [False, True])
+def test_every_catalog_model_and_activation_builds(
+    model: str, activation: str, batch_norm: bool
+) -> None:
+    values: dict[str, catalog.Scalar] = {
+        "activation": activation,
+        "batch_norm": batch_norm,
+        "dropout": 0.1,
+    }
+    hparams = catalog.resolve_hyperparameters(model, values)
+    net = build_model(model, (1, 8, 8), 10, hparams)
+    assert net(torch.randn(4, 1, 8, 8)).shape == (4, 10)
+
+
+def test_registry_activations_match_catalog() -> None:
+    assert set(ACTIVATIONS) == set(catalog.ACTIVATIONS)
+
+
+def test_cnn_stops_pooling_at_one_pixel() -> None:
+    net = CNN(CNNConfig(input_shape=(3, 2, 2), n_outputs=1, conv_layers=3, kernel_size=5))
+    pools = [m for m in net.features if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 1
+    assert net(torch.randn(2, 3, 2, 2)).shape == (2, 1)
+
+
+def test_cnn_rejects_flat_inputs() -> None:
+    with pytest.raises(ValueError, match="channels, height, width"):
+        build_model("cnn", (64,), 10, catalog.resolve_hyperparameters("cnn", {}))
+
+
+# -------------------------------------------------------------------------------------------
+# Training
+
+
+@pytest.fixture(scope="module")
+def digits_trial() -> tuple[TrialConfig, TrialResult, Reports]:
+    config = make_config(optimizer="adam", lr=1e-3, epochs=15)
+    result, reports = train(config)
+    return config, result, reports
+
+
+def test_digits_mlp_learns(digits_trial: tuple[TrialConfig, TrialResult, Reports]) -> None:
+    _, result, reports = digits_trial
+    assert result.value >= 0.95
+    assert [epoch for epoch, _ in reports] == list(range(1, 16))
+    assert set(reports[0][1]) == {*catalog.TASK_METRICS["classification"], "epoch_seconds", "lr"}
+
+
+def test_reduce_best_keeps_best_epoch(
+    digits_trial: tuple[TrialConfig, TrialResult, Reports],
+) -> None:
+    _, result, reports = digits_trial
+    accuracies = [m["val_accuracy"] for _, m in reports]
+    best = accuracies.index(max(accuracies))  # the first epoch reaching the best value
+    assert result.epoch == best + 1 and result.epochs_run == 15
+    assert result.value == accuracies[best]
+    assert result.metrics == reports[best][1]
+
+
+def test_kept_weights_reproduce_value(
+    digits_trial: tuple[TrialConfig, TrialResult, Reports],
+) -> None:
+    config, result, _ = digits_trial
+    model, data = build_for_trial(config.model, config.dataset, config.hparams)
+    model.load_state_dict(torch.load(io.BytesIO(result.state_dict), weights_only=True))
+    metrics = evaluate(model, to_device(data, CPU), data.task)
+    assert metrics["val_accuracy"] == pytest.approx(result.value, abs=1e-4)
+    assert metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
+
+
+def test_reduce_last_keeps_last_epoch() -> None:
+    config = make_config(
+        "iris", objective="val_loss", direction="minimize", reduce="last", epochs=4, batch_norm=True
+    )
+    result, reports = train(config)
+    assert result.epoch == result.epochs_run == 4
+    assert result.metrics == reports[-1][1]
+    model, data = build_for_trial(config.model, config.dataset, config.hparams)
+    model.load_state_dict(torch.load(io.BytesIO(result.state_dict), weights_only=True))
+    val_loss = evaluate(model, to_device(data, CPU), data.task)["val_loss"]
+    assert val_loss == pytest.approx(result.value, abs=1e-4)
+
+
+@pytest.mark.parametrize("optimizer", catalog.OPTIMIZERS)
+@pytest.mark.parametrize("activation", catalog.ACTIVATIONS)
+def test_every_optimizer_and_activation_trains(optimizer: str, activation: str) -> None:
+    config = make_config(
+        "iris",
+        optimizer=optimizer,
+        activation=activation,
+        epochs=1,
+        batch_size=32,
+        weight_decay=1e-4,
+        l1=1e-4,
+        clip_grad_norm=1.0,
+        dropout=0.1,
+        batch_norm=True,
+    )
+    result, reports = train(config)
+    assert result.epochs_run == 1 and len(reports) == 1
+    assert all(math.isfinite(v) for v in result.metrics.values())
+
+
+def test_cnn_on_digits_image_trains() -> None:
+    result, _ = train(
+        make_config("digits_image", "cnn", epochs=3, lr=3e-3, channels=8, fc_units=32)
+    )
+    assert result.value > 0.8
+
+
+def test_binary_breast_cancer_trains() -> None:
+    result, reports = train(make_config("breast_cancer", epochs=5))
+    assert result.value > 0.9
+    assert set(reports[0][1]) == {*catalog.TASK_METRICS["binary"], "epoch_seconds", "lr"}
+
+
+def test_regression_diabetes_trains() -> None:
+    config = make_config("diabetes", objective="val_r2", epochs=20, lr=3e-3)
+    result, reports = train(config)
+    assert result.value > 0.3
+    assert set(reports[0][1]) == {*catalog.TASK_METRICS["regression"], "epoch_seconds", "lr"}
+    assert 20 < result.metrics["val_mae"] < 100  # in the targets' units, not standardized
+
+
+def test_huge_learning_rate_diverges() -> None:
+    config = make_config(
+        optimizer="sgd",
+        lr=5.0,
+        epochs=3,
+        activation="leaky_relu",
+        hidden_layers=3,
+        hidden_units=128,
+    )
+    with pytest.raises(Diverged, match="non-finite loss at epoch 1"):
+        train(config)
+
+
+def test_pruned_from_report_propagates() -> None:
+    epochs: list[int] = []
+
+    def report(epoch: int, metrics: dict[str, float]) -> None:
+        epochs.append(epoch)
+        if epoch == 2:
+            raise Pruned
+
+    with pytest.raises(Pruned):
+        train_trial(make_config("iris", epochs=10), device_data("iris"), CPU, report)
+    assert epochs == [1, 2]
+
+
+def test_early_stopping_after_patience_epochs_without_improvement() -> None:
+    # A learning rate this small leaves the accuracy where it starts: no epoch improves.
+    result, reports = train(make_config("iris", lr=1e-9, epochs=50, patience=3))
+    assert result.epochs_run == 4 and len(reports) == 4
+    assert result.epoch == 1
+
+
+def test_same_seed_and_number_repeat_exactly() -> None:
+    def metrics(number: int) -> list[dict[str, float]]:
+        _, reports = train(make_config("wine", epochs=3, dropout=0.2, number=number))
+        return [without_time(m) for _, m in reports]
+
+    assert metrics(3) == metrics(3)
+    assert metrics(3) != metrics(4)
+
+
+@pytest.mark.parametrize("schedule", catalog.LR_SCHEDULES)
+def test_every_lr_schedule(schedule: str) -> None:
+    config = make_config(
+        "iris", lr=0.1, lr_schedule=schedule, lr_step_size=1, lr_gamma=0.5, epochs=3
+    )
+    _, reports = train(config)
+    lrs = [m["lr"] for _, m in reports]
+    expected = {
+        "none": [0.1, 0.1, 0.1],
+        "step": [0.1, 0.05, 0.025],
+        "exponential": [0.1, 0.05, 0.025],
+        "cosine": [
+            0.1,
+            0.1 * (1 + math.cos(math.pi / 3)) / 2,
+            0.1 * (1 + math.cos(2 * math.pi / 3)) / 2,
+        ],
+    }[schedule]
+    assert lrs == pytest.approx(expected)
+
+
+def test_synthetic_dataset_trains() -> None:
+    options = {
+        "n_samples": 300,
+        "n_features": 10,
+        "n_informative": 5,
+        "n_classes": 3,
+        "class_sep": 2.0,
+        "seed": 7,
+    }
+    config = make_config(epochs=5)
+    data = to_device(load_dataset("synthetic", options), CPU)
+    result = train_trial(config, data, CPU, lambda e, m: None)
+    assert result.value > 0.6
+
+
+def test_unreported_objective_is_rejected() -> None:
+    with pytest.raises(ValueError, match="val_r2"):
+        train(make_config("iris", objective="val_r2"))
+
+
+def test_single_sample_remainder_batch_with_batch_norm() -> None:
+    # iris trains on 120 samples: batches of 119 would leave one sample, which batch norm
+    # cannot normalize alone.
+    result, _ = train(make_config("iris", batch_size=119, batch_norm=True, epochs=1))
+    assert result.epochs_run == 1
