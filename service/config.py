@@ -1,0 +1,30 @@
+"""Server settings, read from SWEEP_* environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATA_DIR = Path("sweep-data")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SWEEP_", extra="ignore")
+
+    # Embedded default: a SQLite file in the data directory.
+    database_url: str = ""
+    data_dir: Path = DEFAULT_DATA_DIR
+    host: str = "127.0.0.1"
+    port: int = 8642
+    # Longest a worker's claim may wait server-side for work (long poll).
+    max_claim_wait_seconds: float = 30.0
+    # How often a waiting claim looks at the database again when nothing woke it.
+    claim_poll_seconds: float = 0.5
+    # Largest weights file a worker may upload.
+    max_weights_bytes: int = 512 * 1024 * 1024
+
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'sweep.db').resolve()}"

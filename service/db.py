@@ -1,0 +1,146 @@
+"""Engine, sessions and migrations.
+
+SQLite runs in WAL mode with a busy timeout; writing requests open their transaction with
+BEGIN IMMEDIATE so concurrent writers queue on the database lock instead of failing half way.
+PostgreSQL needs nothing special: claims lock rows with FOR UPDATE SKIP LOCKED.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+PG_MIGRATION_LOCK = 0x5_3E_E9  # advisory lock id: one process migrates at a time
+
+
+def is_sqlite(engine: Engine) -> bool:
+    return engine.dialect.name == "sqlite"
+
+
+def make_engine(url: str) -> Engine:
+    if url.startswith("sqlite"):
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(url, connect_args={"check_same_thread": False})
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves, below
+        cursor = dbapi_conn.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "IMMEDIATE")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+class Changes:
+    """Wakes claims waiting in this process when work may have become available.
+
+    Other API processes' changes are seen by polling; this only makes local ones immediate.
+    """
+
+    def __init__(self) -> None:
+        self.generation = 0
+        self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._lock = threading.Lock()
+
+    def notify(self) -> None:
+        with self._lock:
+            self.generation += 1
+            for loop, event in self._waiters:
+                loop.call_soon_threadsafe(event.set)
+
+    async def wait(self, since: int, timeout: float) -> None:
+        """Return after `timeout` seconds, or sooner once a change after `since` happens."""
+        waiter = (asyncio.get_running_loop(), asyncio.Event())
+        with self._lock:
+            if self.generation != since:
+                return
+            self._waiters.add(waiter)
+        try:
+            await asyncio.wait_for(waiter[1].wait(), timeout)
+        except TimeoutError:
+            pass
+        finally:
+            with self._lock:
+                self._waiters.discard(waiter)
+
+
+def notify_on_commit(session: Session) -> None:
+    """Wake waiting claims once this session's transaction commits."""
+    session.info["notify"] = True
+
+
+def on_rollback(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` if this session's transaction is rolled back."""
+    session.info.setdefault("on_rollback", []).append(callback)
+
+
+@dataclass
+class Database:
+    engine: Engine
+    writer: sessionmaker[Session]
+    reader: sessionmaker[Session]
+    changes: Changes = field(default_factory=Changes)
+
+    @classmethod
+    def connect(cls, url: str) -> Database:
+        engine = make_engine(url)
+        reader_bind = engine.execution_options(sqlite_begin="DEFERRED")
+        return cls(
+            engine=engine,
+            writer=sessionmaker(engine, expire_on_commit=False),
+            reader=sessionmaker(reader_bind, expire_on_commit=False),
+        )
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[Session]:
+        """One transaction: committed when the block ends, rolled back when it raises."""
+        factory = self.writer if write else self.reader
+        session = factory()
+        try:
+            with session.begin():
+                yield session
+        except BaseException:
+            for callback in session.info.get("on_rollback", []):
+                callback()
+            raise
+        finally:
+            session.close()
+        if session.info.get("notify"):
+            self.changes.notify()
+
+    def migrate(self) -> None:
+        """Bring the schema up to date (Alembic); safe to run from several processes."""
+        with self.engine.begin() as conn:
+            if not is_sqlite(self.engine):
+                conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": PG_MIGRATION_LOCK})
+            config = Config()
+            config.set_main_option("script_location", str(MIGRATIONS))
+            config.attributes["connection"] = conn
+            command.upgrade(config, "head")
+
+    def dispose(self) -> None:
+        self.engine.dispose()
