@@ -1,0 +1,292 @@
+"""Optuna behind a few verbs: ask, should_prune, and keeping each study in step with SQL.
+
+The only module of the service that imports optuna. Each experiment has an in-memory study
+built from its SQL rows on first use and brought up to date incrementally: trials created
+since it last looked (by number) and trials finished since it last looked (by finish_seq).
+Both counters only move under the experiment's row lock, so they commit in order and a
+watermark never skips a row. SQL stays the truth: a study can be dropped at any time and is
+rebuilt from the tables, which is what happens after a restart or a failed transaction.
+
+The sampler is re-created for every ask with seed = spec seed + trial number, so a trial's
+suggestion depends only on the history before it, never on which process asks or whether the
+server restarted in between.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
+from optuna.study import StudyDirection
+from optuna.trial import TrialState as OptunaState
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.db import on_rollback
+from service.errors import InvalidSpec
+from service.states import TrialState
+from service.tables import Experiment, Trial, TrialMetric
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
+    "tpe": optuna.samplers.TPESampler,
+    "random": optuna.samplers.RandomSampler,
+}
+SAMPLER_OPTIONS: dict[str, frozenset[str]] = {
+    "tpe": frozenset(
+        {
+            "n_startup_trials",
+            "n_ei_candidates",
+            "multivariate",
+            "group",
+            "constant_liar",
+            "consider_endpoints",
+            "prior_weight",
+        }
+    ),
+    "random": frozenset(),
+}
+PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
+    "none": optuna.pruners.NopPruner,
+    "median": optuna.pruners.MedianPruner,
+    "percentile": optuna.pruners.PercentilePruner,
+}
+PRUNER_OPTIONS: dict[str, frozenset[str]] = {
+    "none": frozenset(),
+    "median": frozenset({"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}),
+    "percentile": frozenset(
+        {"percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}
+    ),
+}
+FINAL_STATES = {
+    TrialState.COMPLETED: OptunaState.COMPLETE,
+    TrialState.PRUNED: OptunaState.PRUNED,
+    TrialState.FAILED: OptunaState.FAIL,
+    TrialState.CANCELLED: OptunaState.FAIL,
+}
+
+
+def distributions(search_space: dict[str, Any]) -> dict[str, BaseDistribution]:
+    """Optuna distributions for a spec's search space, in spec order."""
+    result: dict[str, BaseDistribution] = {}
+    for name, p in search_space.items():
+        if p["type"] == "float":
+            result[name] = FloatDistribution(p["low"], p["high"], log=p["log"], step=p["step"])
+        elif p["type"] == "int":
+            result[name] = IntDistribution(p["low"], p["high"], log=p["log"], step=p["step"])
+        else:
+            result[name] = CategoricalDistribution(p["choices"])
+    return result
+
+
+def make_sampler(spec: dict[str, Any], number: int = 0) -> optuna.samplers.BaseSampler:
+    sampler = spec["sampler"]
+    seed = None if sampler["seed"] is None else sampler["seed"] + number
+    return SAMPLERS[sampler["name"]](seed=seed, **sampler["options"])
+
+
+def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    return PRUNERS[spec["pruner"]["name"]](**spec["pruner"]["options"])
+
+
+def check_spec(spec: dict[str, Any]) -> None:
+    """Raise InvalidSpec unless the spec's sampler, pruner and search space are usable."""
+    _check_choice_and_options("sampler", spec["sampler"], SAMPLERS, SAMPLER_OPTIONS)
+    _check_choice_and_options("pruner", spec["pruner"], PRUNERS, PRUNER_OPTIONS)
+    for kind, build in (("sampler", make_sampler), ("pruner", make_pruner)):
+        try:
+            build(spec)
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpec(f"bad {kind} options: {exc}", field=f"{kind}.options") from exc
+    for name, p in spec["search_space"].items():
+        try:
+            distributions({name: p})
+        except (TypeError, ValueError) as exc:
+            raise InvalidSpec(str(exc), field=f"search_space.{name}") from exc
+
+
+def _check_choice_and_options(
+    kind: str, chosen: dict[str, Any], known: dict[str, Any], options: dict[str, frozenset[str]]
+) -> None:
+    if chosen["name"] not in known:
+        raise InvalidSpec(
+            f"unknown {kind} {chosen['name']!r}; known: {sorted(known)}", field=f"{kind}.name"
+        )
+    unknown = set(chosen["options"]) - options[chosen["name"]]
+    if unknown:
+        raise InvalidSpec(
+            f"unknown {kind} options {sorted(unknown)} for {chosen['name']!r}; "
+            f"known: {sorted(options[chosen['name']])}",
+            field=f"{kind}.options",
+        )
+
+
+@dataclass
+class _Study:
+    """One experiment's in-memory study and how far it has read the experiment's rows."""
+
+    study: optuna.Study
+    storage: optuna.storages.InMemoryStorage
+    study_id: int
+    spec: dict[str, Any]
+    dists: dict[str, BaseDistribution]
+    trial_count: int = 0  # trials (by number) already in the study
+    finish_seq: int = 0  # finishes already applied
+    trial_ids: dict[int, int] = field(default_factory=dict)  # trial number -> optuna trial id
+
+
+class Optimizer:
+    """The per-process cache of studies. Thread-safe: one lock per experiment."""
+
+    def __init__(self) -> None:
+        self._studies: dict[int, _Study] = {}
+        self._locks: dict[int, threading.Lock] = {}
+        self._guard = threading.Lock()
+
+    @contextmanager
+    def _study(self, session: Session, experiment: Experiment) -> Iterator[_Study]:
+        """The experiment's study, in step with everything committed, under its lock.
+
+        A transaction that fails after touching the study leaves it ahead of SQL, so the
+        study is dropped on rollback and rebuilt on next use.
+        """
+        with self._guard:
+            lock = self._locks.setdefault(experiment.id, threading.Lock())
+        with lock:
+            study = self._studies.get(experiment.id)
+            if study is None:
+                study = self._studies[experiment.id] = _new_study(experiment)
+            on_rollback(session, lambda: self.forget(experiment.id))
+            _catch_up(session, study, experiment.id)
+            yield study
+
+    def forget(self, experiment_id: int) -> None:
+        with self._guard:
+            self._studies.pop(experiment_id, None)
+
+    def ask(self, session: Session, experiment: Experiment, number: int) -> dict[str, Any]:
+        """Suggest the params of trial `number` from every trial before it."""
+        with self._study(session, experiment) as s:
+            if s.trial_count != number:
+                raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
+            s.study.sampler = make_sampler(s.spec, number)
+            trial = s.study.ask()
+            params = {name: _suggest(trial, name, dist) for name, dist in s.dists.items()}
+            s.trial_ids[number] = trial._trial_id
+            s.trial_count += 1
+            return params
+
+    def should_prune(
+        self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
+    ) -> bool:
+        """Whether the pruner stops `trial`, given its objective per epoch so far."""
+        with self._study(session, experiment) as s:
+            trial_id = s.trial_ids[trial.number]
+            for epoch, value in curve.items():
+                s.storage.set_trial_intermediate_value(trial_id, epoch, value)
+            return s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
+
+    def history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
+        """Every trial of the experiment as Optuna sees it."""
+        with self._study(session, experiment) as s:
+            return s.study.get_trials(deepcopy=True)
+
+
+def _new_study(experiment: Experiment) -> _Study:
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(
+        storage=storage,
+        sampler=make_sampler(experiment.spec),
+        pruner=make_pruner(experiment.spec),
+        direction=StudyDirection[experiment.direction.upper()],
+    )
+    return _Study(
+        study=study,
+        storage=storage,
+        study_id=storage.get_study_id_from_name(study.study_name),
+        spec=experiment.spec,
+        dists=distributions(experiment.spec["search_space"]),
+    )
+
+
+def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
+    created = session.scalars(
+        select(Trial)
+        .where(Trial.experiment_id == experiment_id, Trial.number >= s.trial_count)
+        .order_by(Trial.number)
+    ).all()
+    finished = session.scalars(
+        select(Trial)
+        .where(Trial.experiment_id == experiment_id, Trial.finish_seq > s.finish_seq)
+        .order_by(Trial.finish_seq)
+    ).all()
+    curves = _curves(session, [t.id for t in (*created, *finished)])
+    for trial in created:
+        _add_running(s, trial, curves.get(trial.id, {}))
+    for trial in finished:
+        _apply_finish(s, trial, curves.get(trial.id, {}))
+
+
+def _curves(session: Session, trial_ids: list[int]) -> dict[int, dict[int, float]]:
+    if not trial_ids:
+        return {}
+    rows = session.execute(
+        select(TrialMetric.trial_id, TrialMetric.epoch, TrialMetric.objective).where(
+            TrialMetric.trial_id.in_(set(trial_ids))
+        )
+    )
+    curves: dict[int, dict[int, float]] = {}
+    for trial_id, epoch, objective in rows:
+        if objective is not None and math.isfinite(objective):
+            curves.setdefault(trial_id, {})[epoch] = objective
+    return curves
+
+
+def _add_running(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
+    if trial.number != s.trial_count:
+        raise RuntimeError(f"trial #{trial.number} arrived before #{s.trial_count}")
+    template = optuna.trial.create_trial(
+        state=OptunaState.RUNNING,
+        params=trial.params,
+        distributions={name: s.dists[name] for name in trial.params},
+        intermediate_values=curve,
+    )
+    s.trial_ids[trial.number] = s.storage.create_new_trial(s.study_id, template_trial=template)
+    s.trial_count += 1
+
+
+def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
+    trial_id = s.trial_ids[trial.number]
+    for epoch, value in curve.items():
+        s.storage.set_trial_intermediate_value(trial_id, epoch, value)
+    state = FINAL_STATES[TrialState(trial.state)]
+    values: list[float] | None = None
+    if state == OptunaState.COMPLETE and trial.value is not None:
+        values = [trial.value]
+    elif state == OptunaState.PRUNED and curve:
+        values = [curve[max(curve)]]
+    s.storage.set_trial_state_values(trial_id, state, values)
+    s.finish_seq = max(s.finish_seq, trial.finish_seq or 0)
+
+
+def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:
+    if isinstance(dist, FloatDistribution):
+        return trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    if isinstance(dist, IntDistribution):
+        return trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    assert isinstance(dist, CategoricalDistribution)
+    return trial.suggest_categorical(name, dist.choices)

@@ -1,0 +1,274 @@
+"""Request and response bodies. Specs are validated here in shape; service.specs checks meaning."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
+Name = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class FloatParam(Strict):
+    type: Literal["float"]
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0)
+
+    @field_validator("high")
+    @classmethod
+    def _high_not_below_low(cls, high: float, info: ValidationInfo) -> float:
+        low = info.data.get("low")
+        if low is not None and high < low:
+            raise ValueError(f"high ({high}) must be >= low ({low})")
+        return high
+
+    @field_validator("log")
+    @classmethod
+    def _log_needs_positive_low(cls, log: bool, info: ValidationInfo) -> bool:
+        low = info.data.get("low")
+        if log and low is not None and low <= 0:
+            raise ValueError(f"log scale needs low > 0 (low is {low})")
+        return log
+
+    @field_validator("step")
+    @classmethod
+    def _step_not_with_log(cls, step: float | None, info: ValidationInfo) -> float | None:
+        if step is not None and info.data.get("log"):
+            raise ValueError("step cannot be combined with log scale")
+        return step
+
+
+class IntParam(Strict):
+    type: Literal["int"]
+    low: StrictInt
+    high: StrictInt
+    log: bool = False
+    step: StrictInt = Field(1, gt=0)
+
+    _high_not_below_low = field_validator("high")(FloatParam._high_not_below_low.__func__)  # type: ignore[attr-defined]
+    _log_needs_positive_low = field_validator("log")(FloatParam._log_needs_positive_low.__func__)  # type: ignore[attr-defined]
+
+    @field_validator("step")
+    @classmethod
+    def _step_one_with_log(cls, step: int, info: ValidationInfo) -> int:
+        if step != 1 and info.data.get("log"):
+            raise ValueError("step must be 1 with log scale")
+        return step
+
+
+class CategoricalParam(Strict):
+    type: Literal["categorical"]
+    choices: list[Scalar] = Field(min_length=1, max_length=1000)
+
+    @field_validator("choices")
+    @classmethod
+    def _distinct(cls, choices: list[Scalar]) -> list[Scalar]:
+        seen = [(type(c) is bool, c) for c in choices]
+        for i, key in enumerate(seen):
+            if key in seen[:i]:
+                raise ValueError(f"duplicate choice {choices[i]!r}")
+        return choices
+
+
+ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discriminator="type")]
+
+
+class DatasetSpec(Strict):
+    name: Name
+    options: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict)
+    val_fraction: float = Field(0.2, gt=0, lt=1)
+    split_seed: StrictInt = Field(0, ge=0)
+
+
+class Objective(Strict):
+    metric: Name
+    direction: Literal["maximize", "minimize"]
+    # Which epoch's value is the trial's: the best one (its weights are kept) or the last.
+    reduce: Literal["best", "last"] = "best"
+
+
+class SamplerSpec(Strict):
+    name: Name = "tpe"
+    seed: StrictInt | None = Field(None, ge=0, le=2**31 - 1)
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class PrunerSpec(Strict):
+    name: Name = "median"
+    options: dict[str, Any] = Field(default_factory=dict)
+
+
+class Budget(Strict):
+    n_trials: StrictInt = Field(gt=0, le=100_000)
+    max_concurrent: StrictInt = Field(4, gt=0, le=10_000)
+
+
+class ExperimentCreate(Strict):
+    name: Name
+    model: Name
+    dataset: DatasetSpec
+    objective: Objective
+    search_space: dict[str, ParamSpec] = Field(default_factory=dict, max_length=100)
+    fixed: dict[str, Scalar] = Field(default_factory=dict, max_length=100)
+    sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec(seed=None))
+    pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec())
+    budget: Budget
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset_by_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class TrialCounts(BaseModel):
+    running: int = 0
+    completed: int = 0
+    pruned: int = 0
+    failed: int = 0
+    cancelled: int = 0
+
+
+class ExperimentRead(BaseModel):
+    id: int
+    name: str
+    state: str
+    spec: dict[str, Any]
+    n_trials: int
+    max_concurrent: int
+    trials_created: int
+    counts: TrialCounts
+    best_value: float | None
+    best_trial_id: int | None
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class ExperimentPage(BaseModel):
+    items: list[ExperimentRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class MetricRead(BaseModel):
+    epoch: int
+    values: dict[str, float | None]
+    created_at: datetime
+
+
+class TrialRead(BaseModel):
+    id: int
+    experiment_id: int
+    number: int
+    state: str
+    params: dict[str, Any]
+    value: float | None
+    best_epoch: int | None
+    last_epoch: int
+    worker_id: int | None
+    failure_reason: str | None
+    failure_message: str | None
+    has_weights: bool
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class TrialDetail(TrialRead):
+    # Every hyperparameter the trial trained with: its params, the spec's fixed values, defaults.
+    config: dict[str, Any]
+    metrics: list[MetricRead]
+
+
+class TrialPage(BaseModel):
+    items: list[TrialRead]
+    total: int
+    limit: int
+    offset: int
+
+
+class BestTrials(BaseModel):
+    metric: str
+    direction: str
+    trials: list[TrialRead]
+
+
+class WorkerRegister(Strict):
+    name: Name
+    hostname: Annotated[str, Field(max_length=255)] = ""
+    device: Annotated[str, Field(min_length=1, max_length=64)] = "cpu"
+    pid: StrictInt | None = None
+
+
+class WorkerRead(BaseModel):
+    id: int
+    name: str
+    hostname: str
+    device: str
+    created_at: datetime
+    last_seen_at: datetime
+
+
+class ClaimRequest(Strict):
+    # Seconds the server may hold the request open waiting for work (long poll).
+    wait_seconds: float = Field(0.0, ge=0, le=3600)
+    experiment_id: StrictInt | None = None
+
+
+class Assignment(BaseModel):
+    """What a worker needs to run one trial."""
+
+    trial_id: int
+    experiment_id: int
+    number: int
+    model: str
+    dataset: dict[str, Any]
+    objective: dict[str, Any]
+    params: dict[str, Any]
+    config: dict[str, Any]
+
+
+class ReportIn(Strict):
+    epoch: StrictInt = Field(ge=1, le=1_000_000)
+    metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(max_length=100)
+
+
+class ReportOut(BaseModel):
+    action: Literal["continue", "prune", "stop"]
+    reason: str | None = None
+
+
+class CompleteIn(Strict):
+    value: float
+    epoch: StrictInt | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _finite(self) -> CompleteIn:
+        if not math.isfinite(self.value):
+            raise ValueError("value must be a finite number")
+        return self
+
+
+class FailIn(Strict):
+    reason: Literal["diverged", "error", "interrupted"]
+    message: Annotated[str, Field(max_length=20_000)] = ""

@@ -1,0 +1,104 @@
+"""What a spec means: its model, dataset, metric and hyperparameters must exist and fit together.
+
+Shape errors die in the schemas; this module checks the catalog and raises InvalidSpec naming
+the field, before anything is written.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models import catalog
+from service import optimizer
+from service.errors import InvalidSpec
+from service.schemas import CategoricalParam, ExperimentCreate, FloatParam, IntParam
+
+
+def normalize(spec: ExperimentCreate) -> dict[str, Any]:
+    """The spec as stored: validated against the catalog, every default spelled out."""
+    model = _known("model", spec.model, catalog.MODELS)
+    dataset = _known("dataset.name", spec.dataset.name, catalog.DATASETS)
+    if model.inputs == "image" and not dataset.image:
+        raise InvalidSpec(
+            f"model {model.name!r} needs image data; dataset {dataset.name!r} is not",
+            field="dataset.name",
+        )
+    _check_dataset_options(dataset, spec.dataset.options)
+    metrics = catalog.objective_metrics(dataset.task)
+    if spec.objective.metric not in metrics:
+        raise InvalidSpec(
+            f"dataset {dataset.name!r} ({dataset.task}) does not report "
+            f"{spec.objective.metric!r}; it reports {list(metrics)}",
+            field="objective.metric",
+        )
+    for name, param in spec.search_space.items():
+        _check_param(model, name, param)
+    for name, value in spec.fixed.items():
+        if name in spec.search_space:
+            raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
+        _check_value(model, name, value, f"fixed.{name}")
+    normalized = spec.model_dump(mode="json")
+    optimizer.check_spec(normalized)
+    return normalized
+
+
+def _known(field: str, name: str, known: dict[str, Any]) -> Any:
+    if name not in known:
+        raise InvalidSpec(
+            f"unknown {field.split('.')[0]} {name!r}; known: {sorted(known)}", field=field
+        )
+    return known[name]
+
+
+def _check_dataset_options(dataset: catalog.DatasetInfo, options: dict[str, float]) -> None:
+    for key, value in options.items():
+        field = f"dataset.options.{key}"
+        option = dataset.options.get(key)
+        if option is None:
+            known = sorted(dataset.options) or "none"
+            raise InvalidSpec(
+                f"unknown option {key!r} for {dataset.name!r}; known: {known}", field=field
+            )
+        if option.kind == "int" and not float(value).is_integer():
+            raise InvalidSpec(f"{key} must be an integer", field=field)
+        if not option.low <= value <= option.high:
+            raise InvalidSpec(f"{key} must be within [{option.low}, {option.high}]", field=field)
+    resolved = catalog.dataset_options(dataset.name, options)
+    if "n_informative" in resolved and resolved["n_informative"] > resolved["n_features"]:
+        raise InvalidSpec(
+            "n_informative must be <= n_features", field="dataset.options.n_informative"
+        )
+
+
+def _hyperparameter(model: catalog.ModelInfo, name: str, field: str) -> catalog.Hyperparameter:
+    hp = model.hyperparameters.get(name)
+    if hp is None:
+        raise InvalidSpec(
+            f"model {model.name!r} has no hyperparameter {name!r}; "
+            f"known: {sorted(model.hyperparameters)}",
+            field=field,
+        )
+    return hp
+
+
+def _check_param(
+    model: catalog.ModelInfo, name: str, param: FloatParam | IntParam | CategoricalParam
+) -> None:
+    field = f"search_space.{name}"
+    hp = _hyperparameter(model, name, field)
+    if isinstance(param, CategoricalParam):
+        for i, choice in enumerate(param.choices):
+            _check_value(model, name, choice, f"{field}.choices[{i}]")
+        return
+    if hp.kind in ("choice", "bool"):
+        raise InvalidSpec(f"{name!r} takes {hp.kind} values: use type categorical", field=field)
+    if hp.kind == "int" and isinstance(param, FloatParam):
+        raise InvalidSpec(f"{name!r} is an integer: use type int", field=f"{field}.type")
+    _check_value(model, name, param.low, f"{field}.low")
+    _check_value(model, name, param.high, f"{field}.high")
+
+
+def _check_value(model: catalog.ModelInfo, name: str, value: object, field: str) -> None:
+    problem = _hyperparameter(model, name, field).check(value)
+    if problem:
+        raise InvalidSpec(f"{name} {problem} (got {value!r})", field=field)
