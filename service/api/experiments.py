@@ -1,0 +1,97 @@
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query, Response, status
+from sqlalchemy.orm import Session
+
+from service import experiments, trials
+from service.api.deps import ExperimentDep, SessionDep
+from service.schemas import BestTrials, ExperimentCreate, ExperimentPage, ExperimentRead, TrialPage
+from service.states import ExperimentState, TrialState
+from service.tables import Experiment
+
+router = APIRouter(prefix="/experiments", tags=["experiments"])
+
+Limit = Annotated[int, Query(ge=1, le=1000)]
+Offset = Annotated[int, Query(ge=0)]
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_experiment(spec: ExperimentCreate, session: SessionDep) -> ExperimentRead:
+    """Submit an experiment; trials start as soon as a worker claims."""
+    return experiments.status(session, experiments.create(session, spec=spec))
+
+
+@router.get("")
+def list_experiments(
+    session: SessionDep,
+    state: ExperimentState | None = None,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> ExperimentPage:
+    """Experiments, newest first."""
+    return experiments.page(session, state=state, limit=limit, offset=offset)
+
+
+@router.get("/{experiment_id}")
+def get_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
+    """An experiment's spec, state, trial counts and best value."""
+    return experiments.status(session, experiment)
+
+
+@router.post("/{experiment_id}/pause")
+def pause_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
+    """Stop handing out new trials; running ones go on."""
+    return _move(session, experiment, ExperimentState.PAUSED)
+
+
+@router.post("/{experiment_id}/resume")
+def resume_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
+    """Hand out trials again."""
+    return _move(session, experiment, ExperimentState.RUNNING)
+
+
+@router.post("/{experiment_id}/cancel")
+def cancel_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
+    """End the experiment; running trials are told to stop at their next report."""
+    return _move(session, experiment, ExperimentState.CANCELLED)
+
+
+def _move(session: Session, experiment: Experiment, target: ExperimentState) -> ExperimentRead:
+    return experiments.status(session, experiments.transition(session, experiment.id, target))
+
+
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_experiment(experiment: ExperimentDep, session: SessionDep) -> Response:
+    """Delete an experiment with all its trials, metrics and weights."""
+    experiments.remove(session, experiment.id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
+@router.get("/{experiment_id}/trials")
+def list_trials(
+    experiment: ExperimentDep,
+    session: SessionDep,
+    state: TrialState | None = None,
+    sort: Literal["number", "objective"] = "number",
+    order: Literal["asc", "desc"] | None = None,
+    limit: Limit = 100,
+    offset: Offset = 0,
+) -> TrialPage:
+    """An experiment's trials, paged; sort=objective puts the best first unless order says."""
+    return trials.page(
+        session,
+        experiment=experiment,
+        state=state,
+        sort=sort,
+        order=order,
+        limit=limit,
+        offset=offset,
+    )
+
+
+@router.get("/{experiment_id}/best")
+def best_trials(
+    experiment: ExperimentDep, session: SessionDep, k: Annotated[int, Query(ge=1, le=1000)] = 1
+) -> BestTrials:
+    """The k best completed trials, best first."""
+    return trials.best(session, experiment=experiment, k=k)

@@ -1,0 +1,69 @@
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request, Response
+
+from service import trials
+from service.api.deps import OptimizerDep, SessionDep, SettingsDep, TrialDep
+from service.errors import TooLarge
+from service.schemas import CompleteIn, FailIn, ReportIn, ReportOut, TrialDetail, TrialRead
+
+router = APIRouter(prefix="/trials", tags=["trials"])
+
+
+@router.get("/{trial_id}")
+def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
+    """A trial's params, full config, state and per-epoch metrics."""
+    return trials.detail(session, trial)
+
+
+@router.get(
+    "/{trial_id}/model",
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def get_model(trial: TrialDep, session: SessionDep) -> Response:
+    """The trial's trained state_dict, for `model.load_state_dict(torch.load(f))`."""
+    return Response(
+        trials.weights(session, trial),
+        media_type="application/octet-stream",
+        headers={"Content-Disposition": f'attachment; filename="trial-{trial.id}.pt"'},
+    )
+
+
+@router.post("/{trial_id}/reports", tags=["worker protocol"])
+def report_epoch(
+    trial_id: int, body: ReportIn, session: SessionDep, optimizer: OptimizerDep
+) -> ReportOut:
+    """Record an epoch's metrics; the answer says continue, prune or stop."""
+    return trials.report(session, optimizer=optimizer, trial_id=trial_id, body=body)
+
+
+async def weights_body(request: Request, settings: SettingsDep) -> bytes:
+    """The raw request body, refused once it passes the configured size."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > settings.max_weights_bytes:
+            raise TooLarge(f"weights exceed {settings.max_weights_bytes} bytes")
+    return bytes(data)
+
+
+@router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"])
+def upload_weights(
+    trial_id: int, data: Annotated[bytes, Depends(weights_body)], session: SessionDep
+) -> Response:
+    """Store a running trial's state_dict (the raw bytes of torch.save)."""
+    trials.store_weights(session, trial_id=trial_id, data=data)
+    return Response(status_code=204)
+
+
+@router.post("/{trial_id}/complete", tags=["worker protocol"])
+def complete_trial(trial_id: int, body: CompleteIn, session: SessionDep) -> TrialRead:
+    """Finish a trial with its objective value."""
+    return trials.read(trials.complete(session, trial_id=trial_id, body=body))
+
+
+@router.post("/{trial_id}/fail", tags=["worker protocol"])
+def fail_trial(trial_id: int, body: FailIn, session: SessionDep) -> TrialRead:
+    """End a trial as failed: diverged, error (with its text) or interrupted."""
+    return trials.read(trials.fail(session, trial_id=trial_id, body=body))

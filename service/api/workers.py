@@ -1,0 +1,51 @@
+import time
+
+from fastapi import APIRouter, Response, status
+from starlette.concurrency import run_in_threadpool
+
+from service import trials, workers
+from service.api.deps import DatabaseDep, OptimizerDep, SessionDep, SettingsDep
+from service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
+
+router = APIRouter(prefix="/workers", tags=["worker protocol"])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def register_worker(body: WorkerRegister, session: SessionDep) -> WorkerRead:
+    """Register a worker process; its id goes with every claim."""
+    return workers.register(session, body=body)
+
+
+@router.post(
+    "/{worker_id}/claim",
+    response_model=Assignment,
+    responses={204: {"description": "no trial could start within wait_seconds"}},
+)
+async def claim_trial(
+    worker_id: int,
+    body: ClaimRequest,
+    db: DatabaseDep,
+    optimizer: OptimizerDep,
+    settings: SettingsDep,
+) -> Assignment | Response:
+    """Start the next trial, waiting up to wait_seconds for one to become available."""
+    deadline = time.monotonic() + min(body.wait_seconds, settings.max_claim_wait_seconds)
+    while True:
+        generation = db.changes.generation
+
+        def attempt() -> Assignment | None:
+            with db.transaction() as session:
+                return trials.claim(
+                    session,
+                    optimizer=optimizer,
+                    worker_id=worker_id,
+                    experiment_id=body.experiment_id,
+                )
+
+        assignment = await run_in_threadpool(attempt)
+        remaining = deadline - time.monotonic()
+        if assignment is not None:
+            return assignment
+        if remaining <= 0:
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
+        await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))

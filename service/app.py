@@ -1,0 +1,97 @@
+"""The FastAPI application: create_app() wires settings, database, optimizer and routes."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.api import experiments, health, trials, workers
+from service.config import Settings
+from service.db import Database
+from service.errors import SweepError
+from service.optimizer import Optimizer
+
+API_PREFIX = "/api/v1"
+log = logging.getLogger("sweep.service")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        db = Database.connect(settings.resolved_database_url())
+        db.migrate()
+        app.state.db = db
+        app.state.optimizer = Optimizer()
+        log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="Sweep",
+        summary="Hyperparameter sweeps: experiments over HTTP, trials run by PyTorch workers.",
+        version="0.1.0",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    for module in (health, experiments, trials, workers):
+        app.include_router(module.router, prefix=API_PREFIX)
+    _install_error_handlers(app)
+    return app
+
+
+def _error(
+    status: int, code: str, message: str, field: str | None = None, details: list[Any] | None = None
+) -> JSONResponse:
+    """Every error the API returns has this one shape."""
+    error: dict[str, Any] = {"code": code, "message": message}
+    if field:
+        error["field"] = field
+    if details:
+        error["details"] = details
+    return JSONResponse({"error": error}, status_code=status)
+
+
+def _field(loc: tuple[int | str, ...]) -> str:
+    """`('body', 'search_space', 'lr', 'float', 'high')` -> `search_space.lr.high`."""
+    parts = [str(p) for p in loc[1:] if p not in ("float", "int", "categorical")]
+    return ".".join(parts) or str(loc[0])
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(SweepError)
+    async def sweep_error(_: Request, exc: SweepError) -> JSONResponse:
+        return _error(exc.status_code, exc.code, exc.message, exc.field)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0]
+        if first.get("type") == "json_invalid":
+            return _error(400, "malformed_json", f"malformed JSON body: {first.get('msg')}")
+        details = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in errors]
+        message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
+        return _error(422, "invalid", message, details[0]["field"], details)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(OperationalError)
+    async def database_busy(_: Request, exc: OperationalError) -> JSONResponse:
+        log.warning("database unavailable: %s", exc.orig)
+        return _error(503, "unavailable", "the database is busy or unreachable; retry")
+
+    @app.exception_handler(Exception)
+    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return _error(500, "internal", "internal server error")

@@ -1,0 +1,116 @@
+"""Experiments: create, read, list, and the lifecycle (pause, resume, cancel, delete)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from service import specs
+from service.errors import NotFound
+from service.schemas import ExperimentCreate, ExperimentPage, ExperimentRead, TrialCounts
+from service.states import ExperimentState, check_experiment_transition
+from service.tables import Experiment, Trial, utcnow
+
+
+def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
+    normalized = specs.normalize(spec)
+    experiment = Experiment(
+        name=spec.name,
+        state=ExperimentState.RUNNING,
+        spec=normalized,
+        metric=spec.objective.metric,
+        direction=spec.objective.direction,
+        n_trials=spec.budget.n_trials,
+        max_concurrent=spec.budget.max_concurrent,
+        trial_count=0,
+        finish_seq=0,
+    )
+    session.add(experiment)
+    session.flush()
+    return experiment
+
+
+def get(session: Session, experiment_id: int) -> Experiment:
+    experiment = session.get(Experiment, experiment_id)
+    if experiment is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return experiment
+
+
+def lock(session: Session, experiment_id: int) -> Experiment:
+    """The experiment with its row locked until the transaction ends (waits for the lock)."""
+    experiment = session.scalars(
+        select(Experiment)
+        .where(Experiment.id == experiment_id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if experiment is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return experiment
+
+
+def counts(session: Session, experiment_ids: Sequence[int]) -> dict[int, TrialCounts]:
+    rows = session.execute(
+        select(Trial.experiment_id, Trial.state, func.count())
+        .where(Trial.experiment_id.in_(experiment_ids))
+        .group_by(Trial.experiment_id, Trial.state)
+    )
+    result = {experiment_id: TrialCounts() for experiment_id in experiment_ids}
+    for experiment_id, state, n in rows:
+        setattr(result[experiment_id], state, n)
+    return result
+
+
+def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
+    return ExperimentRead(
+        id=experiment.id,
+        name=experiment.name,
+        state=experiment.state,
+        spec=experiment.spec,
+        n_trials=experiment.n_trials,
+        max_concurrent=experiment.max_concurrent,
+        trials_created=experiment.trial_count,
+        counts=trial_counts,
+        best_value=experiment.best_value,
+        best_trial_id=experiment.best_trial_id,
+        created_at=experiment.created_at,
+        updated_at=experiment.updated_at,
+        finished_at=experiment.finished_at,
+    )
+
+
+def status(session: Session, experiment: Experiment) -> ExperimentRead:
+    return read(experiment, counts(session, [experiment.id])[experiment.id])
+
+
+def page(
+    session: Session, *, state: ExperimentState | None, limit: int, offset: int
+) -> ExperimentPage:
+    query = select(Experiment)
+    if state is not None:
+        query = query.where(Experiment.state == state)
+    total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
+    items = session.scalars(query.order_by(Experiment.id.desc()).limit(limit).offset(offset)).all()
+    all_counts = counts(session, [e.id for e in items])
+    return ExperimentPage(
+        items=[read(e, all_counts[e.id]) for e in items], total=total, limit=limit, offset=offset
+    )
+
+
+def transition(session: Session, experiment_id: int, target: ExperimentState) -> Experiment:
+    """Move an experiment to `target`; Conflict if its state machine does not allow it."""
+    experiment = lock(session, experiment_id)
+    check_experiment_transition(experiment.state, target)
+    experiment.state = target
+    if target in (ExperimentState.CANCELLED, ExperimentState.COMPLETED):
+        experiment.finished_at = utcnow()
+    session.flush()
+    return experiment
+
+
+def remove(session: Session, experiment_id: int) -> None:
+    lock(session, experiment_id)
+    session.execute(delete(Experiment).where(Experiment.id == experiment_id))
