@@ -1,0 +1,97 @@
+"""The worker's side of the HTTP protocol. The worker reaches the service only through this."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import httpx
+
+from worker.retry import RetryPolicy
+
+API = "/api/v1"
+RETRYABLE_STATUS = {502, 503, 504}
+log = logging.getLogger("sweep.worker")
+
+
+class ServiceError(Exception):
+    def __init__(self, status: int, body: str) -> None:
+        super().__init__(f"service answered {status}: {body}")
+        self.status = status
+
+
+class TrialGone(ServiceError):
+    """The trial is no longer running (finished elsewhere, deleted): stop it, report nothing."""
+
+
+class ServiceClient:
+    """Calls the service, retrying through restarts and network failures.
+
+    Every call is safe to repeat (the service records a repeated report or finish once), so a
+    call whose answer was lost is simply sent again.
+    """
+
+    def __init__(
+        self, base_url: str, *, http: httpx.Client | None = None, retry: RetryPolicy | None = None
+    ) -> None:
+        self.http = http or httpx.Client(base_url=base_url, timeout=httpx.Timeout(60.0))
+        self.retry = retry or RetryPolicy()
+
+    def register(self, name: str, hostname: str, device: str, pid: int) -> int:
+        body = {"name": name, "hostname": hostname, "device": device, "pid": pid}
+        worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
+        return int(worker["id"])
+
+    def claim(self, worker_id: int, wait_seconds: float) -> dict[str, Any] | None:
+        response = self._call(
+            "POST",
+            f"/workers/{worker_id}/claim",
+            json={"wait_seconds": wait_seconds},
+            timeout=wait_seconds + 30,
+        )
+        return None if response.status_code == 204 else dict(response.json())
+
+    def report(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        body = {"epoch": epoch, "metrics": metrics}
+        return dict(self._call("POST", f"/trials/{trial_id}/reports", json=body).json())
+
+    def upload_weights(self, trial_id: int, data: bytes) -> None:
+        self._call(
+            "PUT",
+            f"/trials/{trial_id}/weights",
+            content=data,
+            headers={"content-type": "application/octet-stream"},
+        )
+
+    def complete(self, trial_id: int, value: float, epoch: int) -> None:
+        self._call("POST", f"/trials/{trial_id}/complete", json={"value": value, "epoch": epoch})
+
+    def fail(self, trial_id: int, reason: str, message: str) -> None:
+        body = {"reason": reason, "message": message[-20_000:]}
+        self._call("POST", f"/trials/{trial_id}/fail", json=body)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        delays = self.retry.delays()
+        while True:
+            try:
+                response = self.http.request(method, API + path, **kwargs)
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            else:
+                if response.status_code < 400:
+                    return response
+                if response.status_code not in RETRYABLE_STATUS:
+                    raise _error(response)
+                problem = f"HTTP {response.status_code}"
+            delay = next(delays, None)
+            if delay is None:
+                raise ConnectionError(f"{method} {path}: gave up retrying ({problem})")
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
+            time.sleep(delay)
+
+
+def _error(response: httpx.Response) -> ServiceError:
+    if response.status_code in (404, 409) and "/trials/" in response.request.url.path:
+        return TrialGone(response.status_code, response.text)
+    return ServiceError(response.status_code, response.text)

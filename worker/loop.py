@@ -1,0 +1,178 @@
+"""The worker loop: claim -> train -> report -> finish, until told to stop."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from models.datasets import load_dataset
+from worker.client import ServiceClient, TrialGone
+from worker.train import (
+    DeviceData,
+    Diverged,
+    Pruned,
+    Stopped,
+    TrialConfig,
+    TrialResult,
+    to_device,
+    train_trial,
+)
+
+log = logging.getLogger("sweep.worker")
+DATASETS_KEPT = 4  # datasets held on the device at once, least recently used dropped first
+
+
+class Interrupted(Exception):
+    """The worker was asked to shut down in the middle of a trial."""
+
+
+@dataclass
+class WorkerOptions:
+    name: str
+    device: torch.device
+    wait_seconds: float = 20.0  # long poll per claim
+    max_trials: int | None = None  # exit after this many trials
+    exit_when_idle: float | None = None  # exit after this many seconds without work
+
+
+class Worker:
+    def __init__(self, client: ServiceClient, options: WorkerOptions) -> None:
+        self.client = client
+        self.options = options
+        self.stop = threading.Event()
+        self._data: OrderedDict[str, DeviceData] = OrderedDict()
+        self.trials_run = 0
+        self.busy = False  # inside a trial
+
+    def install_signal_handlers(self) -> None:
+        """SIGTERM/SIGINT: an idle worker exits at once; a busy one stops at the next epoch."""
+
+        def handle(*_: object) -> None:
+            self.stop.set()
+            if not self.busy:
+                raise SystemExit(0)
+
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, handle)
+
+    def run(self) -> int:
+        """Run trials until stopped, out of trials, or idle too long; returns trials run."""
+        worker_id = self.client.register(
+            self.options.name, socket.gethostname(), str(self.options.device), os.getpid()
+        )
+        log.info(
+            "worker %s registered as #%d on %s", self.options.name, worker_id, self.options.device
+        )
+        idle_since = time.monotonic()
+        while not self.stop.is_set() and not self._enough_trials():
+            assignment = self.client.claim(worker_id, self.options.wait_seconds)
+            if assignment is None:
+                if self._idle_too_long(idle_since):
+                    break
+                continue
+            self.busy = True
+            try:
+                self.run_trial(assignment)
+            finally:
+                self.busy = False
+            idle_since = time.monotonic()
+        return self.trials_run
+
+    def run_trial(self, assignment: dict[str, Any]) -> None:
+        """Train one claimed trial and tell the service how it ended. Never raises for the
+        trial's own failures: a diverged or crashing trial must not take the worker down."""
+        trial_id = assignment["trial_id"]
+        log.info(
+            "trial %d (#%d of experiment %d): %s",
+            trial_id,
+            assignment["number"],
+            assignment["experiment_id"],
+            assignment["params"],
+        )
+        self.trials_run += 1
+        try:
+            result = self._train(assignment)
+        except (Pruned, Stopped, TrialGone) as exc:
+            log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
+        except Interrupted:
+            self.client.fail(trial_id, "interrupted", "the worker was shut down")
+        except Diverged as exc:
+            self.client.fail(trial_id, "diverged", str(exc))
+        except Exception as exc:
+            log.exception("trial %d failed", trial_id)
+            self.client.fail(
+                trial_id, "error", f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5)
+            )
+        else:
+            self._finish(trial_id, result)
+
+    def _train(self, assignment: dict[str, Any]) -> TrialResult:
+        objective = assignment["objective"]
+        config = TrialConfig(
+            model=assignment["model"],
+            dataset=assignment["dataset"],
+            hparams=assignment["config"],
+            objective_metric=objective["metric"],
+            direction=objective["direction"],
+            reduce=objective["reduce"],
+            number=assignment["number"],
+        )
+        data = self._dataset(assignment["dataset"])
+
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            if self.stop.is_set():
+                raise Interrupted()
+            answer = self.client.report(assignment["trial_id"], epoch, metrics)
+            if answer["action"] == "prune":
+                raise Pruned(answer.get("reason") or "pruned")
+            if answer["action"] == "stop":
+                raise Stopped(answer.get("reason") or "stopped")
+
+        return train_trial(config, data, self.options.device, report)
+
+    def _finish(self, trial_id: int, result: TrialResult) -> None:
+        try:
+            self.client.upload_weights(trial_id, result.state_dict)
+            self.client.complete(trial_id, result.value, result.epoch)
+        except TrialGone as exc:
+            log.info("trial %d ended elsewhere: %s", trial_id, exc)
+        else:
+            log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
+
+    def _dataset(self, spec: dict[str, Any]) -> DeviceData:
+        """The dataset on the device, loaded once per worker and reused across trials."""
+        key = json.dumps(spec, sort_keys=True)
+        if key not in self._data:
+            dataset = load_dataset(
+                spec["name"], spec.get("options"), spec["val_fraction"], spec["split_seed"]
+            )
+            self._data[key] = to_device(dataset, self.options.device)
+            while len(self._data) > DATASETS_KEPT:
+                self._data.popitem(last=False)
+        self._data.move_to_end(key)
+        return self._data[key]
+
+    def _enough_trials(self) -> bool:
+        return self.options.max_trials is not None and self.trials_run >= self.options.max_trials
+
+    def _idle_too_long(self, idle_since: float) -> bool:
+        limit = self.options.exit_when_idle
+        return limit is not None and time.monotonic() - idle_since >= limit
+
+
+def pick_device(requested: str | None) -> torch.device:
+    """cuda when available, else cpu; an explicit request wins."""
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
