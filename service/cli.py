@@ -1,0 +1,284 @@
+"""The `sweep` command line: run the server and workers, submit and inspect experiments.
+
+The worker commands import torch lazily, so a server host runs `sweep server` without it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from service.client import DEFAULT_SERVER, ApiError, SweepClient
+
+app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
+console = Console()
+
+ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
+FINISHED = ("completed", "cancelled")
+
+
+def load_spec(path: Path) -> dict[str, Any]:
+    """A spec from a YAML or JSON file (JSON is YAML too)."""
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise typer.BadParameter(f"{path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise typer.BadParameter(f"{path} must hold a mapping")
+    return spec
+
+
+def _client(server: str) -> SweepClient:
+    return SweepClient(server)
+
+
+def _fail(exc: Exception) -> typer.Exit:
+    console.print(f"[red]error:[/red] {exc}")
+    return typer.Exit(1)
+
+
+@app.command()
+def server(
+    host: Annotated[str, typer.Option(envvar="SWEEP_HOST")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(envvar="SWEEP_PORT")] = 8642,
+    workers: Annotated[int, typer.Option(help="API processes")] = 1,
+    log_level: str = "info",
+) -> None:
+    """Run the API server (SQLite in ./sweep-data unless SWEEP_DATABASE_URL is set)."""
+    import uvicorn
+
+    uvicorn.run(
+        "service.app:create_app",
+        factory=True,
+        host=host,
+        port=port,
+        workers=workers,
+        log_level=log_level,
+    )
+
+
+@app.command()
+def worker(
+    server: ServerOpt = DEFAULT_SERVER,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, cuda:1, ...")] = None,
+    name: Annotated[str | None, typer.Option()] = None,
+    max_trials: Annotated[int | None, typer.Option(help="exit after this many trials")] = None,
+    exit_when_idle: Annotated[
+        float | None, typer.Option(help="exit after this many seconds without work")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+) -> None:
+    """Run a worker: claim trials from the server and train them."""
+    import logging
+    import socket
+
+    import torch
+
+    from worker.client import ServiceClient
+    from worker.loop import Worker, WorkerOptions, pick_device
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    options = WorkerOptions(
+        name=name or f"{socket.gethostname()}-{os.getpid()}",
+        device=pick_device(device),
+        max_trials=max_trials,
+        exit_when_idle=exit_when_idle,
+    )
+    runner = Worker(ServiceClient(server), options)
+    runner.install_signal_handlers()
+    runner.run()
+
+
+@app.command()
+def submit(spec_file: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Submit an experiment spec (YAML or JSON); prints its id."""
+    try:
+        experiment = _client(server).submit(load_spec(spec_file))
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted")
+
+
+@app.command("list")
+def list_experiments(server: ServerOpt = DEFAULT_SERVER, state: str | None = None) -> None:
+    """List experiments."""
+    page = _client(server).experiments(state=state)
+    table = Table("id", "name", "state", "progress", "best", "created")
+    for e in page["items"]:
+        done = e["trials_created"] - e["counts"]["running"]
+        table.add_row(
+            str(e["id"]),
+            e["name"],
+            e["state"],
+            f"{done}/{e['n_trials']}",
+            _fmt(e["best_value"]),
+            e["created_at"][:19],
+        )
+    console.print(table)
+
+
+@app.command()
+def status(
+    experiment_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    watch: Annotated[bool, typer.Option(help="follow until the experiment ends")] = False,
+) -> None:
+    """An experiment's state, trial counts per state and best value, with a progress bar."""
+    client = _client(server)
+    try:
+        experiment = follow(client, experiment_id) if watch else client.experiment(experiment_id)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(status_table(experiment))
+
+
+def status_table(e: dict[str, Any]) -> Table:
+    table = Table(title=f"experiment {e['id']}: {e['name']}", show_header=False)
+    table.add_row("state", e["state"])
+    table.add_row(
+        "objective", f"{e['spec']['objective']['direction']} {e['spec']['objective']['metric']}"
+    )
+    table.add_row("trials", f"{e['trials_created']} of {e['n_trials']} started")
+    for state, n in e["counts"].items():
+        table.add_row(f"  {state}", str(n))
+    table.add_row("best value", _fmt(e["best_value"]))
+    table.add_row("best trial", str(e["best_trial_id"] or "-"))
+    return table
+
+
+def follow(client: SweepClient, experiment_id: int, poll: float = 1.0) -> dict[str, Any]:
+    """Show a progress bar until the experiment completes or is cancelled."""
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} trials"),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        experiment = client.experiment(experiment_id)
+        bar = progress.add_task(experiment["name"], total=experiment["n_trials"], info="")
+        while True:
+            counts = experiment["counts"]
+            finished = experiment["trials_created"] - counts["running"]
+            info = (
+                f"running {counts['running']}  pruned {counts['pruned']}  failed "
+                f"{counts['failed']}  best {_fmt(experiment['best_value'])}"
+            )
+            progress.update(bar, completed=finished, info=info)
+            if experiment["state"] in FINISHED:
+                return experiment
+            time.sleep(poll)
+            experiment = client.experiment(experiment_id)
+
+
+@app.command()
+def best(
+    experiment_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    k: Annotated[int, typer.Option("-k", help="how many")] = 1,
+) -> None:
+    """The best trial (or the top k) with its params."""
+    try:
+        result = _client(server).best(experiment_id, k)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(best_table(result))
+
+
+def best_table(result: dict[str, Any]) -> Table:
+    table = Table(
+        "rank",
+        "trial",
+        "#",
+        result["metric"],
+        "epoch",
+        "params",
+        title=f"best by {result['direction']} {result['metric']}",
+    )
+    for rank, t in enumerate(result["trials"], 1):
+        table.add_row(
+            str(rank),
+            str(t["id"]),
+            str(t["number"]),
+            _fmt(t["value"]),
+            str(t["best_epoch"]),
+            json.dumps(t["params"]),
+        )
+    return table
+
+
+@app.command()
+def download(trial_id: int, output: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Save a trial's trained weights (a state_dict) to OUTPUT."""
+    try:
+        _client(server).download_model(trial_id, output)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"weights of trial {trial_id} saved to {output}")
+
+
+def _control(action: str) -> None:
+    def command(experiment_id: int, server: ServerOpt = DEFAULT_SERVER) -> None:
+        try:
+            experiment = _client(server).control(experiment_id, action)
+        except ApiError as exc:
+            raise _fail(exc) from exc
+        console.print(f"experiment {experiment_id} is {experiment['state']}")
+
+    command.__doc__ = f"{action.capitalize()} an experiment."
+    app.command(action)(command)
+
+
+for _action in ("pause", "resume", "cancel"):
+    _control(_action)
+
+
+@app.command()
+def delete(experiment_id: int, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Delete an experiment with its trials and weights."""
+    try:
+        _client(server).delete(experiment_id)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"experiment {experiment_id} deleted")
+
+
+@app.command()
+def demo(
+    directory: Annotated[Path, typer.Option("--dir", help="where the demo keeps its files")] = Path(
+        "sweep-demo"
+    ),
+    port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
+    workers: int = 2,
+    spec_file: Annotated[Path | None, typer.Option("--spec")] = None,
+) -> None:
+    """Start a server on SQLite and local workers, run the digits example, show the best."""
+    from service.demo import run_demo
+
+    raise typer.Exit(run_demo(directory, port=port, n_workers=workers, spec_file=spec_file))
+
+
+def _params(params: dict[str, Any]) -> str:
+    return "  ".join(
+        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
+    )
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,92 @@
+"""`sweep demo`: a server on the embedded SQLite default, local workers, the digits example."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from service import cli
+from service.client import SweepClient
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-mlp.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until_up(client: SweepClient, server: subprocess.Popen[bytes], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the server exited with code {server.returncode}")
+        try:
+            client.health()
+            return
+        except Exception:
+            time.sleep(0.2)
+    raise RuntimeError(f"the server did not answer within {timeout:.0f}s")
+
+
+def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | None) -> int:
+    directory.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    url = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "SWEEP_DATA_DIR": str(directory.resolve())}
+    env.pop("SWEEP_DATABASE_URL", None)
+    processes: list[subprocess.Popen[bytes]] = []
+
+    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+        out = (directory / log).open("wb")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.cli", *args],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        processes.append(process)
+        return process
+
+    try:
+        cli.console.print(f"starting the server at {url} (SQLite in {directory}/)")
+        server = start(["server", "--port", str(port), "--log-level", "warning"], "server.log")
+        client = SweepClient(url)
+        wait_until_up(client, server, timeout=60)
+        for i in range(n_workers):
+            start(
+                ["worker", "--server", url, "--threads", "1", "--name", f"demo-{i}"],
+                f"worker-{i}.log",
+            )
+        cli.console.print(f"started {n_workers} workers (logs in {directory}/)")
+        experiment = client.submit(cli.load_spec(spec_file or EXAMPLE))
+        cli.console.print(f"submitted experiment {experiment['id']} ({experiment['name']})")
+        experiment = cli.follow(client, experiment["id"], poll=0.5)
+        cli.console.print(cli.status_table(experiment))
+        best = client.best(experiment["id"], k=3)
+        cli.console.print(cli.best_table(best))
+        if not best["trials"]:
+            cli.console.print("[red]no trial completed[/red]; see the worker logs")
+            return 1
+        top = best["trials"][0]
+        weights = client.download_model(top["id"], directory / f"best-trial-{top['id']}.pt")
+        cli.console.print(
+            f"best trial {top['id']}: {best['metric']} = {top['value']:.4f}\n"
+            f"its weights: {weights} (also at {url}/api/v1/trials/{top['id']}/model)\n"
+            f"load them: model, data = models.registry.build_for_trial(model, dataset, "
+            f"params | fixed); model.load_state_dict(torch.load('{weights}'))"
+        )
+        return 0
+    finally:
+        for process in reversed(processes):
+            process.terminate()
+        for process in processes:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
