@@ -6,7 +6,6 @@ The worker commands import torch lazily, so a server host runs `sweep server` wi
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -63,6 +62,7 @@ def server(
         port=port,
         workers=workers,
         log_level=log_level,
+        timeout_graceful_shutdown=5,  # long-polled claims must not hold a shutdown
     )
 
 
@@ -78,26 +78,16 @@ def worker(
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
 ) -> None:
     """Run a worker: claim trials from the server and train them."""
-    import logging
-    import socket
+    from worker.main import run_worker  # torch is needed here only, not on a server host
 
-    import torch
-
-    from worker.client import ServiceClient
-    from worker.loop import Worker, WorkerOptions, pick_device
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    if threads:
-        torch.set_num_threads(threads)
-    options = WorkerOptions(
-        name=name or f"{socket.gethostname()}-{os.getpid()}",
-        device=pick_device(device),
+    run_worker(
+        server,
+        device=device,
+        name=name,
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
+        threads=threads,
     )
-    runner = Worker(ServiceClient(server), options)
-    runner.install_signal_handlers()
-    runner.run()
 
 
 @app.command()

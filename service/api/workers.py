@@ -1,6 +1,6 @@
 import time
 
-from fastapi import APIRouter, Response, status
+from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service import trials, workers
@@ -24,6 +24,7 @@ def register_worker(body: WorkerRegister, session: SessionDep) -> WorkerRead:
 async def claim_trial(
     worker_id: int,
     body: ClaimRequest,
+    request: Request,
     db: DatabaseDep,
     optimizer: OptimizerDep,
     settings: SettingsDep,
@@ -49,3 +50,5 @@ async def claim_trial(
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))
+        if await request.is_disconnected():  # the worker went away: hand it nothing
+            return Response(status_code=status.HTTP_204_NO_CONTENT)
