@@ -25,6 +25,15 @@ class SweepClient:
     def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 30.0) -> None:
         self.http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", timeout=timeout)
 
+    def __enter__(self) -> SweepClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.http.close()
+
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         response = self.http.request(method, path, **kwargs)
         if response.status_code >= 400:

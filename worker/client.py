@@ -35,7 +35,8 @@ class ServiceClient:
     def __init__(
         self, base_url: str, *, http: httpx.Client | None = None, retry: RetryPolicy | None = None
     ) -> None:
-        self.http = http or httpx.Client(base_url=base_url, timeout=httpx.Timeout(60.0))
+        # The read timeout outlasts the longest claim the server holds open (30 s by default).
+        self.http = http or httpx.Client(base_url=base_url, timeout=httpx.Timeout(10.0, read=90))
         self.retry = retry or RetryPolicy()
 
     def register(self, name: str, hostname: str, device: str, pid: int) -> int:
@@ -44,12 +45,8 @@ class ServiceClient:
         return int(worker["id"])
 
     def claim(self, worker_id: int, wait_seconds: float) -> dict[str, Any] | None:
-        response = self._call(
-            "POST",
-            f"/workers/{worker_id}/claim",
-            json={"wait_seconds": wait_seconds},
-            timeout=wait_seconds + 30,
-        )
+        body = {"wait_seconds": wait_seconds}
+        response = self._call("POST", f"/workers/{worker_id}/claim", json=body)
         return None if response.status_code == 204 else dict(response.json())
 
     def report(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:

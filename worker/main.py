@@ -1,0 +1,36 @@
+"""Start a worker process: pick the device, set threads, run the loop until stopped."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+
+import torch
+
+from worker.client import ServiceClient
+from worker.loop import Worker, WorkerOptions, pick_device
+
+
+def run_worker(
+    server: str,
+    *,
+    device: str | None = None,
+    name: str | None = None,
+    max_trials: int | None = None,
+    exit_when_idle: float | None = None,
+    threads: int | None = None,
+) -> int:
+    """Run trials from `server` until SIGTERM; returns how many trials ran."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    if threads:
+        torch.set_num_threads(threads)
+    options = WorkerOptions(
+        name=name or f"{socket.gethostname()}-{os.getpid()}",
+        device=pick_device(device),
+        max_trials=max_trials,
+        exit_when_idle=exit_when_idle,
+    )
+    runner = Worker(ServiceClient(server), options)
+    runner.install_signal_handlers()
+    return runner.run()
