@@ -43,13 +43,13 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
     processes: list[subprocess.Popen[bytes]] = []
 
     def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
-        out = (directory / log).open("wb")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "service.cli", *args],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+        with (directory / log).open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "service.cli", *args],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         processes.append(process)
         return process
 

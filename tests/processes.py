@@ -1,0 +1,107 @@
+"""Real server and worker processes for end-to-end tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    """Run `python ARGS` with its output in log_path."""
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+        )
+
+
+class ServerProcess:
+    """`sweep server` in a subprocess; can be killed and started again on the same port."""
+
+    def __init__(self, database_url: str, log_dir: Path, port: int | None = None) -> None:
+        self.database_url = database_url
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_dir = log_dir
+        self.process: subprocess.Popen[bytes] | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60.0) -> None:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self.starts += 1
+        env = {
+            **os.environ,
+            "SWEEP_DATABASE_URL": self.database_url,
+            "SWEEP_CLAIM_POLL_SECONDS": "0.1",
+        }
+        command = [
+            "-m",
+            "service.cli",
+            "server",
+            "--port",
+            str(self.port),
+            "--log-level",
+            "warning",
+        ]
+        self.process = spawn(command, self.log_dir / f"server-{self.starts}.log", env)
+        self._wait_healthy(timeout)
+
+    def _wait_healthy(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early; see {self.log_dir}")
+            try:
+                if httpx.get(f"{self.url}/api/v1/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError("server did not become healthy")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs, as when a host dies."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait()
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def start_worker(server_url: str, log_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+    """`sweep worker` in a subprocess, one torch thread (the test machine has two cores)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    command = ["-m", "service.cli", "worker", "--server", server_url, "--threads", "1"]
+    return spawn([*command, "--name", name, *args], log_dir / f"{name}.log", dict(os.environ))
+
+
+def stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:
+    for worker in workers:
+        if worker.poll() is None:
+            worker.send_signal(signal.SIGTERM)
+    for worker in workers:
+        try:
+            worker.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
