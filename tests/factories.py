@@ -1,0 +1,42 @@
+"""Plain factory functions for test data."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+DIGITS_SPEC: dict[str, Any] = {
+    "name": "digits-mlp",
+    "model": "mlp",
+    "dataset": "digits",
+    "objective": {"metric": "val_accuracy", "direction": "maximize"},
+    "search_space": {
+        "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+        "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128]},
+        "optimizer": {
+            "type": "categorical",
+            "choices": ["sgd", "momentum", "adam", "adamw", "rmsprop"],
+        },
+        "activation": {
+            "type": "categorical",
+            "choices": ["relu", "sigmoid", "tanh", "gelu", "leaky_relu"],
+        },
+        "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+        "hidden_units": {"type": "int", "low": 32, "high": 256, "log": True},
+    },
+    "fixed": {"epochs": 20},
+    "sampler": {"name": "tpe", "seed": 1},
+    "pruner": {"name": "median"},
+    "budget": {"n_trials": 30, "max_concurrent": 4},
+}
+
+
+def make_spec(**overrides: Any) -> dict[str, Any]:
+    """The issue's digits example, with top-level keys replaced by `overrides`."""
+    spec = copy.deepcopy(DIGITS_SPEC)
+    spec.update(copy.deepcopy(overrides))
+    return spec
+
+
+def budget(n_trials: int, max_concurrent: int = 4) -> dict[str, int]:
+    return {"n_trials": n_trials, "max_concurrent": max_concurrent}

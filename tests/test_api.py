@@ -1,0 +1,264 @@
+"""The API contract, run on SQLite and on PostgreSQL against the real app."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from tests.factories import budget, make_spec
+
+API = "/api/v1"
+
+
+def create(client: TestClient, **overrides: Any) -> dict[str, Any]:
+    response = client.post(f"{API}/experiments", json=make_spec(**overrides))
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+def register(client: TestClient, name: str = "w") -> int:
+    return int(client.post(f"{API}/workers", json={"name": name}).json()["id"])
+
+
+def claim(client: TestClient, worker: int, **body: Any) -> dict[str, Any] | None:
+    response = client.post(f"{API}/workers/{worker}/claim", json=body)
+    assert response.status_code in (200, 204), response.text
+    return None if response.status_code == 204 else dict(response.json())
+
+
+def report(client: TestClient, trial_id: int, epoch: int, accuracy: float) -> dict[str, Any]:
+    metrics = {"val_accuracy": accuracy, "val_loss": 1 - accuracy, "train_loss": 0.5}
+    response = client.post(
+        f"{API}/trials/{trial_id}/reports", json={"epoch": epoch, "metrics": metrics}
+    )
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def run_trial(client: TestClient, worker: int, curve: list[float]) -> dict[str, Any]:
+    assignment = claim(client, worker)
+    assert assignment is not None
+    for epoch, value in enumerate(curve, 1):
+        report(client, assignment["trial_id"], epoch, value)
+    response = client.post(
+        f"{API}/trials/{assignment['trial_id']}/complete",
+        json={"value": max(curve), "epoch": curve.index(max(curve)) + 1},
+    )
+    assert response.status_code == 200, response.text
+    return assignment
+
+
+def test_submitted_spec_is_stored_with_defaults(client: TestClient) -> None:
+    experiment = create(client)
+    assert experiment["state"] == "running"
+    assert experiment["spec"]["dataset"] == {
+        "name": "digits",
+        "options": {},
+        "val_fraction": 0.2,
+        "split_seed": 0,
+    }
+    assert experiment["spec"]["objective"]["reduce"] == "best"
+    assert experiment["counts"] == {
+        "running": 0,
+        "completed": 0,
+        "pruned": 0,
+        "failed": 0,
+        "cancelled": 0,
+    }
+    again = client.get(f"{API}/experiments/{experiment['id']}").json()
+    assert again["spec"] == experiment["spec"]
+    listed = client.get(f"{API}/experiments").json()
+    assert [e["id"] for e in listed["items"]] == [experiment["id"]]
+
+
+def test_trial_lifecycle_from_claim_to_weights(client: TestClient) -> None:
+    experiment = create(client, budget=budget(2))
+    worker = register(client)
+    assignment = claim(client, worker)
+    assert assignment is not None
+    assert set(assignment["params"]) == set(make_spec()["search_space"])
+    assert assignment["config"]["epochs"] == 20  # fixed values reach the worker
+    assert assignment["config"]["hidden_layers"] == 2  # and so do defaults
+    trial_id = assignment["trial_id"]
+    for epoch, accuracy in enumerate([0.5, 0.7, 0.9], 1):
+        assert report(client, trial_id, epoch, accuracy)["action"] == "continue"
+    assert client.put(f"{API}/trials/{trial_id}/weights", content=b"weights").status_code == 204
+    done = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.9, "epoch": 3})
+    assert done.json()["state"] == "completed"
+
+    detail = client.get(f"{API}/trials/{trial_id}").json()
+    assert [m["epoch"] for m in detail["metrics"]] == [1, 2, 3]
+    assert detail["metrics"][2]["values"]["val_accuracy"] == 0.9
+    assert detail["params"] == assignment["params"]
+    assert client.get(f"{API}/trials/{trial_id}/model").content == b"weights"
+    status = client.get(f"{API}/experiments/{experiment['id']}").json()
+    assert status["counts"]["completed"] == 1
+    assert (status["best_value"], status["best_trial_id"]) == (0.9, trial_id)
+
+
+def test_budget_and_concurrency_limits(client: TestClient) -> None:
+    experiment = create(client, budget=budget(3, max_concurrent=2))
+    workers = [register(client, f"w{i}") for i in range(4)]
+    first, second = claim(client, workers[0]), claim(client, workers[1])
+    assert first and second
+    assert claim(client, workers[2]) is None  # two running: no third
+    client.post(f"{API}/trials/{first['trial_id']}/complete", json={"value": 0.5})
+    third = claim(client, workers[2])
+    assert third is not None and third["number"] == 2
+    assert claim(client, workers[3]) is None  # budget spent
+    for trial in (second, third):
+        client.post(f"{API}/trials/{trial['trial_id']}/complete", json={"value": 0.6})
+    status = client.get(f"{API}/experiments/{experiment['id']}").json()
+    assert status["state"] == "completed"
+    assert status["trials_created"] == 3
+
+
+def test_a_worker_asking_again_gets_the_trial_it_holds(client: TestClient) -> None:
+    create(client, budget=budget(5))
+    worker = register(client)
+    first = claim(client, worker)
+    again = claim(client, worker)
+    assert first and again and first["trial_id"] == again["trial_id"]
+
+
+def test_pause_resume_cancel(client: TestClient) -> None:
+    experiment = create(client, budget=budget(10))
+    eid = experiment["id"]
+    worker, other = register(client), register(client, "other")
+    running = claim(client, worker)
+    assert running is not None
+    assert client.post(f"{API}/experiments/{eid}/pause").json()["state"] == "paused"
+    assert claim(client, other) is None
+    assert report(client, running["trial_id"], 1, 0.5)["action"] == "continue"
+    assert client.post(f"{API}/experiments/{eid}/resume").json()["state"] == "running"
+    assert claim(client, other) is not None
+    assert client.post(f"{API}/experiments/{eid}/cancel").json()["state"] == "cancelled"
+    answer = report(client, running["trial_id"], 2, 0.6)
+    assert answer["action"] == "stop"
+    trial = client.get(f"{API}/trials/{running['trial_id']}").json()
+    assert trial["state"] == "cancelled"
+    late = client.post(
+        f"{API}/workers/{register(client, 'late')}/claim", json={"experiment_id": eid}
+    )
+    assert late.status_code == 409
+    assert client.post(f"{API}/experiments/{eid}/resume").status_code == 409
+
+
+def test_reports_to_finished_trials_conflict_and_repeats_are_harmless(client: TestClient) -> None:
+    create(client, budget=budget(3))
+    worker = register(client)
+    assignment = run_trial(client, worker, [0.4, 0.6])
+    trial_id = assignment["trial_id"]
+    again = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.6, "epoch": 2})
+    assert again.status_code == 200  # the same completion, retried
+    late = client.post(
+        f"{API}/trials/{trial_id}/reports", json={"epoch": 3, "metrics": {"val_accuracy": 0.7}}
+    )
+    assert late.status_code == 409
+    other = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.1})
+    assert other.status_code == 409
+    detail = client.get(f"{API}/trials/{trial_id}").json()
+    assert (detail["value"], len(detail["metrics"])) == (0.6, 2)
+
+    second = claim(client, worker)
+    assert second is not None
+    report(client, second["trial_id"], 1, 0.3)
+    assert report(client, second["trial_id"], 1, 0.3)["action"] == "continue"  # retried
+    gap = client.post(
+        f"{API}/trials/{second['trial_id']}/reports",
+        json={"epoch": 5, "metrics": {"val_accuracy": 0.3}},
+    )
+    assert gap.status_code == 409
+    assert len(client.get(f"{API}/trials/{second['trial_id']}").json()["metrics"]) == 1
+
+
+def test_median_pruner_stops_a_bad_trial(client: TestClient) -> None:
+    create(
+        client, budget=budget(3, 1), pruner={"name": "median", "options": {"n_startup_trials": 1}}
+    )
+    worker = register(client)
+    run_trial(client, worker, [0.8, 0.9, 0.95])
+    bad = claim(client, worker)
+    assert bad is not None
+    answer = report(client, bad["trial_id"], 1, 0.1)
+    assert answer["action"] == "prune"
+    trial = client.get(f"{API}/trials/{bad['trial_id']}").json()
+    assert (trial["state"], trial["value"]) == ("pruned", 0.1)
+
+
+def test_trial_list_pages_filters_and_sorts(client: TestClient) -> None:
+    experiment = create(client, budget=budget(6, 1))
+    eid = experiment["id"]
+    worker = register(client)
+    values = [0.3, 0.9, 0.1, 0.7, 0.5]
+    for value in values:
+        run_trial(client, worker, [value])
+    failed = claim(client, worker)
+    assert failed is not None
+    client.post(
+        f"{API}/trials/{failed['trial_id']}/fail", json={"reason": "error", "message": "boom"}
+    )
+
+    page = client.get(f"{API}/experiments/{eid}/trials", params={"limit": 2, "offset": 2}).json()
+    assert page["total"] == 6 and [t["number"] for t in page["items"]] == [2, 3]
+    ranked = client.get(f"{API}/experiments/{eid}/trials", params={"sort": "objective"}).json()
+    assert [t["value"] for t in ranked["items"]] == [0.9, 0.7, 0.5, 0.3, 0.1, None]
+    worst = client.get(
+        f"{API}/experiments/{eid}/trials",
+        params={"sort": "objective", "order": "asc", "state": "completed"},
+    ).json()
+    assert [t["value"] for t in worst["items"]] == sorted(values)
+    failures = client.get(f"{API}/experiments/{eid}/trials", params={"state": "failed"}).json()
+    assert failures["total"] == 1 and failures["items"][0]["failure_message"] == "boom"
+    top = client.get(f"{API}/experiments/{eid}/best", params={"k": 3}).json()
+    assert [t["value"] for t in top["trials"]] == [0.9, 0.7, 0.5]
+    assert client.get(f"{API}/experiments/{eid}").json()["state"] == "completed"
+
+
+def test_best_for_a_minimized_objective(client: TestClient) -> None:
+    eid = create(
+        client, objective={"metric": "val_loss", "direction": "minimize"}, budget=budget(3, 1)
+    )["id"]
+    worker = register(client)
+    for value in (0.4, 0.2, 0.3):
+        trial = claim(client, worker)
+        assert trial is not None
+        client.post(f"{API}/trials/{trial['trial_id']}/complete", json={"value": value})
+    top = client.get(f"{API}/experiments/{eid}/best", params={"k": 2}).json()
+    assert [t["value"] for t in top["trials"]] == [0.2, 0.3]
+    assert client.get(f"{API}/experiments/{eid}").json()["best_value"] == 0.2
+
+
+def test_delete_removes_everything(client: TestClient) -> None:
+    eid = create(client, budget=budget(2))["id"]
+    worker = register(client)
+    trial = run_trial(client, worker, [0.5])
+    assert client.delete(f"{API}/experiments/{eid}").status_code == 204
+    assert client.get(f"{API}/experiments/{eid}").status_code == 404
+    assert client.get(f"{API}/trials/{trial['trial_id']}").status_code == 404
+    assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+def test_idle_claim_waits_and_wakes_when_work_arrives(client: TestClient) -> None:
+    worker = register(client)
+    started = time.monotonic()
+    assert claim(client, worker, wait_seconds=0.5) is None
+    assert time.monotonic() - started >= 0.45  # it waited server-side
+
+    result: dict[str, Any] = {}
+
+    def wait_for_work() -> None:
+        result["assignment"] = claim(client, worker, wait_seconds=20)
+        result["waited"] = time.monotonic() - began
+
+    began = time.monotonic()
+    waiter = threading.Thread(target=wait_for_work)
+    waiter.start()
+    time.sleep(0.3)
+    create(client, budget=budget(1))
+    waiter.join(timeout=30)
+    assert result["assignment"] is not None
+    assert result["waited"] < 15  # woken by the new experiment, not by the 20 s limit

@@ -1,0 +1,67 @@
+"""Architecture rules: the service never loads torch, one module imports optuna, and the
+worker reaches the service only over HTTP."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def importers(package: str, module_prefix: str) -> set[str]:
+    return {
+        str(path.relative_to(ROOT))
+        for path in (ROOT / package).rglob("*.py")
+        if any(
+            m == module_prefix or m.startswith(module_prefix + ".") for m in imported_modules(path)
+        )
+    }
+
+
+def test_service_runs_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import service.app, service.cli, service.demo\n"
+        "service.app.create_app()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_only_the_optimizer_module_imports_optuna() -> None:
+    assert importers("service", "optuna") == {"service/optimizer.py"}
+
+
+def test_worker_talks_to_the_service_only_over_http() -> None:
+    assert importers("worker", "service") == set()
+    assert importers("models", "service") == set()
+    assert importers("worker", "sqlalchemy") == set()
+
+
+def test_the_catalog_needs_no_training_stack() -> None:
+    assert imported_modules(ROOT / "models" / "catalog.py") <= {
+        "__future__",
+        "dataclasses",
+        "typing",
+    }
+
+
+def test_torch_stays_in_the_worker_and_models() -> None:
+    assert importers("service", "torch") == set()
+    # The CLI starts workers, importing them lazily inside the `sweep worker` command.
+    assert importers("service", "worker") == {"service/cli.py"}

@@ -1,0 +1,105 @@
+"""Claims race from 16 threads through two API processes: the budget and the concurrency cap
+hold exactly, and no trial is handed out twice."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from service.tables import Trial
+from tests.factories import budget, make_spec
+from tests.processes import ServerProcess
+
+N_THREADS, N_TRIALS, MAX_CONCURRENT = 16, 50, 5
+
+
+class Observed:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.claims: list[int] = []
+        self.intervals: list[tuple[float, float]] = []  # claim answered .. completion sent
+        self.errors: list[str] = []
+
+
+def claimer(url: str, experiment_id: int, observed: Observed, seed: int) -> None:
+    rng = random.Random(seed)
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as http:
+        worker = http.post("/workers", json={"name": f"t{seed}"}).json()["id"]
+        while True:
+            response = http.post(f"/workers/{worker}/claim", json={"wait_seconds": 0.2})
+            if response.status_code == 204:
+                if http.get(f"/experiments/{experiment_id}").json()["state"] == "completed":
+                    return
+                continue
+            if response.status_code != 200:
+                observed.errors.append(response.text)
+                return
+            claimed_at = time.monotonic()
+            trial_id = response.json()["trial_id"]
+            time.sleep(rng.uniform(0, 0.02))
+            done_at = time.monotonic()
+            http.post(f"/trials/{trial_id}/complete", json={"value": rng.random()})
+            with observed.lock:
+                observed.claims.append(trial_id)
+                observed.intervals.append((claimed_at, done_at))
+
+
+def max_overlap(intervals: list[tuple[float, float]]) -> int:
+    events = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    running = peak = 0
+    for _, delta in events:
+        running += delta
+        peak = max(peak, running)
+    return peak
+
+
+@pytest.mark.timeout(240)
+def test_racing_claims_respect_budget_and_cap(db_url: str, tmp_path: Path) -> None:
+    servers = [ServerProcess(db_url, tmp_path / f"server{i}") for i in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        spec = make_spec(budget=budget(N_TRIALS, MAX_CONCURRENT))
+        experiment_id = httpx.post(f"{servers[0].url}/api/v1/experiments", json=spec).json()["id"]
+        engine = create_engine(db_url)
+        observed, peak = Observed(), [0]
+        stop = threading.Event()
+
+        def watch_database() -> None:
+            running = select(func.count()).where(Trial.state == "running")
+            with engine.connect() as conn:
+                while not stop.is_set():
+                    peak[0] = max(peak[0], conn.execute(running).scalar_one())
+                    conn.rollback()
+
+        watcher = threading.Thread(target=watch_database)
+        watcher.start()
+        threads = [
+            threading.Thread(target=claimer, args=(servers[i % 2].url, experiment_id, observed, i))
+            for i in range(N_THREADS)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+        stop.set()
+        watcher.join()
+
+        assert observed.errors == []
+        assert len(observed.claims) == N_TRIALS
+        assert len(set(observed.claims)) == N_TRIALS  # no trial claimed twice
+        with engine.connect() as conn:
+            numbers = conn.execute(select(Trial.number).order_by(Trial.number)).scalars().all()
+        assert numbers == list(range(N_TRIALS))  # exactly n_trials created
+        assert peak[0] <= MAX_CONCURRENT  # as seen by the database
+        assert max_overlap(observed.intervals) <= MAX_CONCURRENT  # as seen by the workers
+        engine.dispose()
+    finally:
+        for server in servers:
+            server.stop()

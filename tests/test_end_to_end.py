@@ -1,0 +1,127 @@
+"""A real server process and two real worker processes run a digits sweep end to end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from models.registry import build_for_trial
+from service.client import SweepClient
+from tests.factories import budget, make_spec
+from tests.processes import ServerProcess, start_worker, stop_workers
+from worker.train import evaluate, to_device
+
+N_TRIALS = 20
+
+
+def wait_for_end(client: SweepClient, experiment_id: int, timeout: float) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        experiment = client.experiment(experiment_id)
+        if experiment["state"] in ("completed", "cancelled"):
+            return experiment
+        time.sleep(0.5)
+    raise AssertionError(f"experiment still {experiment['state']}: {experiment['counts']}")
+
+
+def assert_metrics_intact(client: SweepClient, experiment_id: int) -> list[dict[str, Any]]:
+    """Every finished trial's curve is whole: epochs 1..last, and its value comes from it."""
+    trials = client.trials(experiment_id, limit=1000)["items"]
+    details = [client.trial(t["id"]) for t in trials]
+    for trial in details:
+        epochs = [m["epoch"] for m in trial["metrics"]]
+        assert epochs == list(range(1, trial["last_epoch"] + 1)), trial
+        curve = [m["values"]["val_accuracy"] for m in trial["metrics"]]
+        if trial["state"] == "completed":
+            assert trial["value"] == max(curve)
+            assert trial["has_weights"]
+        elif trial["state"] == "pruned":
+            assert trial["value"] == curve[-1]
+    return details
+
+
+@pytest.mark.timeout(300)
+def test_digits_sweep_end_to_end(
+    server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    started = time.monotonic()
+    client = SweepClient(server.url)
+    request.addfinalizer(client.close)
+    spec = make_spec(fixed={"epochs": 12}, budget=budget(N_TRIALS, 4))
+    experiment_id = client.submit(spec)["id"]
+    workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+    try:
+        experiment = wait_for_end(client, experiment_id, timeout=240)
+    finally:
+        stop_workers(workers)
+    print(f"\n20-trial digits sweep, 2 workers: {time.monotonic() - started:.1f}s")
+
+    assert experiment["state"] == "completed"
+    assert experiment["trials_created"] == N_TRIALS
+    assert client.trials(experiment_id)["total"] == N_TRIALS
+    assert experiment["counts"]["running"] == 0
+    assert_metrics_intact(client, experiment_id)
+    best = client.best(experiment_id, k=1)["trials"][0]
+    assert best["value"] >= 0.95
+    assert experiment["best_value"] == best["value"]
+
+    # The best weights load into the model built from the trial's params and reproduce it.
+    weights = client.download_model(best["id"], tmp_path / "best.pt")
+    detail = client.trial(best["id"])
+    model, dataset = build_for_trial(spec["model"], experiment["spec"]["dataset"], detail["config"])
+    model.load_state_dict(torch.load(weights))
+    metrics = evaluate(model, to_device(dataset, torch.device("cpu")), dataset.task)
+    assert metrics["val_accuracy"] == pytest.approx(best["value"], abs=0.01)
+
+    # The CLI shows the same experiment.
+    cli = [sys.executable, "-m", "service.cli"]
+    status = subprocess.run(
+        [*cli, "status", str(experiment_id), "--server", server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "completed" in status and f"{N_TRIALS} of {N_TRIALS}" in status
+    top = subprocess.run(
+        [*cli, "best", str(experiment_id), "-k", "3", "--server", server.url],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"{best['value']:.4f}" in top
+
+
+@pytest.mark.timeout(300)
+def test_server_killed_mid_sweep_loses_nothing(
+    server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    client = SweepClient(server.url)
+    request.addfinalizer(client.close)
+    spec = make_spec(fixed={"epochs": 8}, budget=budget(12, 2))
+    experiment_id = client.submit(spec)["id"]
+    workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while client.experiment(experiment_id)["trials_created"] < 4:
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        server.kill()  # mid-sweep, mid-trial: SIGKILL, nothing gets to clean up
+        time.sleep(1.5)
+        server.start()
+        experiment = wait_for_end(client, experiment_id, timeout=240)
+    finally:
+        stop_workers(workers)
+
+    assert experiment["state"] == "completed"
+    assert experiment["trials_created"] == 12
+    assert sum(experiment["counts"].values()) == 12
+    assert experiment["counts"]["running"] == 0
+    details = assert_metrics_intact(client, experiment_id)
+    assert sum(len(t["metrics"]) for t in details) >= 12
+    assert all(w.returncode == 0 for w in workers)  # workers rode out the outage

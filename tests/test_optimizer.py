@@ -1,0 +1,79 @@
+"""The sampler sees the whole history, and a restart changes nothing about what it suggests."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.factories import budget, make_spec
+
+API = "/api/v1"
+SPEC = make_spec(
+    search_space={
+        "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+        "hidden_units": {"type": "int", "low": 32, "high": 256},
+        "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
+    },
+    sampler={"name": "tpe", "seed": 7, "options": {"n_startup_trials": 4}},
+    pruner={"name": "median", "options": {"n_startup_trials": 2}},
+    budget=budget(14, 1),
+)
+
+
+def objective(params: dict[str, Any]) -> float:
+    """A deterministic stand-in for training, so two runs can be compared exactly."""
+    return 1 - abs(math.log10(params["lr"]) + 2) / 4 - params["hidden_units"] / 2000
+
+
+@contextmanager
+def app_on(settings: Settings) -> Iterator[TestClient]:
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def run(client: TestClient, worker: int, n: int) -> list[dict[str, Any]]:
+    """Claim and finish n trials; every fifth fails, every fourth is pruned after two epochs."""
+    suggested = []
+    for _ in range(n):
+        trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()
+        suggested.append(trial["params"])
+        tid, value = trial["trial_id"], objective(trial["params"])
+        if trial["number"] % 5 == 4:
+            client.post(f"{API}/trials/{tid}/fail", json={"reason": "error", "message": "x"})
+            continue
+        for epoch in (1, 2):
+            answer = client.post(
+                f"{API}/trials/{tid}/reports",
+                json={"epoch": epoch, "metrics": {"val_accuracy": value * epoch / 2}},
+            ).json()
+            if answer["action"] != "continue":
+                break
+        else:
+            client.post(f"{API}/trials/{tid}/complete", json={"value": value})
+    return suggested
+
+
+def test_suggestions_survive_a_restart(settings: Settings) -> None:
+    # One uninterrupted run...
+    with app_on(settings) as client:
+        worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        client.post(f"{API}/experiments", json=SPEC)
+        straight = run(client, worker, 14)
+        # ...and the same experiment again, where the server restarts half way: the new app
+        # rebuilds its study from SQL.
+        eid = client.post(f"{API}/experiments", json=SPEC).json()["id"]
+        first_half = run(client, worker, 7)
+    with app_on(settings) as client:
+        second_half = run(client, worker, 7)
+        status = client.get(f"{API}/experiments/{eid}").json()
+    assert first_half + second_half == straight
+    assert status["state"] == "completed"
+    assert status["counts"]["failed"] == 2
+    assert status["counts"]["pruned"] >= 1  # pruned trials are part of the history too
+    assert len({p["lr"] for p in straight}) == 14

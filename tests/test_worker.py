@@ -1,0 +1,136 @@
+"""The worker loop against the real app: bad trials fail alone, the network may break."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import httpx
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from tests.factories import budget, make_spec
+from worker.client import ServiceClient, TrialGone
+from worker.loop import Worker, WorkerOptions
+from worker.retry import RetryPolicy
+
+API = "/api/v1"
+QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
+
+
+def submit(client: TestClient, **overrides: Any) -> int:
+    response = client.post(f"{API}/experiments", json=make_spec(**{**QUICK, **overrides}))
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
+    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_diverged_and_crashing_trials_fail_without_killing_the_worker(client: TestClient) -> None:
+    diverging = submit(
+        client,
+        name="diverges",
+        budget=budget(2, 1),
+        fixed={
+            "epochs": 3,
+            "lr": 5.0,
+            "optimizer": "sgd",
+            "activation": "leaky_relu",
+            "hidden_layers": 3,
+            "hidden_units": 128,
+        },
+    )
+    # scikit-learn refuses to split 20 samples into 10 stratified classes: a worker-side error.
+    crashing = submit(
+        client,
+        name="crashes",
+        budget=budget(1, 1),
+        fixed={"epochs": 2},
+        dataset={
+            "name": "synthetic",
+            "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5},
+        },
+    )
+    healthy = submit(client, name="fine", budget=budget(1, 1), fixed={"epochs": 2})
+
+    worker = Worker(
+        ServiceClient("", http=client),
+        WorkerOptions(name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5),
+    )
+    assert worker.run() == 4
+
+    assert [(t["state"], t["failure_reason"]) for t in trials_of(client, diverging)] == [
+        ("failed", "diverged"),
+        ("failed", "diverged"),
+    ]
+    [crashed] = trials_of(client, crashing)
+    assert (crashed["state"], crashed["failure_reason"]) == ("failed", "error")
+    assert "ValueError" in crashed["failure_message"]
+    [fine] = trials_of(client, healthy)
+    assert fine["state"] == "completed" and fine["has_weights"]
+    for experiment_id in (diverging, crashing, healthy):
+        assert client.get(f"{API}/experiments/{experiment_id}").json()["state"] == "completed"
+
+
+def test_cancelled_experiment_stops_the_running_trial(client: TestClient) -> None:
+    experiment_id = submit(client, budget=budget(3, 1), fixed={"epochs": 50})
+    service = ServiceClient("", http=client)
+    worker = Worker(service, WorkerOptions(name="w", device=torch.device("cpu")))
+    worker_id = service.register("w", "host", "cpu", 1)
+    assignment = service.claim(worker_id, 0)
+    assert assignment is not None
+    client.post(f"{API}/experiments/{experiment_id}/cancel")
+    worker.run_trial(assignment)
+    [trial] = trials_of(client, experiment_id)
+    assert (trial["state"], trial["last_epoch"]) == ("cancelled", 1)
+
+
+def test_retry_policy_backs_off_with_a_cap_and_gives_up() -> None:
+    policy = RetryPolicy(initial=1, multiplier=2, maximum=5, jitter=0, give_up_after=20)
+    assert list(policy.delays()) == [1, 2, 4, 5, 5, 3]
+    jittered = list(RetryPolicy(jitter=0.5, give_up_after=60).delays(random.Random(3)))
+    assert all(0 < d <= 15 * 1.5 for d in jittered) and sum(jittered) == pytest.approx(60)
+
+
+def test_client_rides_out_a_broken_network_and_keeps_order() -> None:
+    attempts: list[str] = []
+
+    def flaky(request: httpx.Request) -> httpx.Response:
+        attempts.append(request.url.path)
+        if len(attempts) in (1, 2):
+            raise httpx.ConnectError("connection refused", request=request)
+        if len(attempts) == 3:
+            return httpx.Response(503, json={"error": {"message": "busy"}})
+        return httpx.Response(200, json={"action": "continue"})
+
+    http = httpx.Client(transport=httpx.MockTransport(flaky), base_url="http://sweep")
+    client = ServiceClient(
+        "", http=http, retry=RetryPolicy(initial=0.01, jitter=0, give_up_after=5)
+    )
+    assert client.report(7, 1, {"val_accuracy": 0.5}) == {"action": "continue"}
+    assert attempts == ["/api/v1/trials/7/reports"] * 4
+
+
+def test_client_gives_up_when_told_and_stops_on_conflict() -> None:
+    def down(request: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("down", request=request)
+
+    http = httpx.Client(transport=httpx.MockTransport(down), base_url="http://sweep")
+    client = ServiceClient("", http=http, retry=RetryPolicy(initial=0.01, give_up_after=0.05))
+    with pytest.raises(ConnectionError, match="gave up"):
+        client.claim(1, 0)
+
+    def gone(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(409, json={"error": {"message": "trial 3 is pruned"}})
+
+    http = httpx.Client(transport=httpx.MockTransport(gone), base_url="http://sweep")
+    with pytest.raises(TrialGone):
+        ServiceClient("", http=http).report(3, 2, {"val_accuracy": 0.1})
