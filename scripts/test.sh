@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Installs what the tests need, then runs lint, type checks and the whole test suite.
+# PostgreSQL tests use 127.0.0.1:5432 (user postgres, database test; SWEEP_TEST_PG overrides);
+# with CI=true they fail when it is unreachable instead of being skipped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/install.sh worker,dev
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/mypy
+.venv/bin/python -m pytest "$@"
