@@ -16,7 +16,6 @@ from pydantic import (
     StrictStr,
     ValidationInfo,
     field_validator,
-    model_validator,
 )
 
 Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
@@ -262,11 +261,12 @@ class CompleteIn(Strict):
     value: float
     epoch: StrictInt | None = Field(None, ge=1)
 
-    @model_validator(mode="after")
-    def _finite(self) -> CompleteIn:
-        if not math.isfinite(self.value):
+    @field_validator("value")
+    @classmethod
+    def _finite(cls, value: float) -> float:
+        if not math.isfinite(value):
             raise ValueError("value must be a finite number")
-        return self
+        return value
 
 
 class FailIn(Strict):
