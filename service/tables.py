@@ -109,7 +109,7 @@ class Trial(Base):
     last_objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     finish_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
     worker_id: Mapped[int | None] = mapped_column(
-        ForeignKey("sweep_workers.id", ondelete="SET NULL"), nullable=True
+        ForeignKey("sweep_workers.id", ondelete="SET NULL"), nullable=True, index=True
     )
     failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)

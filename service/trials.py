@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
 from models import catalog
@@ -65,6 +65,19 @@ def _running(session: Session, experiment_id: int) -> int:
 # --- the worker protocol -------------------------------------------------------------------
 
 
+def claim_possible(session: Session, *, worker_id: int, experiment_id: int | None = None) -> bool:
+    """Read-only look-ahead: whether `claim` would hand this worker a trial now.
+
+    Lets idle workers poll without taking the database's write lock (SQLite) or row locks.
+    Raises what `claim` would: NotFound for an unknown worker or experiment, Conflict for a
+    cancelled experiment.
+    """
+    _check_claimant(session, worker_id, experiment_id)
+    if _held(session, worker_id) is not None:
+        return True
+    return session.scalars(_claimable(experiment_id)).first() is not None
+
+
 def claim(
     session: Session, *, optimizer: Optimizer, worker_id: int, experiment_id: int | None = None
 ) -> Assignment | None:
@@ -75,19 +88,11 @@ def claim(
     its sampler asked, and the trial inserted, all in this one transaction: so exactly
     n_trials trials are ever created and never more than max_concurrent run at once.
     """
-    worker = session.get(Worker, worker_id)
-    if worker is None:
-        raise NotFound(f"worker {worker_id} not found")
+    worker = _check_claimant(session, worker_id, experiment_id)
     worker.last_seen_at = utcnow()
-    held = session.scalars(
-        select(Trial).where(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
-    ).first()
+    held = _held(session, worker_id)
     if held is not None:
         return _assignment(experiments.get(session, held.experiment_id), held)
-    if experiment_id is not None:
-        target = experiments.get(session, experiment_id)
-        if target.state == ExperimentState.CANCELLED:
-            raise Conflict(f"experiment {experiment_id} is cancelled")
     experiment = _lock_claimable(session, experiment_id)
     if experiment is None:
         return None
@@ -107,7 +112,25 @@ def claim(
     return _assignment(experiment, trial)
 
 
-def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment | None:
+def _check_claimant(session: Session, worker_id: int, experiment_id: int | None) -> Worker:
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"worker {worker_id} not found")
+    if experiment_id is not None:
+        target = experiments.get(session, experiment_id)
+        if target.state == ExperimentState.CANCELLED:
+            raise Conflict(f"experiment {experiment_id} is cancelled")
+    return worker
+
+
+def _held(session: Session, worker_id: int) -> Trial | None:
+    return session.scalars(
+        select(Trial).where(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
+    ).first()
+
+
+def _claimable(experiment_id: int | None) -> Select[Experiment]:
+    """Running experiments with budget left and a free slot, oldest first."""
     running = (
         select(func.count())
         .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
@@ -122,12 +145,15 @@ def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment |
         )
         .order_by(Experiment.id)
         .limit(1)
-        .with_for_update(skip_locked=True, of=Experiment)
-        .execution_options(populate_existing=True)
     )
     if experiment_id is not None:
         query = query.where(Experiment.id == experiment_id)
-    experiment = session.scalars(query).one_or_none()
+    return query
+
+
+def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment | None:
+    query = _claimable(experiment_id).with_for_update(skip_locked=True, of=Experiment)
+    experiment = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
     if experiment is None or _running(session, experiment.id) >= experiment.max_concurrent:
         return None

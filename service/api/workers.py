@@ -35,6 +35,11 @@ async def claim_trial(
         generation = db.changes.generation
 
         def attempt() -> Assignment | None:
+            with db.transaction(write=False) as session:
+                if not trials.claim_possible(
+                    session, worker_id=worker_id, experiment_id=body.experiment_id
+                ):
+                    return None
             with db.transaction() as session:
                 return trials.claim(
                     session,

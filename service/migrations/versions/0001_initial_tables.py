@@ -93,6 +93,7 @@ def upgrade() -> None:
             ["experiment_id", "state", "value"],
             unique=False,
         )
+        batch_op.create_index(batch_op.f("ix_sweep_trials_worker_id"), ["worker_id"], unique=False)
 
     op.create_table(
         "sweep_trial_metrics",
@@ -129,6 +130,7 @@ def downgrade() -> None:
     op.drop_table("sweep_trial_weights")
     op.drop_table("sweep_trial_metrics")
     with op.batch_alter_table("sweep_trials", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_sweep_trials_worker_id"))
         batch_op.drop_index("ix_sweep_trials_experiment_state_value")
         batch_op.drop_index("ix_sweep_trials_experiment_finish_seq")
 
