@@ -14,6 +14,7 @@ import typer
 import yaml
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from service.client import DEFAULT_SERVER, ApiError, SweepClient
@@ -140,6 +141,11 @@ def status_table(e: dict[str, Any]) -> Table:
         "objective", f"{e['spec']['objective']['direction']} {e['spec']['objective']['metric']}"
     )
     table.add_row("trials", f"{e['trials_created']} of {e['n_trials']} started")
+    finished = e["trials_created"] - e["counts"]["running"]
+    table.add_row(
+        f"{finished}/{e['n_trials']} done",
+        ProgressBar(total=e["n_trials"], completed=finished, width=30),
+    )
     for state, n in e["counts"].items():
         table.add_row(f"  {state}", str(n))
     table.add_row("best value", _fmt(e["best_value"]))

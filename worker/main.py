@@ -23,6 +23,7 @@ def run_worker(
 ) -> int:
     """Run trials from `server` until SIGTERM; returns how many trials ran."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if threads:
         torch.set_num_threads(threads)
     options = WorkerOptions(
