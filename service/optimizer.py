@@ -7,7 +7,7 @@ Both counters only move under the experiment's row lock, so they commit in order
 watermark never skips a row. SQL stays the truth: a study can be dropped at any time and is
 rebuilt from the tables, which is what happens after a restart or a failed transaction.
 
-The sampler is re-created for every ask with seed = spec seed + trial number, so a trial's
+The sampler is reseeded before every ask with seed = spec seed + trial number, so a trial's
 suggestion depends only on the history before it, never on which process asks or whether the
 server restarted in between.
 """
@@ -22,6 +22,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.distributions import (
     BaseDistribution,
@@ -93,10 +94,23 @@ def distributions(search_space: dict[str, Any]) -> dict[str, BaseDistribution]:
     return result
 
 
-def make_sampler(spec: dict[str, Any], number: int = 0) -> optuna.samplers.BaseSampler:
+def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
     sampler = spec["sampler"]
-    seed = None if sampler["seed"] is None else sampler["seed"] + number
-    return SAMPLERS[sampler["name"]](seed=seed, **sampler["options"])
+    return SAMPLERS[sampler["name"]](seed=sampler["seed"], **sampler["options"])
+
+
+def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
+    """Seed every random state the sampler (and the samplers inside it) draws from.
+
+    Done before each ask, so the suggestion for trial n depends on the history and on
+    seed + n only. Keeping the sampler itself (rather than building a new one per ask)
+    keeps its caches, such as TPE's incrementally computed search space.
+    """
+    for value in vars(sampler).values():
+        if isinstance(value, optuna.samplers.BaseSampler):
+            reseed(value, seed)
+        elif isinstance(getattr(value, "rng", None), np.random.RandomState):
+            value.rng.seed(seed)
 
 
 def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
@@ -183,7 +197,9 @@ class Optimizer:
         with self._study(session, experiment) as s:
             if s.trial_count != number:
                 raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
-            s.study.sampler = make_sampler(s.spec, number)
+            seed = s.spec["sampler"]["seed"]
+            if seed is not None:
+                reseed(s.study.sampler, seed + number)
             trial = s.study.ask()
             params = {name: _suggest(trial, name, dist) for name, dist in s.dists.items()}
             s.trial_ids[number] = trial._trial_id
