@@ -1,0 +1,115 @@
+"""Claim latency against history size, next to Optuna's own in-memory ask, in one run.
+
+    .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000] [--database-url URL]
+
+For each history size it fills one experiment with that many finished trials through the real
+app (SQLite file by default), then times claims over HTTP (in-process client) and, for the
+same search space, TPE's ask on a plain in-memory Optuna study holding the same number of
+finished trials. It prints p50/p99 of both and the overhead (claim - ask).
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import optuna
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+
+SPACE = {
+    "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
+    "batch_size": {"type": "categorical", "choices": [16, 32, 64, 128]},
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam", "rmsprop"]},
+    "dropout": {"type": "float", "low": 0.0, "high": 0.5},
+    "hidden_units": {"type": "int", "low": 32, "high": 256, "log": True},
+}
+TIMED = 50
+
+
+def spec(n_trials: int) -> dict[str, object]:
+    return {
+        "name": "bench",
+        "model": "mlp",
+        "dataset": "digits",
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "search_space": SPACE,
+        "sampler": {"name": "tpe", "seed": 1},
+        "pruner": {"name": "none"},
+        "budget": {"n_trials": n_trials, "max_concurrent": 1},
+    }
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    ordered = sorted(samples)
+    return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
+
+
+def claim_latencies(client: TestClient, history: int) -> list[float]:
+    client.post("/api/v1/experiments", json=spec(history + TIMED))
+    worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
+    rng, timings = random.Random(0), []
+    for i in range(history + TIMED):
+        started = time.perf_counter()
+        trial = client.post(f"/api/v1/workers/{worker}/claim", json={}).json()
+        if i >= history:
+            timings.append(time.perf_counter() - started)
+        client.post(f"/api/v1/trials/{trial['trial_id']}/complete", json={"value": rng.random()})
+    return timings
+
+
+def ask_latencies(history: int) -> list[float]:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+    rng, timings = random.Random(0), []
+
+    def suggest(trial: optuna.Trial) -> None:
+        trial.suggest_float("lr", 1e-4, 0.3, log=True)
+        trial.suggest_categorical("batch_size", [16, 32, 64, 128])
+        trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
+        trial.suggest_float("dropout", 0.0, 0.5)
+        trial.suggest_int("hidden_units", 32, 256, log=True)
+
+    for i in range(history + TIMED):
+        started = time.perf_counter()
+        trial = study.ask()
+        suggest(trial)
+        if i >= history:
+            timings.append(time.perf_counter() - started)
+        study.tell(trial, rng.random())
+    return timings
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--database-url", default="")
+    args = parser.parse_args()
+    print(
+        f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
+        f"{'overhead p50 (ms)':>18}"
+    )
+    for size in args.sizes:
+        with tempfile.TemporaryDirectory() as tmp:
+            url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
+            with TestClient(create_app(Settings(database_url=url))) as client:
+                claim50, claim99 = percentiles(claim_latencies(client, size))
+        ask50, ask99 = percentiles(ask_latencies(size))
+        print(
+            f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ask50:>9.2f} {ask99:>8.2f} "
+            f"{claim50 - ask50:>18.2f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
