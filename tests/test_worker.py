@@ -134,3 +134,21 @@ def test_client_gives_up_when_told_and_stops_on_conflict() -> None:
     http = httpx.Client(transport=httpx.MockTransport(gone), base_url="http://sweep")
     with pytest.raises(TrialGone):
         ServiceClient("", http=http).report(3, 2, {"val_accuracy": 0.1})
+
+
+def test_a_trial_whose_experiment_was_deleted_does_not_stop_the_worker(
+    client: TestClient,
+) -> None:
+    crashing = {
+        "name": "synthetic",
+        "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5},
+    }
+    for dataset in ("digits", crashing):
+        experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 2}, dataset=dataset)
+        service = ServiceClient("", http=client)
+        worker = Worker(service, WorkerOptions(name="w", device=torch.device("cpu")))
+        assignment = service.claim(service.register("w", "host", "cpu", 1), 0)
+        assert assignment is not None
+        client.delete(f"{API}/experiments/{experiment_id}")
+        worker.run_trial(assignment)  # reports (or the failure) now get 404: no exception
+        assert client.get(f"{API}/trials/{assignment['trial_id']}").status_code == 404

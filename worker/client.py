@@ -65,7 +65,8 @@ class ServiceClient:
         self._call("POST", f"/trials/{trial_id}/complete", json={"value": value, "epoch": epoch})
 
     def fail(self, trial_id: int, reason: str, message: str) -> None:
-        body = {"reason": reason, "message": message[-20_000:]}
+        # NUL characters cannot be stored; the tail of a long traceback matters most.
+        body = {"reason": reason, "message": message.replace("\x00", "?")[-20_000:]}
         self._call("POST", f"/trials/{trial_id}/fail", json=body)
 
     def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:

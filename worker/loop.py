@@ -11,13 +11,14 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from models.datasets import load_dataset
-from worker.client import ServiceClient, TrialGone
+from worker.client import ServiceClient, ServiceError, TrialGone
 from worker.train import (
     DeviceData,
     Diverged,
@@ -41,7 +42,8 @@ class Interrupted(Exception):
 class WorkerOptions:
     name: str
     device: torch.device
-    wait_seconds: float = 20.0  # long poll per claim
+    # Long poll per claim; also the longest an idle worker takes to notice SIGTERM.
+    wait_seconds: float = 5.0
     max_trials: int | None = None  # exit after this many trials
     exit_when_idle: float | None = None  # exit after this many seconds without work
 
@@ -53,18 +55,14 @@ class Worker:
         self.stop = threading.Event()
         self._data: OrderedDict[str, DeviceData] = OrderedDict()
         self.trials_run = 0
-        self.busy = False  # inside a trial
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: an idle worker exits at once; a busy one stops at the next epoch."""
+        """SIGTERM/SIGINT: stop after the current epoch (busy) or the current claim (idle).
 
-        def handle(*_: object) -> None:
-            self.stop.set()
-            if not self.busy:
-                raise SystemExit(0)
-
+        The handler only sets a flag, so a claim in flight is never cut off half way.
+        """
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, handle)
+            signal.signal(sig, lambda *_: self.stop.set())
 
     def run(self) -> int:
         """Run trials until stopped, out of trials, or idle too long; returns trials run."""
@@ -76,18 +74,31 @@ class Worker:
         )
         idle_since = time.monotonic()
         while not self.stop.is_set() and not self._enough_trials():
-            assignment = self.client.claim(worker_id, self.options.wait_seconds)
+            assignment = self._claim(worker_id)
             if assignment is None:
                 if self._idle_too_long(idle_since):
                     break
                 continue
-            self.busy = True
-            try:
-                self.run_trial(assignment)
-            finally:
-                self.busy = False
+            if self.stop.is_set():  # told to stop while the claim was in flight
+                self._tell(
+                    self.client.fail,
+                    assignment["trial_id"],
+                    "interrupted",
+                    "the worker was shut down before the trial started",
+                )
+                break
+            self.run_trial(assignment)
             idle_since = time.monotonic()
         return self.trials_run
+
+    def _claim(self, worker_id: int) -> dict[str, Any] | None:
+        """The next trial, or None; a server error is logged and waited out, not fatal."""
+        try:
+            return self.client.claim(worker_id, self.options.wait_seconds)
+        except ServiceError as exc:
+            log.error("claim failed: %s", exc)
+            self.stop.wait(self.options.wait_seconds)
+            return None
 
     def run_trial(self, assignment: dict[str, Any]) -> None:
         """Train one claimed trial and tell the service how it ended. Never raises for the
@@ -106,16 +117,24 @@ class Worker:
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
         except Interrupted:
-            self.client.fail(trial_id, "interrupted", "the worker was shut down")
+            self._tell(self.client.fail, trial_id, "interrupted", "the worker was shut down")
         except Diverged as exc:
-            self.client.fail(trial_id, "diverged", str(exc))
+            self._tell(self.client.fail, trial_id, "diverged", str(exc))
         except Exception as exc:
             log.exception("trial %d failed", trial_id)
-            self.client.fail(
-                trial_id, "error", f"{type(exc).__name__}: {exc}\n" + traceback.format_exc(limit=5)
-            )
+            message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            self._tell(self.client.fail, trial_id, "error", message)
         else:
-            self._finish(trial_id, result)
+            self._tell(self._finish, trial_id, result)
+
+    def _tell(self, call: Callable[..., None], trial_id: int, *args: Any) -> None:
+        """Report a trial's end; if the service refuses or stays away, log it and go on."""
+        try:
+            call(trial_id, *args)
+        except TrialGone as exc:
+            log.info("trial %d ended elsewhere: %s", trial_id, exc)
+        except (ServiceError, ConnectionError) as exc:
+            log.error("could not report the end of trial %d: %s", trial_id, exc)
 
     def _train(self, assignment: dict[str, Any]) -> TrialResult:
         objective = assignment["objective"]
@@ -142,13 +161,9 @@ class Worker:
         return train_trial(config, data, self.options.device, report)
 
     def _finish(self, trial_id: int, result: TrialResult) -> None:
-        try:
-            self.client.upload_weights(trial_id, result.state_dict)
-            self.client.complete(trial_id, result.value, result.epoch)
-        except TrialGone as exc:
-            log.info("trial %d ended elsewhere: %s", trial_id, exc)
-        else:
-            log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
+        self.client.upload_weights(trial_id, result.state_dict)
+        self.client.complete(trial_id, result.value, result.epoch)
+        log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
 
     def _dataset(self, spec: dict[str, Any]) -> DeviceData:
         """The dataset on the device, loaded once per worker and reused across trials."""
