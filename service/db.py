@@ -93,6 +93,11 @@ def notify_on_commit(session: Session) -> None:
     session.info["notify"] = True
 
 
+def after_commit(session: Session, callback: Callable[[], None]) -> None:
+    """Run `callback` once this session's transaction has committed."""
+    session.info.setdefault("after_commit", []).append(callback)
+
+
 def on_rollback(session: Session, callback: Callable[[], None]) -> None:
     """Run `callback` if this session's transaction is rolled back."""
     session.info.setdefault("on_rollback", []).append(callback)
@@ -129,6 +134,8 @@ class Database:
             raise
         finally:
             session.close()
+        for callback in session.info.get("after_commit", []):
+            callback()
         if session.info.get("notify"):
             self.changes.notify()
 

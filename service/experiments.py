@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from service import specs
+from service.db import after_commit, notify_on_commit
 from service.errors import NotFound
 from service.schemas import ExperimentCreate, ExperimentPage, ExperimentRead, TrialCounts
 from service.states import ExperimentState, check_experiment_transition
@@ -29,6 +30,7 @@ def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
     )
     session.add(experiment)
     session.flush()
+    notify_on_commit(session)
     return experiment
 
 
@@ -107,10 +109,21 @@ def transition(session: Session, experiment_id: int, target: ExperimentState) ->
     experiment.state = target
     if target in (ExperimentState.CANCELLED, ExperimentState.COMPLETED):
         experiment.finished_at = utcnow()
+    if target == ExperimentState.RUNNING:
+        notify_on_commit(session)
     session.flush()
     return experiment
 
 
-def remove(session: Session, experiment_id: int) -> None:
+def remove(session: Session, experiment_id: int, on_deleted: Callable[[], None]) -> None:
+    """Delete an experiment with its trials; `on_deleted` runs once that is committed."""
+    # Trials before the experiment: the lock order every trial update follows.
+    session.execute(
+        select(Trial.id)
+        .where(Trial.experiment_id == experiment_id)
+        .order_by(Trial.id)
+        .with_for_update()
+    )
     lock(session, experiment_id)
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
+    after_commit(session, on_deleted)

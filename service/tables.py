@@ -55,6 +55,8 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "sweep_experiments"
+    # AUTOINCREMENT: SQLite never reuses the id of a deleted row.
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -77,6 +79,7 @@ class Experiment(Base):
 
 class Worker(Base):
     __tablename__ = "sweep_workers"
+    __table_args__ = ({"sqlite_autoincrement": True},)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -93,6 +96,7 @@ class Trial(Base):
         UniqueConstraint("experiment_id", "number"),
         Index("ix_sweep_trials_experiment_state_value", "experiment_id", "state", "value"),
         Index("ix_sweep_trials_experiment_finish_seq", "experiment_id", "finish_seq"),
+        {"sqlite_autoincrement": True},
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

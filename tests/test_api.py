@@ -240,6 +240,13 @@ def test_delete_removes_everything(client: TestClient) -> None:
     assert client.get(f"{API}/experiments/{eid}").status_code == 404
     assert client.get(f"{API}/trials/{trial['trial_id']}").status_code == 404
     assert client.get(f"{API}/experiments").json()["total"] == 0
+    # Ids are never reused, so nothing of the deleted experiment leaks into a new one.
+    again = create(client, budget=budget(2))
+    assert again["id"] > eid
+    fresh = claim(client, register(client, "fresh"))
+    assert fresh is not None
+    assert (fresh["number"], fresh["experiment_id"]) == (0, again["id"])
+    assert fresh["trial_id"] > trial["trial_id"]
 
 
 def test_idle_claim_waits_and_wakes_when_work_arrives(client: TestClient) -> None:

@@ -4,15 +4,22 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
 from service import experiments, trials
-from service.api.deps import ExperimentDep, SessionDep
-from service.schemas import BestTrials, ExperimentCreate, ExperimentPage, ExperimentRead, TrialPage
+from service.api.deps import ExperimentDep, OptimizerDep, SessionDep
+from service.schemas import (
+    MAX_INT,
+    BestTrials,
+    ExperimentCreate,
+    ExperimentPage,
+    ExperimentRead,
+    TrialPage,
+)
 from service.states import ExperimentState, TrialState
 from service.tables import Experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
-Offset = Annotated[int, Query(ge=0)]
+Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
@@ -61,9 +68,12 @@ def _move(session: Session, experiment: Experiment, target: ExperimentState) -> 
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_experiment(experiment: ExperimentDep, session: SessionDep) -> Response:
+def delete_experiment(
+    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep
+) -> Response:
     """Delete an experiment with all its trials, metrics and weights."""
-    experiments.remove(session, experiment.id)
+    experiment_id = experiment.id
+    experiments.remove(session, experiment_id, lambda: optimizer.forget(experiment_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 

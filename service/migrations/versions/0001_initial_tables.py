@@ -35,6 +35,7 @@ def upgrade() -> None:
         sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sweep_experiments")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("sweep_experiments", schema=None) as batch_op:
         batch_op.create_index(batch_op.f("ix_sweep_experiments_state"), ["state"], unique=False)
@@ -49,6 +50,7 @@ def upgrade() -> None:
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("last_seen_at", sa.DateTime(timezone=True), nullable=False),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sweep_workers")),
+        sqlite_autoincrement=True,
     )
     op.create_table(
         "sweep_trials",
@@ -83,6 +85,7 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_sweep_trials")),
         sa.UniqueConstraint("experiment_id", "number", name=op.f("uq_sweep_trials_experiment_id")),
+        sqlite_autoincrement=True,
     )
     with op.batch_alter_table("sweep_trials", schema=None) as batch_op:
         batch_op.create_index(
