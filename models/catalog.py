@@ -45,16 +45,24 @@ class Hyperparameter:
         if self.kind == "bool":
             return None if isinstance(value, bool) else "must be true or false"
         if self.kind == "choice":
-            return None if value in self.choices else f"must be one of {list(self.choices)}"
+            # Type-strict: True is not 1, and 3.0 is not the kernel size 3.
+            if any(type(c) is type(value) and c == value for c in self.choices):
+                return None
+            return f"must be one of {list(self.choices)}"
         if isinstance(value, bool) or not isinstance(value, int | float):
             return f"must be a number ({self.kind})"
-        if self.kind == "int" and not float(value).is_integer():
+        if self.kind == "int" and not is_integral(value):
             return "must be an integer"
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return f"must be {'>' if self.low_open else '>='} {self.low}"
         if self.high is not None and (value >= self.high if self.high_open else value > self.high):
             return f"must be {'<' if self.high_open else '<='} {self.high}"
         return None
+
+
+def is_integral(value: int | float) -> bool:
+    """Whether a number is a whole number (without float(), which overflows on huge ints)."""
+    return isinstance(value, int) or value.is_integer()
 
 
 TRAINING_HYPERPARAMETERS: dict[str, Hyperparameter] = {

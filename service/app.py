@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -61,10 +61,34 @@ def _error(
     return JSONResponse({"error": error}, status_code=status)
 
 
+UNION_TAGS = ("bool", "int", "float", "str", "categorical")
+
+
 def _field(loc: tuple[int | str, ...]) -> str:
-    """`('body', 'search_space', 'lr', 'float', 'high')` -> `search_space.lr.high`."""
-    parts = [str(p) for p in loc[1:] if p not in ("float", "int", "categorical")]
+    """`('body', 'search_space', 'lr', 'float', 'high')` -> `search_space.lr.high`.
+
+    Drops the request part and the names pydantic gives union members.
+    """
+    parts = [
+        str(p)
+        for p in loc[1:]
+        if p not in UNION_TAGS and not str(p).startswith(("constrained-", "function-"))
+    ]
     return ".".join(parts) or str(loc[0])
+
+
+def _details(errors: Sequence[Any]) -> list[dict[str, str]]:
+    """One entry per field. Where a union tried several types, the errors that say what is
+    wrong with the value (too large, not finite) beat the ones that only name another type."""
+    by_field: dict[str, list[Any]] = {}
+    for error in errors:
+        by_field.setdefault(_field(tuple(error["loc"])), []).append(error)
+    details = []
+    for field, found in by_field.items():
+        specific = [e for e in found if not e["type"].endswith("_type")] or found
+        message = "; ".join(dict.fromkeys(e["msg"] for e in specific))
+        details.append({"field": field, "message": message})
+    return details
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -78,7 +102,7 @@ def _install_error_handlers(app: FastAPI) -> None:
         first = errors[0]
         if first.get("type") == "json_invalid":
             return _error(400, "malformed_json", f"malformed JSON body: {first.get('msg')}")
-        details = [{"field": _field(tuple(e["loc"])), "message": e["msg"]} for e in errors]
+        details = _details(errors)
         message = "; ".join(f"{d['field']}: {d['message']}" for d in details)
         return _error(422, "invalid", message, details[0]["field"], details)
 

@@ -35,6 +35,7 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from models.catalog import Hyperparameter
 from service.db import on_rollback
 from service.errors import InvalidSpec
 from service.states import TrialState
@@ -47,31 +48,44 @@ SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
     "tpe": optuna.samplers.TPESampler,
     "random": optuna.samplers.RandomSampler,
 }
-SAMPLER_OPTIONS: dict[str, frozenset[str]] = {
-    "tpe": frozenset(
-        {
-            "n_startup_trials",
-            "n_ei_candidates",
-            "multivariate",
-            "group",
-            "constant_liar",
-            "consider_endpoints",
-            "prior_weight",
-        }
-    ),
-    "random": frozenset(),
+
+
+def _count(low: int) -> Hyperparameter:
+    return Hyperparameter("int", 0, low=low, high=1_000_000)
+
+
+_SWITCH = Hyperparameter("bool", False)
+# The options a spec may pass to each sampler and pruner, typed and bounded.
+SAMPLER_OPTIONS: dict[str, dict[str, Hyperparameter]] = {
+    "tpe": {
+        "n_startup_trials": _count(0),
+        "n_ei_candidates": _count(1),
+        "multivariate": _SWITCH,
+        "group": _SWITCH,
+        "constant_liar": _SWITCH,
+        "consider_endpoints": _SWITCH,
+        "prior_weight": Hyperparameter("float", 1.0, low=0.0, high=1e6, low_open=True),
+    },
+    "random": {},
 }
 PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "none": optuna.pruners.NopPruner,
     "median": optuna.pruners.MedianPruner,
     "percentile": optuna.pruners.PercentilePruner,
 }
-PRUNER_OPTIONS: dict[str, frozenset[str]] = {
-    "none": frozenset(),
-    "median": frozenset({"n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}),
-    "percentile": frozenset(
-        {"percentile", "n_startup_trials", "n_warmup_steps", "interval_steps", "n_min_trials"}
-    ),
+_PRUNER_STEPS = {
+    "n_startup_trials": _count(0),
+    "n_warmup_steps": _count(0),
+    "interval_steps": _count(1),
+    "n_min_trials": _count(1),
+}
+PRUNER_OPTIONS: dict[str, dict[str, Hyperparameter]] = {
+    "none": {},
+    "median": _PRUNER_STEPS,
+    "percentile": {
+        **_PRUNER_STEPS,
+        "percentile": Hyperparameter("float", 50.0, low=0.0, high=100.0),
+    },
 }
 FINAL_STATES = {
     TrialState.COMPLETED: OptunaState.COMPLETE,
@@ -121,32 +135,45 @@ def check_spec(spec: dict[str, Any]) -> None:
     """Raise InvalidSpec unless the spec's sampler, pruner and search space are usable."""
     _check_choice_and_options("sampler", spec["sampler"], SAMPLERS, SAMPLER_OPTIONS)
     _check_choice_and_options("pruner", spec["pruner"], PRUNERS, PRUNER_OPTIONS)
-    for kind, build in (("sampler", make_sampler), ("pruner", make_pruner)):
-        try:
-            build(spec)
-        except (TypeError, ValueError) as exc:
-            raise InvalidSpec(f"bad {kind} options: {exc}", field=f"{kind}.options") from exc
+    dists: dict[str, BaseDistribution] = {}
     for name, p in spec["search_space"].items():
         try:
-            distributions({name: p})
-        except (TypeError, ValueError) as exc:
+            dists.update(distributions({name: p}))
+        except Exception as exc:  # optuna raises ValueError, decimal errors, ...
             raise InvalidSpec(str(exc), field=f"search_space.{name}") from exc
+    try:  # one real ask on a scratch study: what fails here would fail every claim
+        study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec))
+        trial = study.ask()
+        for name, dist in dists.items():
+            _suggest(trial, name, dist)
+    except Exception as exc:
+        raise InvalidSpec(
+            f"the sampler cannot work with this spec: {exc}", field="sampler"
+        ) from exc
 
 
 def _check_choice_and_options(
-    kind: str, chosen: dict[str, Any], known: dict[str, Any], options: dict[str, frozenset[str]]
+    kind: str,
+    chosen: dict[str, Any],
+    known: dict[str, Any],
+    options: dict[str, dict[str, Hyperparameter]],
 ) -> None:
     if chosen["name"] not in known:
         raise InvalidSpec(
             f"unknown {kind} {chosen['name']!r}; known: {sorted(known)}", field=f"{kind}.name"
         )
-    unknown = set(chosen["options"]) - options[chosen["name"]]
-    if unknown:
-        raise InvalidSpec(
-            f"unknown {kind} options {sorted(unknown)} for {chosen['name']!r}; "
-            f"known: {sorted(options[chosen['name']])}",
-            field=f"{kind}.options",
-        )
+    allowed = options[chosen["name"]]
+    for option, value in chosen["options"].items():
+        field = f"{kind}.options.{option}"
+        if option not in allowed:
+            raise InvalidSpec(
+                f"unknown {kind} option {option!r} for {chosen['name']!r}; "
+                f"known: {sorted(allowed)}",
+                field=field,
+            )
+        problem = allowed[option].check(value)
+        if problem:
+            raise InvalidSpec(f"{option} {problem} (got {value!r})", field=field)
 
 
 @dataclass
@@ -240,15 +267,18 @@ def _new_study(experiment: Experiment) -> _Study:
 
 
 def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
-    created = session.scalars(
-        select(Trial)
-        .where(Trial.experiment_id == experiment_id, Trial.number >= s.trial_count)
-        .order_by(Trial.number)
-    ).all()
+    # Finishes are read first: a trial's creation commits before its finish, so every trial
+    # seen finished here is also seen by the (later) query for created trials, even when
+    # another process claims and finishes trials between the two statements.
     finished = session.scalars(
         select(Trial)
         .where(Trial.experiment_id == experiment_id, Trial.finish_seq > s.finish_seq)
         .order_by(Trial.finish_seq)
+    ).all()
+    created = session.scalars(
+        select(Trial)
+        .where(Trial.experiment_id == experiment_id, Trial.number >= s.trial_count)
+        .order_by(Trial.number)
     ).all()
     curves = _curves(session, [t.id for t in (*created, *finished)])
     for trial in created:

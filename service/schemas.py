@@ -7,6 +7,7 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,12 +19,27 @@ from pydantic import (
     field_validator,
 )
 
-Scalar = StrictBool | StrictInt | StrictFloat | StrictStr
-Name = Annotated[str, Field(min_length=1, max_length=200)]
+MAX_INT = 2**31 - 1  # the integer columns' range; larger ids and counts are refused early
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise ValueError("must not contain NUL characters")
+    return text
+
+
+NoNul = AfterValidator(_no_nul)  # PostgreSQL cannot store NUL characters
+Name = Annotated[StrictStr, Field(min_length=1, max_length=200), NoNul]
+Key = Annotated[StrictStr, Field(min_length=1, max_length=64), NoNul]
+Label = Annotated[StrictStr, Field(max_length=200), NoNul]
+Int = Annotated[StrictInt, Field(ge=-MAX_INT, le=MAX_INT)]
+Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
+Scalar = StrictBool | Int | StrictFloat | Label
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # NaN and infinities are refused everywhere: JSON cannot carry them and no bound holds.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class FloatParam(Strict):
@@ -59,10 +75,10 @@ class FloatParam(Strict):
 
 class IntParam(Strict):
     type: Literal["int"]
-    low: StrictInt
-    high: StrictInt
+    low: Int
+    high: Int
     log: bool = False
-    step: StrictInt = Field(1, gt=0)
+    step: Int = Field(1, gt=0)
 
     _high_not_below_low = field_validator("high")(FloatParam._high_not_below_low.__func__)  # type: ignore[attr-defined]
     _log_needs_positive_low = field_validator("log")(FloatParam._log_needs_positive_low.__func__)  # type: ignore[attr-defined]
@@ -94,9 +110,9 @@ ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discrimina
 
 class DatasetSpec(Strict):
     name: Name
-    options: dict[str, StrictInt | StrictFloat] = Field(default_factory=dict)
+    options: dict[Key, Int | StrictFloat] = Field(default_factory=dict, max_length=20)
     val_fraction: float = Field(0.2, gt=0, lt=1)
-    split_seed: StrictInt = Field(0, ge=0)
+    split_seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
 
 
 class Objective(Strict):
@@ -109,12 +125,12 @@ class Objective(Strict):
 class SamplerSpec(Strict):
     name: Name = "tpe"
     seed: StrictInt | None = Field(None, ge=0, le=2**31 - 1)
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
 
 
 class PrunerSpec(Strict):
     name: Name = "median"
-    options: dict[str, Any] = Field(default_factory=dict)
+    options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
 
 
 class Budget(Strict):
@@ -127,8 +143,8 @@ class ExperimentCreate(Strict):
     model: Name
     dataset: DatasetSpec
     objective: Objective
-    search_space: dict[str, ParamSpec] = Field(default_factory=dict, max_length=100)
-    fixed: dict[str, Scalar] = Field(default_factory=dict, max_length=100)
+    search_space: dict[Key, ParamSpec] = Field(default_factory=dict, max_length=100)
+    fixed: dict[Key, Scalar] = Field(default_factory=dict, max_length=100)
     sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec(seed=None))
     pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec())
     budget: Budget
@@ -214,9 +230,9 @@ class BestTrials(BaseModel):
 
 class WorkerRegister(Strict):
     name: Name
-    hostname: Annotated[str, Field(max_length=255)] = ""
-    device: Annotated[str, Field(min_length=1, max_length=64)] = "cpu"
-    pid: StrictInt | None = None
+    hostname: Annotated[StrictStr, Field(max_length=255), NoNul] = ""
+    device: Annotated[StrictStr, Field(min_length=1, max_length=64), NoNul] = "cpu"
+    pid: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
 
 
 class WorkerRead(BaseModel):
@@ -231,7 +247,7 @@ class WorkerRead(BaseModel):
 class ClaimRequest(Strict):
     # Seconds the server may hold the request open waiting for work (long poll).
     wait_seconds: float = Field(0.0, ge=0, le=3600)
-    experiment_id: StrictInt | None = None
+    experiment_id: Id | None = None
 
 
 class Assignment(BaseModel):
@@ -249,7 +265,7 @@ class Assignment(BaseModel):
 
 class ReportIn(Strict):
     epoch: StrictInt = Field(ge=1, le=1_000_000)
-    metrics: dict[Annotated[str, Field(max_length=64)], float] = Field(max_length=100)
+    metrics: dict[Key, float] = Field(max_length=100)
 
 
 class ReportOut(BaseModel):
@@ -259,7 +275,7 @@ class ReportOut(BaseModel):
 
 class CompleteIn(Strict):
     value: float
-    epoch: StrictInt | None = Field(None, ge=1)
+    epoch: StrictInt | None = Field(None, ge=1, le=1_000_000)
 
     @field_validator("value")
     @classmethod
@@ -271,4 +287,4 @@ class CompleteIn(Strict):
 
 class FailIn(Strict):
     reason: Literal["diverged", "error", "interrupted"]
-    message: Annotated[str, Field(max_length=20_000)] = ""
+    message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""

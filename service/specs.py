@@ -59,7 +59,7 @@ def _check_dataset_options(dataset: catalog.DatasetInfo, options: dict[str, floa
             raise InvalidSpec(
                 f"unknown option {key!r} for {dataset.name!r}; known: {known}", field=field
             )
-        if option.kind == "int" and not float(value).is_integer():
+        if option.kind == "int" and not catalog.is_integral(value):
             raise InvalidSpec(f"{key} must be an integer", field=field)
         if not option.low <= value <= option.high:
             raise InvalidSpec(f"{key} must be within [{option.low}, {option.high}]", field=field)

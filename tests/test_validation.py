@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -68,7 +69,55 @@ BAD_SPECS = [
     (
         "unknown sampler option",
         {"sampler": {"name": "tpe", "options": {"magic": 1}}},
-        "sampler.options",
+        "sampler.options.magic",
+    ),
+    (
+        "mistyped sampler option",
+        {"sampler": {"name": "tpe", "options": {"n_startup_trials": "x"}}},
+        "sampler.options.n_startup_trials",
+    ),
+    (
+        "negative pruner option",
+        {"pruner": {"name": "median", "options": {"n_warmup_steps": -1}}},
+        "pruner.options.n_warmup_steps",
+    ),
+    (
+        "group without multivariate",
+        {"sampler": {"name": "tpe", "options": {"group": True}}},
+        "sampler",
+    ),
+    (
+        "NaN bound",
+        with_param("dropout", {"type": "float", "low": float("nan"), "high": 0.5}),
+        "search_space.dropout.low",
+    ),
+    ("NaN fixed value", {"fixed": {"epochs": 3, "dropout": float("nan")}}, "fixed.dropout"),
+    ("huge fixed int", {"fixed": {"epochs": 10**400}}, "fixed.epochs"),
+    (
+        "huge dataset option",
+        {"dataset": {"name": "synthetic", "options": {"n_samples": 10**400}}},
+        "dataset.options.n_samples",
+    ),
+    (
+        "tiny step",
+        with_param("dropout", {"type": "float", "low": 0.0, "high": 0.5, "step": 1e-300}),
+        "search_space.dropout",
+    ),
+    ("NUL in name", {"name": "a\x00b"}, "name"),
+    (
+        "bool for an int choice",
+        {
+            "model": "cnn",
+            "dataset": "digits_image",
+            "search_space": {},
+            "fixed": {"kernel_size": True},
+        },
+        "fixed.kernel_size",
+    ),
+    (
+        "split seed out of range",
+        {"dataset": {"name": "digits", "split_seed": 2**40}},
+        "dataset.split_seed",
     ),
     (
         "metric the task lacks",
@@ -125,7 +174,10 @@ BAD_SPECS = [
 def test_bad_spec_is_422_naming_the_field_and_writes_nothing(
     client: TestClient, problem: str, overrides: dict[str, Any], field: str
 ) -> None:
-    response = client.post(f"{API}/experiments", json=make_spec(**overrides))
+    body = json.dumps(make_spec(**overrides))  # as Python writes it: NaN stays a NaN token
+    response = client.post(
+        f"{API}/experiments", content=body, headers={"content-type": "application/json"}
+    )
     assert response.status_code == 422, response.text
     error = response.json()["error"]
     assert error["field"] == field, error
@@ -182,6 +234,14 @@ def test_bad_worker_messages_are_rejected(client: TestClient) -> None:
         response = client.post(f"{API}/trials/{trial}/{action}", json=body)
         assert response.status_code == 422, (action, body, response.text)
         assert response.json()["error"]["field"].startswith(field), response.json()
+    nan_report = '{"epoch": 1, "metrics": {"val_accuracy": NaN}}'
+    response = client.post(
+        f"{API}/trials/{trial}/reports",
+        content=nan_report,
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 422
+    assert response.json()["error"]["field"] == "metrics.val_accuracy"
     detail = client.get(f"{API}/trials/{trial}").json()
     assert (detail["state"], detail["metrics"]) == ("running", [])
 

@@ -5,13 +5,14 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Request
+from fastapi import Depends, Path, Request
 from sqlalchemy.orm import Session
 
 from service import experiments, trials
 from service.config import Settings
 from service.db import Database
 from service.optimizer import Optimizer
+from service.schemas import MAX_INT
 from service.tables import Experiment, Trial
 
 
@@ -46,11 +47,17 @@ def get_session(request: Request, db: DatabaseDep) -> Iterator[Session]:
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 
 
-def experiment_or_404(experiment_id: int, session: SessionDep) -> Experiment:
+# Ids past the columns' range are refused as invalid input rather than looked up.
+ExperimentId = Annotated[int, Path(ge=1, le=MAX_INT)]
+TrialId = Annotated[int, Path(ge=1, le=MAX_INT)]
+WorkerId = Annotated[int, Path(ge=1, le=MAX_INT)]
+
+
+def experiment_or_404(experiment_id: ExperimentId, session: SessionDep) -> Experiment:
     return experiments.get(session, experiment_id)
 
 
-def trial_or_404(trial_id: int, session: SessionDep) -> Trial:
+def trial_or_404(trial_id: TrialId, session: SessionDep) -> Trial:
     return trials.get(session, trial_id)
 
 

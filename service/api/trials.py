@@ -3,7 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Request, Response
 
 from service import trials
-from service.api.deps import OptimizerDep, SessionDep, SettingsDep, TrialDep
+from service.api.deps import OptimizerDep, SessionDep, SettingsDep, TrialDep, TrialId
 from service.errors import TooLarge
 from service.schemas import CompleteIn, FailIn, ReportIn, ReportOut, TrialDetail, TrialRead
 
@@ -32,7 +32,7 @@ def get_model(trial: TrialDep, session: SessionDep) -> Response:
 
 @router.post("/{trial_id}/reports", tags=["worker protocol"])
 def report_epoch(
-    trial_id: int, body: ReportIn, session: SessionDep, optimizer: OptimizerDep
+    trial_id: TrialId, body: ReportIn, session: SessionDep, optimizer: OptimizerDep
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
     return trials.report(session, optimizer=optimizer, trial_id=trial_id, body=body)
@@ -50,7 +50,7 @@ async def weights_body(request: Request, settings: SettingsDep) -> bytes:
 
 @router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"])
 def upload_weights(
-    trial_id: int, data: Annotated[bytes, Depends(weights_body)], session: SessionDep
+    trial_id: TrialId, data: Annotated[bytes, Depends(weights_body)], session: SessionDep
 ) -> Response:
     """Store a running trial's state_dict (the raw bytes of torch.save)."""
     trials.store_weights(session, trial_id=trial_id, data=data)
@@ -58,12 +58,12 @@ def upload_weights(
 
 
 @router.post("/{trial_id}/complete", tags=["worker protocol"])
-def complete_trial(trial_id: int, body: CompleteIn, session: SessionDep) -> TrialRead:
+def complete_trial(trial_id: TrialId, body: CompleteIn, session: SessionDep) -> TrialRead:
     """Finish a trial with its objective value."""
     return trials.read(trials.complete(session, trial_id=trial_id, body=body))
 
 
 @router.post("/{trial_id}/fail", tags=["worker protocol"])
-def fail_trial(trial_id: int, body: FailIn, session: SessionDep) -> TrialRead:
+def fail_trial(trial_id: TrialId, body: FailIn, session: SessionDep) -> TrialRead:
     """End a trial as failed: diverged, error (with its text) or interrupted."""
     return trials.read(trials.fail(session, trial_id=trial_id, body=body))

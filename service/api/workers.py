@@ -4,7 +4,7 @@ from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service import trials, workers
-from service.api.deps import DatabaseDep, OptimizerDep, SessionDep, SettingsDep
+from service.api.deps import DatabaseDep, OptimizerDep, SessionDep, SettingsDep, WorkerId
 from service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
 
 router = APIRouter(prefix="/workers", tags=["worker protocol"])
@@ -22,7 +22,7 @@ def register_worker(body: WorkerRegister, session: SessionDep) -> WorkerRead:
     responses={204: {"description": "no trial could start within wait_seconds"}},
 )
 async def claim_trial(
-    worker_id: int,
+    worker_id: WorkerId,
     body: ClaimRequest,
     request: Request,
     db: DatabaseDep,
