@@ -78,8 +78,13 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
         cli.console.print(
             f"best trial {top['id']}: {best['metric']} = {top['value']:.4f}\n"
             f"its weights: {weights} (also at {url}/api/v1/trials/{top['id']}/model)\n"
-            f"load them: model, data = models.registry.build_for_trial(model, dataset, "
-            f"params | fixed); model.load_state_dict(torch.load('{weights}'))"
+            "load them into the model its params build (python, in this checkout):\n"
+            "  import torch; from models.registry import build_for_trial\n"
+            f"  config = {client.trial(top['id'])['config']}\n"
+            f"  model, data = build_for_trial('{experiment['spec']['model']}', "
+            f"{experiment['spec']['dataset']}, config)\n"
+            f"  model.load_state_dict(torch.load('{weights}'))",
+            soft_wrap=True,
         )
         return 0
     finally:

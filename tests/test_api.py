@@ -269,3 +269,17 @@ def test_idle_claim_waits_and_wakes_when_work_arrives(client: TestClient) -> Non
     waiter.join(timeout=30)
     assert result["assignment"] is not None
     assert result["waited"] < 15  # woken by the new experiment, not by the 20 s limit
+
+
+def test_openapi_documents_every_route(client: TestClient) -> None:
+    schema = client.get("/openapi.json").json()
+    paths = set(schema["paths"])
+    for path in (
+        "/api/v1/experiments",
+        "/api/v1/experiments/{experiment_id}/best",
+        "/api/v1/trials/{trial_id}/model",
+        "/api/v1/workers/{worker_id}/claim",
+        "/api/v1/healthz",
+    ):
+        assert path in paths
+    assert client.get("/docs").status_code == 200
