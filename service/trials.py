@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 
 from models import catalog
 from service import experiments
-from service.db import notify_on_commit
+from service.db import Database, notify_on_commit
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.optimizer import Optimizer
 from service.schemas import (
@@ -76,6 +76,24 @@ def claim_possible(session: Session, *, worker_id: int, experiment_id: int | Non
     if _held(session, worker_id) is not None:
         return True
     return session.scalars(_claimable(experiment_id)).first() is not None
+
+
+def try_claim(
+    db: Database,
+    optimizer: Optimizer,
+    *,
+    worker_id: int,
+    experiment_id: int | None,
+    look_first: bool,
+) -> Assignment | None:
+    """One claim attempt in its own transaction. With `look_first`, a read-only look comes
+    first, so workers polling an idle service never take the write lock."""
+    if look_first:
+        with db.transaction(write=False) as session:
+            if not claim_possible(session, worker_id=worker_id, experiment_id=experiment_id):
+                return None
+    with db.transaction() as session:
+        return claim(session, optimizer=optimizer, worker_id=worker_id, experiment_id=experiment_id)
 
 
 def claim(

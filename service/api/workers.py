@@ -1,4 +1,5 @@
 import time
+from functools import partial
 
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
@@ -31,23 +32,17 @@ async def claim_trial(
 ) -> Assignment | Response:
     """Start the next trial, waiting up to wait_seconds for one to become available."""
     deadline = time.monotonic() + min(body.wait_seconds, settings.max_claim_wait_seconds)
+    look_first = False  # the first attempt goes straight for the lock; re-polls peek first
     while True:
         generation = db.changes.generation
-
-        def attempt() -> Assignment | None:
-            with db.transaction(write=False) as session:
-                if not trials.claim_possible(
-                    session, worker_id=worker_id, experiment_id=body.experiment_id
-                ):
-                    return None
-            with db.transaction() as session:
-                return trials.claim(
-                    session,
-                    optimizer=optimizer,
-                    worker_id=worker_id,
-                    experiment_id=body.experiment_id,
-                )
-
+        attempt = partial(
+            trials.try_claim,
+            db,
+            optimizer,
+            worker_id=worker_id,
+            experiment_id=body.experiment_id,
+            look_first=look_first,
+        )
         assignment = await run_in_threadpool(attempt)
         remaining = deadline - time.monotonic()
         if assignment is not None:
@@ -55,5 +50,6 @@ async def claim_trial(
         if remaining <= 0:
             return Response(status_code=status.HTTP_204_NO_CONTENT)
         await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))
+        look_first = True
         if await request.is_disconnected():  # the worker went away: hand it nothing
             return Response(status_code=status.HTTP_204_NO_CONTENT)
