@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000] [--database-url URL]
 
 For each history size it fills one experiment with that many finished trials through the real
-app (SQLite file by default), then times claims over HTTP (in-process client) and, for the
-same search space, TPE's ask on a plain in-memory Optuna study holding the same number of
-finished trials. It prints p50/p99 of both and the overhead (claim - ask).
+app, then times claims, and, for the same search space, TPE's ask on a plain in-memory Optuna
+study holding the same number of finished trials. It prints p50/p99 of both, the overhead
+(claim - ask), and the p50 of GET /healthz (one request with one database round trip: the
+floor any API call pays). By default the app runs in process on a SQLite file; --server URL
+times a running `sweep server` over real HTTP instead.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import time
 import warnings
 from pathlib import Path
 
+import httpx
 import optuna
 
 with warnings.catch_warnings():
@@ -55,7 +58,16 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return statistics.median(ordered) * 1e3, ordered[int(len(ordered) * 0.99) - 1] * 1e3
 
 
-def claim_latencies(client: TestClient, history: int) -> list[float]:
+def healthz_p50(client: httpx.Client) -> float:
+    timings = []
+    for _ in range(TIMED):
+        started = time.perf_counter()
+        client.get("/api/v1/healthz")
+        timings.append(time.perf_counter() - started)
+    return statistics.median(timings) * 1e3
+
+
+def claim_latencies(client: httpx.Client, history: int) -> list[float]:
     client.post("/api/v1/experiments", json=spec(history + TIMED))
     worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
     rng, timings = random.Random(0), []
@@ -93,22 +105,29 @@ def ask_latencies(history: int) -> list[float]:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
-    parser.add_argument("--database-url", default="")
+    parser.add_argument("--database-url", default="", help="in-process app's database")
+    parser.add_argument("--server", default="", help="time this running server instead")
     args = parser.parse_args()
     print(
         f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
-        f"{'overhead p50 (ms)':>18}"
+        f"{'overhead p50':>13} {'healthz p50':>12}   (ms)"
     )
     for size in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp:
-            url = args.database_url or f"sqlite:///{Path(tmp) / 'bench.db'}"
-            with TestClient(create_app(Settings(database_url=url))) as client:
-                claim50, claim99 = percentiles(claim_latencies(client, size))
+        with tempfile.TemporaryDirectory() as tmp, connect(args, Path(tmp)) as client:
+            claim50, claim99 = percentiles(claim_latencies(client, size))
+            floor = healthz_p50(client)
         ask50, ask99 = percentiles(ask_latencies(size))
         print(
             f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ask50:>9.2f} {ask99:>8.2f} "
-            f"{claim50 - ask50:>18.2f}"
+            f"{claim50 - ask50:>13.2f} {floor:>12.2f}"
         )
+
+
+def connect(args: argparse.Namespace, tmp: Path) -> httpx.Client:
+    if args.server:
+        return httpx.Client(base_url=args.server, timeout=60)
+    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    return TestClient(create_app(Settings(database_url=url)))
 
 
 if __name__ == "__main__":
