@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -11,8 +13,10 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service import claims
 from service.api import experiments, health, trials, workers
 from service.config import Settings
 from service.db import Database
@@ -20,6 +24,7 @@ from service.errors import SweepError
 from service.optimizer import Optimizer
 
 API_PREFIX = "/api/v1"
+EXPIRY_BATCH = 100
 log = logging.getLogger("sweep.service")
 
 
@@ -33,7 +38,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.optimizer = Optimizer()
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
+        stopping = asyncio.Event()
+        expiry = asyncio.create_task(
+            _expire_leases_until(stopping, db, settings.lease_check_seconds)
+        )
         yield
+        stopping.set()
+        await expiry  # lets a round in progress finish its transaction
         db.dispose()
 
     app = FastAPI(
@@ -47,6 +58,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(module.router, prefix=API_PREFIX)
     _install_error_handlers(app)
     return app
+
+
+async def _expire_leases_until(stopping: asyncio.Event, db: Database, every: float) -> None:
+    """Hand out again the trials whose workers stopped talking (in every API process; row
+    locks keep them from handling the same trial twice)."""
+
+    def expire() -> None:
+        with db.transaction() as session:
+            while claims.expire_leases(session) == EXPIRY_BATCH:
+                pass
+
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), every)
+            return
+        try:
+            await run_in_threadpool(expire)
+        except Exception:  # a busy or unreachable database: try again next round
+            log.exception("lease expiry failed")
 
 
 def _error(

@@ -21,6 +21,11 @@ class Settings(BaseSettings):
     max_claim_wait_seconds: float = 30.0
     # How often a waiting claim looks at the database again when nothing woke it.
     claim_poll_seconds: float = 0.5
+    # A claimed trial whose worker sends nothing (heartbeat or report) for this long is
+    # handed out again; workers heartbeat at a quarter of it.
+    lease_seconds: float = 60.0
+    # How often the server looks for expired leases.
+    lease_check_seconds: float = 5.0
     # Largest weights file a worker may upload.
     max_weights_bytes: int = 512 * 1024 * 1024
 

@@ -25,6 +25,7 @@ def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
         direction=spec.objective.direction,
         n_trials=spec.budget.n_trials,
         max_concurrent=spec.budget.max_concurrent,
+        max_retries=spec.budget.max_retries,
         trial_count=0,
         finish_seq=0,
     )

@@ -136,6 +136,8 @@ class PrunerSpec(Strict):
 class Budget(Strict):
     n_trials: StrictInt = Field(gt=0, le=100_000)
     max_concurrent: StrictInt = Field(4, gt=0, le=10_000)
+    # How often a trial whose worker vanished is handed out again before it fails as "lost".
+    max_retries: StrictInt = Field(3, ge=0, le=100)
 
 
 class ExperimentCreate(Strict):
@@ -156,6 +158,7 @@ class ExperimentCreate(Strict):
 
 
 class TrialCounts(BaseModel):
+    queued: int = 0
     running: int = 0
     completed: int = 0
     pruned: int = 0
@@ -201,6 +204,8 @@ class TrialRead(BaseModel):
     value: float | None
     best_epoch: int | None
     last_epoch: int
+    attempt: int
+    retries: int
     worker_id: int | None
     failure_reason: str | None
     failure_message: str | None
@@ -256,6 +261,11 @@ class Assignment(BaseModel):
     trial_id: int
     experiment_id: int
     number: int
+    attempt: int
+    # Goes with every call about this attempt; a newer attempt makes it stale (409).
+    token: str
+    # Heartbeat well within this, or the trial is handed to another worker.
+    lease_seconds: float
     model: str
     dataset: dict[str, Any]
     objective: dict[str, Any]
@@ -266,6 +276,11 @@ class Assignment(BaseModel):
 class ReportIn(Strict):
     epoch: StrictInt = Field(ge=1, le=1_000_000)
     metrics: dict[Key, float] = Field(max_length=100)
+
+
+class HeartbeatOut(BaseModel):
+    action: Literal["continue", "stop"]
+    reason: str | None = None
 
 
 class ReportOut(BaseModel):

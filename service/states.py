@@ -8,10 +8,11 @@ from service.errors import Conflict
 
 
 class TrialState(enum.StrEnum):
+    QUEUED = "queued"  # waiting for a new attempt: its worker vanished or let it go
     RUNNING = "running"
     COMPLETED = "completed"
     PRUNED = "pruned"  # stopped early by the pruner; its last value counts for the sampler
-    FAILED = "failed"  # diverged, raised, or lost
+    FAILED = "failed"  # diverged, raised, or lost more often than max_retries
     CANCELLED = "cancelled"  # stopped because the experiment was cancelled
 
 
@@ -21,7 +22,8 @@ FINISHED_TRIAL_STATES = frozenset(
 
 TRIAL_TRANSITIONS: dict[TrialState, frozenset[TrialState]] = {
     # A claim creates a trial directly in RUNNING; finished states are final.
-    TrialState.RUNNING: FINISHED_TRIAL_STATES,
+    TrialState.RUNNING: FINISHED_TRIAL_STATES | {TrialState.QUEUED},  # lease lost or released
+    TrialState.QUEUED: frozenset({TrialState.RUNNING, TrialState.CANCELLED}),
     TrialState.COMPLETED: frozenset(),
     TrialState.PRUNED: frozenset(),
     TrialState.FAILED: frozenset(),

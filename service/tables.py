@@ -66,6 +66,8 @@ class Experiment(Base):
     direction: Mapped[str] = mapped_column(String(8))
     n_trials: Mapped[int] = mapped_column(Integer)
     max_concurrent: Mapped[int] = mapped_column(Integer)
+    # Times a trial whose worker vanished is handed out again before it fails as "lost".
+    max_retries: Mapped[int] = mapped_column(Integer, default=3, server_default="3")
     # Trials created so far; the next trial's number. Only changed under the row lock.
     trial_count: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped under the row lock each time a trial finishes, so finishes commit in this order.
@@ -96,6 +98,7 @@ class Trial(Base):
         UniqueConstraint("experiment_id", "number"),
         Index("ix_sweep_trials_experiment_state_value", "experiment_id", "state", "value"),
         Index("ix_sweep_trials_experiment_finish_seq", "experiment_id", "finish_seq"),
+        Index("ix_sweep_trials_state_lease", "state", "lease_expires_at"),
         {"sqlite_autoincrement": True},
     )
 
@@ -112,6 +115,12 @@ class Trial(Base):
     last_epoch: Mapped[int] = mapped_column(Integer, default=0)
     last_objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     finish_seq: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # Each claim of the trial is an attempt with its own token; calls carrying an older
+    # token are refused (fencing). The lease is kept alive by heartbeats and reports.
+    attempt: Mapped[int] = mapped_column(Integer, default=1, server_default="1")
+    token: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweep_workers.id", ondelete="SET NULL"), nullable=True, index=True
     )

@@ -40,3 +40,18 @@ def make_spec(**overrides: Any) -> dict[str, Any]:
 
 def budget(n_trials: int, max_concurrent: int = 4) -> dict[str, int]:
     return {"n_trials": n_trials, "max_concurrent": max_concurrent}
+
+
+# The attempt token of each claimed trial, sent with every call about it (X-Attempt-Token).
+TOKENS: dict[int, str] = {}
+
+
+def remember(assignment: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Keep a claim's attempt token for later calls about its trial."""
+    if assignment is not None:
+        TOKENS[assignment["trial_id"]] = assignment["token"]
+    return assignment
+
+
+def attempt_headers(trial_id: int) -> dict[str, str]:
+    return {"X-Attempt-Token": TOKENS.get(trial_id, "none")}

@@ -30,8 +30,15 @@ def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Po
 class ServerProcess:
     """`sweep server` in a subprocess; can be killed and started again on the same port."""
 
-    def __init__(self, database_url: str, log_dir: Path, port: int | None = None) -> None:
+    def __init__(
+        self,
+        database_url: str,
+        log_dir: Path,
+        port: int | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.database_url = database_url
+        self.extra_env = env or {}
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -45,6 +52,7 @@ class ServerProcess:
             **os.environ,
             "SWEEP_DATABASE_URL": self.database_url,
             "SWEEP_CLAIM_POLL_SECONDS": "0.1",
+            **self.extra_env,
         }
         command = [
             "-m",

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.factories import budget, make_spec
+from tests.factories import attempt_headers, budget, make_spec, remember
 
 API = "/api/v1"
 
@@ -26,13 +26,15 @@ def register(client: TestClient, name: str = "w") -> int:
 def claim(client: TestClient, worker: int, **body: Any) -> dict[str, Any] | None:
     response = client.post(f"{API}/workers/{worker}/claim", json=body)
     assert response.status_code in (200, 204), response.text
-    return None if response.status_code == 204 else dict(response.json())
+    return remember(None if response.status_code == 204 else dict(response.json()))
 
 
 def report(client: TestClient, trial_id: int, epoch: int, accuracy: float) -> dict[str, Any]:
     metrics = {"val_accuracy": accuracy, "val_loss": 1 - accuracy, "train_loss": 0.5}
     response = client.post(
-        f"{API}/trials/{trial_id}/reports", json={"epoch": epoch, "metrics": metrics}
+        f"{API}/trials/{trial_id}/reports",
+        headers=attempt_headers(trial_id),
+        json={"epoch": epoch, "metrics": metrics},
     )
     assert response.status_code == 200, response.text
     return dict(response.json())
@@ -45,6 +47,7 @@ def run_trial(client: TestClient, worker: int, curve: list[float]) -> dict[str, 
         report(client, assignment["trial_id"], epoch, value)
     response = client.post(
         f"{API}/trials/{assignment['trial_id']}/complete",
+        headers=attempt_headers(assignment["trial_id"]),
         json={"value": max(curve), "epoch": curve.index(max(curve)) + 1},
     )
     assert response.status_code == 200, response.text
@@ -61,7 +64,9 @@ def test_submitted_spec_is_stored_with_defaults(client: TestClient) -> None:
         "split_seed": 0,
     }
     assert experiment["spec"]["objective"]["reduce"] == "best"
+    assert experiment["spec"]["budget"]["max_retries"] == 3
     assert experiment["counts"] == {
+        "queued": 0,
         "running": 0,
         "completed": 0,
         "pruned": 0,
@@ -85,8 +90,19 @@ def test_trial_lifecycle_from_claim_to_weights(client: TestClient) -> None:
     trial_id = assignment["trial_id"]
     for epoch, accuracy in enumerate([0.5, 0.7, 0.9], 1):
         assert report(client, trial_id, epoch, accuracy)["action"] == "continue"
-    assert client.put(f"{API}/trials/{trial_id}/weights", content=b"weights").status_code == 204
-    done = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.9, "epoch": 3})
+    assert (
+        client.put(
+            f"{API}/trials/{trial_id}/weights",
+            headers=attempt_headers(trial_id),
+            content=b"weights",
+        ).status_code
+        == 204
+    )
+    done = client.post(
+        f"{API}/trials/{trial_id}/complete",
+        headers=attempt_headers(trial_id),
+        json={"value": 0.9, "epoch": 3},
+    )
     assert done.json()["state"] == "completed"
 
     detail = client.get(f"{API}/trials/{trial_id}").json()
@@ -105,12 +121,20 @@ def test_budget_and_concurrency_limits(client: TestClient) -> None:
     first, second = claim(client, workers[0]), claim(client, workers[1])
     assert first and second
     assert claim(client, workers[2]) is None  # two running: no third
-    client.post(f"{API}/trials/{first['trial_id']}/complete", json={"value": 0.5})
+    client.post(
+        f"{API}/trials/{first['trial_id']}/complete",
+        headers=attempt_headers(first["trial_id"]),
+        json={"value": 0.5},
+    )
     third = claim(client, workers[2])
     assert third is not None and third["number"] == 2
     assert claim(client, workers[3]) is None  # budget spent
     for trial in (second, third):
-        client.post(f"{API}/trials/{trial['trial_id']}/complete", json={"value": 0.6})
+        client.post(
+            f"{API}/trials/{trial['trial_id']}/complete",
+            headers=attempt_headers(trial["trial_id"]),
+            json={"value": 0.6},
+        )
     status = client.get(f"{API}/experiments/{experiment['id']}").json()
     assert status["state"] == "completed"
     assert status["trials_created"] == 3
@@ -152,13 +176,21 @@ def test_reports_to_finished_trials_conflict_and_repeats_are_harmless(client: Te
     worker = register(client)
     assignment = run_trial(client, worker, [0.4, 0.6])
     trial_id = assignment["trial_id"]
-    again = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.6, "epoch": 2})
+    again = client.post(
+        f"{API}/trials/{trial_id}/complete",
+        headers=attempt_headers(trial_id),
+        json={"value": 0.6, "epoch": 2},
+    )
     assert again.status_code == 200  # the same completion, retried
     late = client.post(
-        f"{API}/trials/{trial_id}/reports", json={"epoch": 3, "metrics": {"val_accuracy": 0.7}}
+        f"{API}/trials/{trial_id}/reports",
+        headers=attempt_headers(trial_id),
+        json={"epoch": 3, "metrics": {"val_accuracy": 0.7}},
     )
     assert late.status_code == 409
-    other = client.post(f"{API}/trials/{trial_id}/complete", json={"value": 0.1})
+    other = client.post(
+        f"{API}/trials/{trial_id}/complete", headers=attempt_headers(trial_id), json={"value": 0.1}
+    )
     assert other.status_code == 409
     detail = client.get(f"{API}/trials/{trial_id}").json()
     assert (detail["value"], len(detail["metrics"])) == (0.6, 2)
@@ -169,6 +201,7 @@ def test_reports_to_finished_trials_conflict_and_repeats_are_harmless(client: Te
     assert report(client, second["trial_id"], 1, 0.3)["action"] == "continue"  # retried
     gap = client.post(
         f"{API}/trials/{second['trial_id']}/reports",
+        headers=attempt_headers(second["trial_id"]),
         json={"epoch": 5, "metrics": {"val_accuracy": 0.3}},
     )
     assert gap.status_code == 409
@@ -199,7 +232,9 @@ def test_trial_list_pages_filters_and_sorts(client: TestClient) -> None:
     failed = claim(client, worker)
     assert failed is not None
     client.post(
-        f"{API}/trials/{failed['trial_id']}/fail", json={"reason": "error", "message": "boom"}
+        f"{API}/trials/{failed['trial_id']}/fail",
+        headers=attempt_headers(failed["trial_id"]),
+        json={"reason": "error", "message": "boom"},
     )
 
     page = client.get(f"{API}/experiments/{eid}/trials", params={"limit": 2, "offset": 2}).json()
@@ -226,7 +261,11 @@ def test_best_for_a_minimized_objective(client: TestClient) -> None:
     for value in (0.4, 0.2, 0.3):
         trial = claim(client, worker)
         assert trial is not None
-        client.post(f"{API}/trials/{trial['trial_id']}/complete", json={"value": value})
+        client.post(
+            f"{API}/trials/{trial['trial_id']}/complete",
+            headers=attempt_headers(trial["trial_id"]),
+            json={"value": value},
+        )
     top = client.get(f"{API}/experiments/{eid}/best", params={"k": 2}).json()
     assert [t["value"] for t in top["trials"]] == [0.2, 0.3]
     assert client.get(f"{API}/experiments/{eid}").json()["best_value"] == 0.2

@@ -41,10 +41,14 @@ def claimer(url: str, experiment_id: int, observed: Observed, seed: int) -> None
                 observed.errors.append(response.text)
                 return
             claimed_at = time.monotonic()
-            trial_id = response.json()["trial_id"]
+            trial_id, token = response.json()["trial_id"], response.json()["token"]
             time.sleep(rng.uniform(0, 0.02))
             done_at = time.monotonic()
-            http.post(f"/trials/{trial_id}/complete", json={"value": rng.random()})
+            http.post(
+                f"/trials/{trial_id}/complete",
+                json={"value": rng.random()},
+                headers={"X-Attempt-Token": token},
+            )
             with observed.lock:
                 observed.claims.append(trial_id)
                 observed.intervals.append((claimed_at, done_at))

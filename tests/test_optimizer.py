@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.factories import budget, make_spec
+from tests.factories import attempt_headers, budget, make_spec, remember
 
 API = "/api/v1"
 SPEC = make_spec(
@@ -41,21 +41,29 @@ def run(client: TestClient, worker: int, n: int) -> list[dict[str, Any]]:
     """Claim and finish n trials; every fifth fails, every fourth is pruned after two epochs."""
     suggested = []
     for _ in range(n):
-        trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()
+        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+        assert trial is not None
         suggested.append(trial["params"])
         tid, value = trial["trial_id"], objective(trial["params"])
         if trial["number"] % 5 == 4:
-            client.post(f"{API}/trials/{tid}/fail", json={"reason": "error", "message": "x"})
+            client.post(
+                f"{API}/trials/{tid}/fail",
+                headers=attempt_headers(tid),
+                json={"reason": "error", "message": "x"},
+            )
             continue
         for epoch in (1, 2):
             answer = client.post(
                 f"{API}/trials/{tid}/reports",
+                headers=attempt_headers(tid),
                 json={"epoch": epoch, "metrics": {"val_accuracy": value * epoch / 2}},
             ).json()
             if answer["action"] != "continue":
                 break
         else:
-            client.post(f"{API}/trials/{tid}/complete", json={"value": value})
+            client.post(
+                f"{API}/trials/{tid}/complete", headers=attempt_headers(tid), json={"value": value}
+            )
     return suggested
 
 

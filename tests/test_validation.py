@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import make_spec
+from tests.factories import attempt_headers, make_spec, remember
 
 API = "/api/v1"
 
@@ -215,14 +215,16 @@ def test_unknown_ids_are_404(client: TestClient) -> None:
     assert client.post(f"{API}/experiments/999/pause").status_code == 404
     assert client.delete(f"{API}/experiments/999").status_code == 404
     report = {"epoch": 1, "metrics": {"val_accuracy": 0.5}}
-    assert client.post(f"{API}/trials/999/reports", json=report).status_code == 404
+    stale = {"X-Attempt-Token": "0" * 32}
+    assert client.post(f"{API}/trials/999/reports", json=report, headers=stale).status_code == 404
+    assert client.post(f"{API}/trials/999/reports", json=report).status_code == 422  # no token
     assert client.post(f"{API}/workers/999/claim", json={}).status_code == 404
 
 
 def test_bad_worker_messages_are_rejected(client: TestClient) -> None:
     client.post(f"{API}/experiments", json=make_spec())
     worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
-    trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()["trial_id"]
+    trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())["trial_id"]
     cases = [
         ("reports", {"epoch": 0, "metrics": {"val_accuracy": 0.5}}, "epoch"),
         ("reports", {"epoch": 1, "metrics": {"train_loss": 0.5}}, "metrics.val_accuracy"),
@@ -231,14 +233,16 @@ def test_bad_worker_messages_are_rejected(client: TestClient) -> None:
         ("fail", {"reason": "bored"}, "reason"),
     ]
     for action, body, field in cases:
-        response = client.post(f"{API}/trials/{trial}/{action}", json=body)
+        response = client.post(
+            f"{API}/trials/{trial}/{action}", json=body, headers=attempt_headers(trial)
+        )
         assert response.status_code == 422, (action, body, response.text)
         assert response.json()["error"]["field"].startswith(field), response.json()
     nan_report = '{"epoch": 1, "metrics": {"val_accuracy": NaN}}'
     response = client.post(
         f"{API}/trials/{trial}/reports",
+        headers={**attempt_headers(trial), "content-type": "application/json"},
         content=nan_report,
-        headers={"content-type": "application/json"},
     )
     assert response.status_code == 422
     assert response.json()["error"]["field"] == "metrics.val_accuracy"

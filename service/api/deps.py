@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, Path, Request
+from fastapi import Depends, Header, Path, Request
 from sqlalchemy.orm import Session
 
 from service import experiments, trials
@@ -51,6 +51,10 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 TrialId = Annotated[int, Path(ge=1, le=MAX_INT)]
 WorkerId = Annotated[int, Path(ge=1, le=MAX_INT)]
+
+
+# The attempt a worker's call is about (from its claim); a stale one is refused with 409.
+AttemptToken = Annotated[str, Header(alias="X-Attempt-Token", min_length=1, max_length=64)]
 
 
 def experiment_or_404(experiment_id: ExperimentId, session: SessionDep) -> Experiment:

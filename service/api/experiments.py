@@ -60,7 +60,7 @@ def resume_experiment(experiment: ExperimentDep, session: SessionDep) -> Experim
 @router.post("/{experiment_id}/cancel")
 def cancel_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """End the experiment; running trials are told to stop at their next report."""
-    return _move(session, experiment, ExperimentState.CANCELLED)
+    return experiments.status(session, trials.cancel(session, experiment.id))
 
 
 def _move(session: Session, experiment: Experiment, target: ExperimentState) -> ExperimentRead:

@@ -2,10 +2,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request, Response
 
-from service import trials
-from service.api.deps import OptimizerDep, SessionDep, SettingsDep, TrialDep, TrialId
+from service import claims, trials
+from service.api.deps import AttemptToken, OptimizerDep, SessionDep, SettingsDep, TrialDep, TrialId
 from service.errors import TooLarge
-from service.schemas import CompleteIn, FailIn, ReportIn, ReportOut, TrialDetail, TrialRead
+from service.schemas import (
+    CompleteIn,
+    FailIn,
+    HeartbeatOut,
+    ReportIn,
+    ReportOut,
+    TrialDetail,
+    TrialRead,
+)
 
 router = APIRouter(prefix="/trials", tags=["trials"])
 
@@ -32,10 +40,38 @@ def get_model(trial: TrialDep, session: SessionDep) -> Response:
 
 @router.post("/{trial_id}/reports", tags=["worker protocol"])
 def report_epoch(
-    trial_id: TrialId, body: ReportIn, session: SessionDep, optimizer: OptimizerDep
+    trial_id: TrialId,
+    token: AttemptToken,
+    body: ReportIn,
+    session: SessionDep,
+    optimizer: OptimizerDep,
+    settings: SettingsDep,
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
-    return trials.report(session, optimizer=optimizer, trial_id=trial_id, body=body)
+    return trials.report(
+        session,
+        optimizer=optimizer,
+        trial_id=trial_id,
+        token=token,
+        body=body,
+        lease_seconds=settings.lease_seconds,
+    )
+
+
+@router.post("/{trial_id}/heartbeat", tags=["worker protocol"])
+def heartbeat(
+    trial_id: TrialId, token: AttemptToken, session: SessionDep, settings: SettingsDep
+) -> HeartbeatOut:
+    """Keep the attempt's lease alive between reports."""
+    return claims.heartbeat(
+        session, trial_id=trial_id, token=token, lease_seconds=settings.lease_seconds
+    )
+
+
+@router.post("/{trial_id}/release", tags=["worker protocol"])
+def release(trial_id: TrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
+    """Give the trial back (the worker is shutting down): it is queued for another attempt."""
+    return trials.read(claims.release(session, trial_id=trial_id, token=token))
 
 
 async def weights_body(request: Request, settings: SettingsDep) -> bytes:
@@ -50,20 +86,27 @@ async def weights_body(request: Request, settings: SettingsDep) -> bytes:
 
 @router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"])
 def upload_weights(
-    trial_id: TrialId, data: Annotated[bytes, Depends(weights_body)], session: SessionDep
+    trial_id: TrialId,
+    token: AttemptToken,
+    data: Annotated[bytes, Depends(weights_body)],
+    session: SessionDep,
 ) -> Response:
     """Store a running trial's state_dict (the raw bytes of torch.save)."""
-    trials.store_weights(session, trial_id=trial_id, data=data)
+    trials.store_weights(session, trial_id=trial_id, token=token, data=data)
     return Response(status_code=204)
 
 
 @router.post("/{trial_id}/complete", tags=["worker protocol"])
-def complete_trial(trial_id: TrialId, body: CompleteIn, session: SessionDep) -> TrialRead:
+def complete_trial(
+    trial_id: TrialId, token: AttemptToken, body: CompleteIn, session: SessionDep
+) -> TrialRead:
     """Finish a trial with its objective value."""
-    return trials.read(trials.complete(session, trial_id=trial_id, body=body))
+    return trials.read(trials.complete(session, trial_id=trial_id, token=token, body=body))
 
 
 @router.post("/{trial_id}/fail", tags=["worker protocol"])
-def fail_trial(trial_id: TrialId, body: FailIn, session: SessionDep) -> TrialRead:
+def fail_trial(
+    trial_id: TrialId, token: AttemptToken, body: FailIn, session: SessionDep
+) -> TrialRead:
     """End a trial as failed: diverged, error (with its text) or interrupted."""
-    return trials.read(trials.fail(session, trial_id=trial_id, body=body))
+    return trials.read(trials.fail(session, trial_id=trial_id, token=token, body=body))

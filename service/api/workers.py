@@ -4,7 +4,7 @@ from functools import partial
 from fastapi import APIRouter, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service import trials, workers
+from service import claims, workers
 from service.api.deps import DatabaseDep, OptimizerDep, SessionDep, SettingsDep, WorkerId
 from service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
 
@@ -36,11 +36,12 @@ async def claim_trial(
     while True:
         generation = db.changes.generation
         attempt = partial(
-            trials.try_claim,
+            claims.try_claim,
             db,
             optimizer,
             worker_id=worker_id,
             experiment_id=body.experiment_id,
+            lease_seconds=settings.lease_seconds,
             look_first=look_first,
         )
         assignment = await run_in_threadpool(attempt)

@@ -1,0 +1,261 @@
+"""Handing trials to workers: claims, attempts and their leases.
+
+A claimed trial runs as an attempt with a random token and a lease. Every call about the
+trial carries the token; a newer attempt makes older tokens stale (fencing). Heartbeats and
+reports extend the lease. A lease that runs out puts the trial back in the queue as the same
+trial (same id, number and params), to be claimed again as attempt + 1, until the experiment's
+max_retries is spent and it fails as "lost". A worker that is shut down releases its trial
+at once, which does not count as a retry.
+
+Lock order, as everywhere: trial rows before their experiment's row; where a claim holds an
+experiment and needs a trial it only takes rows no one else holds (SKIP LOCKED).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import datetime, timedelta
+
+from sqlalchemy import Select, delete, exists, func, select
+from sqlalchemy.orm import Session
+
+from service import experiments, trials
+from service.db import Database, after_commit, notify_on_commit
+from service.errors import Conflict, NotFound
+from service.optimizer import Optimizer
+from service.schemas import Assignment, HeartbeatOut
+from service.states import ExperimentState, TrialState, check_trial_transition
+from service.tables import Experiment, Trial, TrialMetric, TrialWeights, Worker, utcnow
+
+
+def claim_possible(session: Session, *, worker_id: int, experiment_id: int | None = None) -> bool:
+    """Read-only look-ahead: whether `claim` would hand this worker a trial now.
+
+    Lets idle workers poll without taking the database's write lock (SQLite) or row locks.
+    Raises what `claim` would: NotFound for an unknown worker or experiment, Conflict for a
+    cancelled experiment.
+    """
+    _check_claimant(session, worker_id, experiment_id)
+    if _held(session, worker_id) is not None:
+        return True
+    return session.scalars(_claimable(experiment_id)).first() is not None
+
+
+def try_claim(
+    db: Database,
+    optimizer: Optimizer,
+    *,
+    worker_id: int,
+    experiment_id: int | None,
+    lease_seconds: float,
+    look_first: bool,
+) -> Assignment | None:
+    """One claim attempt in its own transaction. With `look_first`, a read-only look comes
+    first, so workers polling an idle service never take the write lock."""
+    if look_first:
+        with db.transaction(write=False) as session:
+            if not claim_possible(session, worker_id=worker_id, experiment_id=experiment_id):
+                return None
+    with db.transaction() as session:
+        return claim(
+            session,
+            optimizer=optimizer,
+            worker_id=worker_id,
+            experiment_id=experiment_id,
+            lease_seconds=lease_seconds,
+        )
+
+
+def claim(
+    session: Session,
+    *,
+    optimizer: Optimizer,
+    worker_id: int,
+    lease_seconds: float,
+    experiment_id: int | None = None,
+) -> Assignment | None:
+    """Start the next trial for a worker, or None when nothing may start now.
+
+    A worker that already holds a running trial (its last claim's answer was lost) gets that
+    attempt back. Otherwise the oldest running experiment with work and a free slot is locked;
+    a queued trial of it is served first, else its sampler is asked for a new one. All in this
+    one transaction: exactly n_trials trials are ever created and never more than
+    max_concurrent run at once.
+    """
+    worker = _check_claimant(session, worker_id, experiment_id)
+    worker.last_seen_at = utcnow()
+    held = _held(session, worker_id)
+    if held is not None:
+        return _assignment(experiments.get(session, held.experiment_id), held, lease_seconds)
+    experiment = _lock_claimable(session, experiment_id)
+    if experiment is None:
+        return None
+    trial = _next_queued(session, experiment.id)
+    if trial is not None:
+        _restart(session, optimizer, trial)
+    else:
+        trial = _new_trial(session, optimizer, experiment)
+    trial.worker_id = worker_id
+    trial.token = secrets.token_hex(16)
+    trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    session.flush()
+    return _assignment(experiment, trial, lease_seconds)
+
+
+def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial:
+    params = optimizer.ask(session, experiment, experiment.trial_count)
+    trial = Trial(
+        experiment_id=experiment.id,
+        number=experiment.trial_count,
+        state=TrialState.RUNNING,
+        params=params,
+        attempt=1,
+        retries=0,
+        last_epoch=0,
+        has_weights=False,
+    )
+    experiment.trial_count += 1
+    session.add(trial)
+    return trial
+
+
+def _next_queued(session: Session, experiment_id: int) -> Trial | None:
+    return session.scalars(
+        select(Trial)
+        .where(Trial.experiment_id == experiment_id, Trial.state == TrialState.QUEUED)
+        .order_by(Trial.number)
+        .limit(1)
+        .with_for_update(skip_locked=True)
+    ).first()
+
+
+def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> None:
+    """A queued trial's next attempt starts from its first epoch: the last attempt's curve
+    and weights go, and so does the in-memory study that saw that curve."""
+    check_trial_transition(trial.state, TrialState.RUNNING)
+    trial.state = TrialState.RUNNING
+    trial.attempt += 1
+    trial.last_epoch = 0
+    trial.last_objective = None
+    trial.has_weights = False
+    session.execute(delete(TrialMetric).where(TrialMetric.trial_id == trial.id))
+    session.execute(delete(TrialWeights).where(TrialWeights.trial_id == trial.id))
+    experiment_id = trial.experiment_id
+    after_commit(session, lambda: optimizer.forget(experiment_id))
+
+
+def _check_claimant(session: Session, worker_id: int, experiment_id: int | None) -> Worker:
+    worker = session.get(Worker, worker_id)
+    if worker is None:
+        raise NotFound(f"worker {worker_id} not found")
+    if experiment_id is not None:
+        target = experiments.get(session, experiment_id)
+        if target.state == ExperimentState.CANCELLED:
+            raise Conflict(f"experiment {experiment_id} is cancelled")
+    return worker
+
+
+def _held(session: Session, worker_id: int) -> Trial | None:
+    return session.scalars(
+        select(Trial).where(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
+    ).first()
+
+
+def _claimable(experiment_id: int | None) -> Select[Experiment]:
+    """Running experiments with work left (budget or a queued trial) and a free slot."""
+    running = (
+        select(func.count())
+        .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
+        .scalar_subquery()
+    )
+    queued = exists().where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED)
+    query = (
+        select(Experiment)
+        .where(
+            Experiment.state == ExperimentState.RUNNING,
+            (Experiment.trial_count < Experiment.n_trials) | queued,
+            running < Experiment.max_concurrent,
+        )
+        .order_by(Experiment.id)
+        .limit(1)
+    )
+    if experiment_id is not None:
+        query = query.where(Experiment.id == experiment_id)
+    return query
+
+
+def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment | None:
+    query = _claimable(experiment_id).with_for_update(skip_locked=True, of=Experiment)
+    experiment = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
+    # Counted again now that the row is ours: the subquery above may have read an older snapshot.
+    if experiment is None or trials.running(session, experiment.id) >= experiment.max_concurrent:
+        return None
+    return experiment
+
+
+def _assignment(experiment: Experiment, trial: Trial, lease_seconds: float) -> Assignment:
+    spec = experiment.spec
+    assert trial.token is not None
+    return Assignment(
+        trial_id=trial.id,
+        experiment_id=experiment.id,
+        number=trial.number,
+        attempt=trial.attempt,
+        token=trial.token,
+        lease_seconds=lease_seconds,
+        model=spec["model"],
+        dataset=spec["dataset"],
+        objective=spec["objective"],
+        params=trial.params,
+        config=trials.config(spec, trial),
+    )
+
+
+# --- leases --------------------------------------------------------------------------------
+
+
+def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: float) -> HeartbeatOut:
+    """Keep an attempt's lease alive; the answer says whether the trial should go on."""
+    trial = trials.attempt(session, trial_id, token)
+    trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    if experiments.get(session, trial.experiment_id).state == ExperimentState.CANCELLED:
+        return HeartbeatOut(action="stop", reason="experiment cancelled")
+    return HeartbeatOut(action="continue")
+
+
+def release(session: Session, *, trial_id: int, token: str) -> Trial:
+    """The worker lets go of its attempt (it is shutting down): back to the queue at once.
+    Not counted against max_retries."""
+    trial = trials.attempt(session, trial_id, token)
+    _requeue(session, trial)
+    return trial
+
+
+def expire_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> int:
+    """Requeue running trials whose lease ran out, or fail them as "lost" once their
+    experiment's max_retries is spent. Returns how many it handled."""
+    expired = session.scalars(
+        select(Trial)
+        .where(Trial.state == TrialState.RUNNING, Trial.lease_expires_at < (now or utcnow()))
+        .order_by(Trial.id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    ).all()
+    for trial in expired:
+        experiment = experiments.lock(session, trial.experiment_id)
+        if trial.retries >= experiment.max_retries:
+            message = f"no word from its worker for a lease, {trial.retries + 1} times"
+            trials.finish(session, trial, TrialState.FAILED, reason="lost", message=message)
+        else:
+            trial.retries += 1
+            _requeue(session, trial)
+    return len(expired)
+
+
+def _requeue(session: Session, trial: Trial) -> None:
+    check_trial_transition(trial.state, TrialState.QUEUED)
+    trial.state = TrialState.QUEUED
+    trial.worker_id = None
+    trial.lease_expires_at = None
+    session.flush()
+    notify_on_commit(session)

@@ -1,0 +1,165 @@
+"""Leases, attempts and fencing: a trial never stays running after its worker is gone."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.client import SweepClient
+from service.config import Settings
+from tests.factories import budget, make_spec
+from tests.processes import ServerProcess, start_worker, stop_workers
+
+API = "/api/v1"
+LEASE = 0.6
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    short = settings.model_copy(update={"lease_seconds": LEASE, "lease_check_seconds": 0.1})
+    with TestClient(create_app(short)) as test_client:
+        yield test_client
+
+
+def start(client: TestClient, max_retries: int = 3, n_trials: int = 1) -> int:
+    spec = make_spec(budget={**budget(n_trials, 2), "max_retries": max_retries})
+    return int(client.post(f"{API}/experiments", json=spec).json()["id"])
+
+
+def claim(client: TestClient, name: str) -> dict[str, Any]:
+    worker = client.post(f"{API}/workers", json={"name": name}).json()["id"]
+    response = client.post(f"{API}/workers/{worker}/claim", json={})
+    assert response.status_code == 200, response.text
+    return dict(response.json())
+
+
+def call(client: TestClient, trial: dict[str, Any], action: str, **body: Any) -> Any:
+    return client.post(
+        f"{API}/trials/{trial['trial_id']}/{action}",
+        json=body or None,
+        headers={"X-Attempt-Token": trial["token"]},
+    )
+
+
+def wait_for_state(client: TestClient, trial_id: int, state: str) -> dict[str, Any]:
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        trial = client.get(f"{API}/trials/{trial_id}").json()
+        if trial["state"] == state:
+            return dict(trial)
+        time.sleep(0.05)
+    raise AssertionError(f"trial {trial_id} never became {state}: {trial}")
+
+
+def test_an_expired_lease_hands_the_same_trial_out_again_and_fences_the_old_attempt(
+    client: TestClient,
+) -> None:
+    start(client)
+    first = claim(client, "a")
+    assert call(client, first, "reports", epoch=1, metrics={"val_accuracy": 0.5}).status_code == 200
+    queued = wait_for_state(client, first["trial_id"], "queued")  # worker a went silent
+    assert queued["retries"] == 1
+
+    second = claim(client, "b")
+    assert (second["trial_id"], second["number"], second["params"]) == (
+        first["trial_id"],
+        first["number"],
+        first["params"],
+    )
+    assert (second["attempt"], first["attempt"]) == (2, 1)
+    assert second["token"] != first["token"]
+    before = client.get(f"{API}/trials/{first['trial_id']}").json()
+    assert before["metrics"] == []  # the new attempt starts its curve afresh
+
+    for action, body in (
+        ("reports", {"epoch": 1, "metrics": {"val_accuracy": 0.9}}),
+        ("heartbeat", {}),
+        ("complete", {"value": 0.9}),
+        ("fail", {"reason": "error"}),
+        ("release", {}),
+    ):
+        assert call(client, first, action, **body).status_code == 409, action
+    assert client.get(f"{API}/trials/{first['trial_id']}").json() == before
+
+    assert (
+        call(client, second, "reports", epoch=1, metrics={"val_accuracy": 0.8}).status_code == 200
+    )
+    assert call(client, second, "complete", value=0.8).status_code == 200
+
+
+def test_heartbeats_keep_the_lease(client: TestClient) -> None:
+    start(client)
+    trial = claim(client, "a")
+    for _ in range(int(3 * LEASE / 0.15)):
+        assert call(client, trial, "heartbeat").json() == {"action": "continue", "reason": None}
+        time.sleep(0.15)
+    detail = client.get(f"{API}/trials/{trial['trial_id']}").json()
+    assert (detail["state"], detail["attempt"], detail["retries"]) == ("running", 1, 0)
+
+
+def test_a_trial_lost_too_often_fails_as_lost(client: TestClient) -> None:
+    experiment_id = start(client, max_retries=1)
+    first = claim(client, "a")
+    wait_for_state(client, first["trial_id"], "queued")
+    claim(client, "b")
+    lost = wait_for_state(client, first["trial_id"], "failed")
+    assert (lost["failure_reason"], lost["attempt"], lost["retries"]) == ("lost", 2, 1)
+    assert client.get(f"{API}/experiments/{experiment_id}").json()["state"] == "completed"
+
+
+def test_release_requeues_at_once_without_counting_a_retry(client: TestClient) -> None:
+    start(client, max_retries=0)
+    first = claim(client, "a")
+    released = call(client, first, "release").json()
+    assert (released["state"], released["retries"]) == ("queued", 0)
+    second = claim(client, "b")
+    assert (second["trial_id"], second["attempt"]) == (first["trial_id"], 2)
+
+
+def test_cancel_ends_queued_trials(client: TestClient) -> None:
+    experiment_id = start(client, n_trials=2)
+    first, second = claim(client, "a"), claim(client, "b")
+    call(client, first, "release")
+    client.post(f"{API}/experiments/{experiment_id}/cancel")
+    assert client.get(f"{API}/trials/{first['trial_id']}").json()["state"] == "cancelled"
+    assert call(client, second, "heartbeat").json()["action"] == "stop"
+
+
+@pytest.mark.timeout(240)
+def test_a_killed_worker_trial_is_finished_by_another(sqlite_url: str, tmp_path: Path) -> None:
+    server = ServerProcess(
+        sqlite_url,
+        tmp_path / "logs",
+        env={"SWEEP_LEASE_SECONDS": "2", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
+    )
+    server.start()
+    workers = []
+    try:
+        with SweepClient(server.url) as client:
+            spec = make_spec(fixed={"epochs": 30}, budget=budget(4, 2))
+            experiment_id = client.submit(spec)["id"]
+            workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+            deadline = time.monotonic() + 60
+            while client.experiment(experiment_id)["counts"]["running"] < 2:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+            workers[0].send_signal(signal.SIGKILL)  # mid-trial, no goodbye
+            workers.append(start_worker(server.url, tmp_path / "logs", "replacement"))
+            deadline = time.monotonic() + 180
+            while (experiment := client.experiment(experiment_id))["state"] != "completed":
+                assert time.monotonic() < deadline, experiment["counts"]
+                time.sleep(0.5)
+            trials = client.trials(experiment_id)["items"]
+    finally:
+        stop_workers(workers)
+        server.stop()
+    assert experiment["counts"]["running"] == experiment["counts"]["queued"] == 0
+    assert sum(experiment["counts"].values()) == 4
+    assert any(t["attempt"] == 2 and t["state"] == "completed" for t in trials)
