@@ -115,7 +115,7 @@ def test_client_rides_out_a_broken_network_and_keeps_order() -> None:
     client = ServiceClient(
         "", http=http, retry=RetryPolicy(initial=0.01, jitter=0, give_up_after=5)
     )
-    assert client.report(7, 1, {"val_accuracy": 0.5}) == {"action": "continue"}
+    assert client.report(7, "token", 1, {"val_accuracy": 0.5}) == {"action": "continue"}
     assert attempts == ["/api/v1/trials/7/reports"] * 4
 
 
@@ -133,7 +133,7 @@ def test_client_gives_up_when_told_and_stops_on_conflict() -> None:
 
     http = httpx.Client(transport=httpx.MockTransport(gone), base_url="http://sweep")
     with pytest.raises(TrialGone):
-        ServiceClient("", http=http).report(3, 2, {"val_accuracy": 0.1})
+        ServiceClient("", http=http).report(3, "token", 2, {"val_accuracy": 0.1})
 
 
 def test_a_trial_whose_experiment_was_deleted_does_not_stop_the_worker(

@@ -49,28 +49,46 @@ class ServiceClient:
         response = self._call("POST", f"/workers/{worker_id}/claim", json=body)
         return None if response.status_code == 204 else dict(response.json())
 
-    def report(self, trial_id: int, epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def report(
+        self, trial_id: int, token: str, epoch: int, metrics: dict[str, float]
+    ) -> dict[str, Any]:
         body = {"epoch": epoch, "metrics": metrics}
-        return dict(self._call("POST", f"/trials/{trial_id}/reports", json=body).json())
+        path = f"/trials/{trial_id}/reports"
+        return dict(self._call("POST", path, token=token, json=body).json())
 
-    def upload_weights(self, trial_id: int, data: bytes) -> None:
-        self._call(
-            "PUT",
-            f"/trials/{trial_id}/weights",
-            content=data,
-            headers={"content-type": "application/octet-stream"},
-        )
+    def heartbeat(self, trial_id: int, token: str) -> dict[str, Any]:
+        """One try, no retries: the next heartbeat is the retry."""
+        path = f"/trials/{trial_id}/heartbeat"
+        return dict(self._call("POST", path, token=token, retry=False).json())
 
-    def complete(self, trial_id: int, value: float, epoch: int) -> None:
-        self._call("POST", f"/trials/{trial_id}/complete", json={"value": value, "epoch": epoch})
+    def release(self, trial_id: int, token: str) -> None:
+        self._call("POST", f"/trials/{trial_id}/release", token=token)
 
-    def fail(self, trial_id: int, reason: str, message: str) -> None:
+    def upload_weights(self, trial_id: int, token: str, data: bytes) -> None:
+        headers = {"content-type": "application/octet-stream"}
+        self._call("PUT", f"/trials/{trial_id}/weights", token=token, content=data, headers=headers)
+
+    def complete(self, trial_id: int, token: str, value: float, epoch: int) -> None:
+        body = {"value": value, "epoch": epoch}
+        self._call("POST", f"/trials/{trial_id}/complete", token=token, json=body)
+
+    def fail(self, trial_id: int, token: str, reason: str, message: str) -> None:
         # NUL characters cannot be stored; the tail of a long traceback matters most.
         body = {"reason": reason, "message": message.replace("\x00", "?")[-20_000:]}
-        self._call("POST", f"/trials/{trial_id}/fail", json=body)
+        self._call("POST", f"/trials/{trial_id}/fail", token=token, json=body)
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        delays = self.retry.delays()
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: str | None = None,
+        retry: bool = True,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        if token is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), "X-Attempt-Token": token}
+        delays = self.retry.delays() if retry else iter(())
         while True:
             try:
                 response = self.http.request(method, API + path, **kwargs)

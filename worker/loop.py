@@ -19,6 +19,7 @@ import torch
 
 from models.datasets import load_dataset
 from worker.client import ServiceClient, ServiceError, TrialGone
+from worker.heartbeat import Heartbeat
 from worker.train import (
     DeviceData,
     Diverged,
@@ -79,13 +80,8 @@ class Worker:
                 if self._idle_too_long(idle_since):
                     break
                 continue
-            if self.stop.is_set():  # told to stop while the claim was in flight
-                self._tell(
-                    self.client.fail,
-                    assignment["trial_id"],
-                    "interrupted",
-                    "the worker was shut down before the trial started",
-                )
+            if self.stop.is_set():  # told to stop while the claim was in flight: give it back
+                self._tell(self.client.release, assignment["trial_id"], assignment["token"])
                 break
             self.run_trial(assignment)
             idle_since = time.monotonic()
@@ -103,12 +99,13 @@ class Worker:
     def run_trial(self, assignment: dict[str, Any]) -> None:
         """Train one claimed trial and tell the service how it ended. Never raises for the
         trial's own failures: a diverged or crashing trial must not take the worker down."""
-        trial_id = assignment["trial_id"]
+        trial_id, token = assignment["trial_id"], assignment["token"]
         log.info(
-            "trial %d (#%d of experiment %d): %s",
+            "trial %d (#%d of experiment %d, attempt %d): %s",
             trial_id,
             assignment["number"],
             assignment["experiment_id"],
+            assignment["attempt"],
             assignment["params"],
         )
         self.trials_run += 1
@@ -116,21 +113,21 @@ class Worker:
             result = self._train(assignment)
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
-        except Interrupted:
-            self._tell(self.client.fail, trial_id, "interrupted", "the worker was shut down")
+        except Interrupted:  # shutting down: the trial goes back to the queue at once
+            self._tell(self.client.release, trial_id, token)
         except Diverged as exc:
-            self._tell(self.client.fail, trial_id, "diverged", str(exc))
+            self._tell(self.client.fail, trial_id, token, "diverged", str(exc))
         except Exception as exc:
             log.exception("trial %d failed", trial_id)
             message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            self._tell(self.client.fail, trial_id, "error", message)
+            self._tell(self.client.fail, trial_id, token, "error", message)
         else:
-            self._tell(self._finish, trial_id, result)
+            self._tell(self._finish, trial_id, token, result)
 
-    def _tell(self, call: Callable[..., None], trial_id: int, *args: Any) -> None:
+    def _tell(self, call: Callable[..., None], trial_id: int, token: str, *args: Any) -> None:
         """Report a trial's end; if the service refuses or stays away, log it and go on."""
         try:
-            call(trial_id, *args)
+            call(trial_id, token, *args)
         except TrialGone as exc:
             log.info("trial %d ended elsewhere: %s", trial_id, exc)
         except (ServiceError, ConnectionError) as exc:
@@ -148,21 +145,27 @@ class Worker:
             number=assignment["number"],
         )
         data = self._dataset(assignment["dataset"])
+        trial_id, token = assignment["trial_id"], assignment["token"]
+        interval = assignment["lease_seconds"] / 4
 
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            if self.stop.is_set():
-                raise Interrupted()
-            answer = self.client.report(assignment["trial_id"], epoch, metrics)
-            if answer["action"] == "prune":
-                raise Pruned(answer.get("reason") or "pruned")
-            if answer["action"] == "stop":
-                raise Stopped(answer.get("reason") or "stopped")
+        with Heartbeat(self.client, trial_id, token, interval) as beat:
 
-        return train_trial(config, data, self.options.device, report)
+            def report(epoch: int, metrics: dict[str, float]) -> None:
+                if self.stop.is_set():
+                    raise Interrupted()
+                if beat.stop_reason:
+                    raise Stopped(beat.stop_reason)
+                answer = self.client.report(trial_id, token, epoch, metrics)
+                if answer["action"] == "prune":
+                    raise Pruned(answer.get("reason") or "pruned")
+                if answer["action"] == "stop":
+                    raise Stopped(answer.get("reason") or "stopped")
 
-    def _finish(self, trial_id: int, result: TrialResult) -> None:
-        self.client.upload_weights(trial_id, result.state_dict)
-        self.client.complete(trial_id, result.value, result.epoch)
+            return train_trial(config, data, self.options.device, report)
+
+    def _finish(self, trial_id: int, token: str, result: TrialResult) -> None:
+        self.client.upload_weights(trial_id, token, result.state_dict)
+        self.client.complete(trial_id, token, result.value, result.epoch)
         log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
 
     def _dataset(self, spec: dict[str, Any]) -> DeviceData:
