@@ -92,6 +92,9 @@ TRAINING_HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "seed": Hyperparameter(
         "int", 0, low=0, high=2**31 - 1, help="base seed; a trial trains with seed + its number"
     ),
+    "checkpoint_every": Hyperparameter(
+        "int", 1, low=0, high=10000, help="epochs between checkpoints; 0: only on shutdown"
+    ),
     "activation": Hyperparameter("choice", "relu", choices=ACTIVATIONS),
     "dropout": Hyperparameter("float", 0.0, low=0.0, high=1.0, high_open=True),
 }

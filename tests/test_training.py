@@ -19,6 +19,7 @@ from worker.train import (
     DeviceData,
     Diverged,
     Pruned,
+    Stopped,
     TrialConfig,
     TrialResult,
     evaluate,
@@ -353,3 +354,49 @@ def test_single_sample_remainder_batch_with_batch_norm() -> None:
     # cannot normalize alone.
     result, _ = train(make_config("iris", batch_size=119, batch_norm=True, epochs=1))
     assert result.epochs_run == 1
+
+
+class KeepCheckpoints:
+    """Keeps every checkpoint; optionally ends the trial right after saving one epoch's."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.saved: dict[int, bytes] = {}
+        self.stop_after = stop_after
+
+    def due(self, epoch: int) -> bool:
+        return True
+
+    def save(self, epoch: int, data: bytes) -> None:
+        self.saved[epoch] = data
+        if epoch == self.stop_after:
+            raise Stopped("preempted")
+
+
+@pytest.mark.parametrize("schedule", ["none", "cosine"])
+def test_a_resumed_trial_goes_on_exactly_as_if_never_interrupted(schedule: str) -> None:
+    digits = device_data("digits")
+    config = make_config(epochs=6, lr_schedule=schedule, dropout=0.2, optimizer="adam", number=3)
+    straight: list[dict[str, float]] = []
+    whole = train_trial(config, digits, CPU, lambda e, m: straight.append(m))
+
+    interrupted = KeepCheckpoints(stop_after=3)
+    first_part: list[dict[str, float]] = []
+    with pytest.raises(Stopped):
+        train_trial(config, digits, CPU, lambda e, m: first_part.append(m), checkpoints=interrupted)
+    rest: list[tuple[int, dict[str, float]]] = []
+    resumed = train_trial(
+        config, digits, CPU, lambda e, m: rest.append((e, m)), resume=interrupted.saved[3]
+    )
+
+    def same(a: dict[str, float], b: dict[str, float]) -> bool:
+        return {k: v for k, v in a.items() if k != "epoch_seconds"} == {
+            k: v for k, v in b.items() if k != "epoch_seconds"
+        }
+
+    assert [e for e, _ in rest] == [4, 5, 6]
+    assert all(same(a, b) for a, b in zip(first_part + [m for _, m in rest], straight, strict=True))
+    assert (resumed.value, resumed.epoch, resumed.state_dict) == (
+        whole.value,
+        whole.epoch,
+        whole.state_dict,
+    )

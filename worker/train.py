@@ -13,7 +13,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -92,6 +92,17 @@ class TrialResult:
 # (epoch from 1, metrics) -> None; may raise Pruned or Stopped
 Report = Callable[[int, dict[str, float]], None]
 
+
+class Checkpoints(Protocol):
+    """Where train_trial leaves checkpoints to resume from."""
+
+    def due(self, epoch: int) -> bool:
+        """Whether to checkpoint after this (reported) epoch."""
+
+    def save(self, epoch: int, data: bytes) -> None:
+        """Keep the checkpoint; may raise to end the trial once it is kept."""
+
+
 # -------------------------------------------------------------------------------------------
 # Optimizers, schedules and losses by name (the names in models.catalog)
 
@@ -143,9 +154,19 @@ def make_scheduler(optimizer: Optimizer, hp: dict[str, Any]) -> LRScheduler | No
 
 
 def train_trial(
-    config: TrialConfig, data: DeviceData, device: torch.device, report: Report
+    config: TrialConfig,
+    data: DeviceData,
+    device: torch.device,
+    report: Report,
+    *,
+    checkpoints: Checkpoints | None = None,
+    resume: bytes | None = None,
 ) -> TrialResult:
     """Train one trial, reporting each epoch, and return the kept epoch's result.
+
+    With `resume` (a checkpoint this function saved) training goes on after the checkpoint's
+    epoch exactly as it would have without the interruption: weights, optimizer, schedule,
+    random states and the best epoch so far all come back.
 
     Raises:
         Diverged: a training or validation loss was not finite.
@@ -162,7 +183,10 @@ def train_trial(
     scheduler = make_scheduler(optimizer, hp)
     loss_fn = _LOSSES[data.task]()
     tracker = _Tracker(config)
-    for epoch in range(1, int(hp["epochs"]) + 1):
+    state = _TrainingState(model, optimizer, scheduler, generator, tracker)
+    first = state.restore(resume, device) + 1 if resume is not None else 1
+    epochs = int(hp["epochs"])
+    for epoch in range(first, epochs + 1):
         metrics = _run_epoch(model, data, optimizer, loss_fn, hp, generator, epoch)
         if scheduler is not None:
             scheduler.step()
@@ -170,6 +194,8 @@ def train_trial(
         tracker.update(epoch, metrics, model)
         if tracker.patience_ran_out(int(hp["patience"])):
             break
+        if checkpoints is not None and epoch < epochs and checkpoints.due(epoch):
+            checkpoints.save(epoch, state.snapshot(epoch))
     return tracker.result(model)
 
 
@@ -329,6 +355,57 @@ class _Tracker:
         torch.save(state, buffer)
         value = metrics[self.config.objective_metric]
         return TrialResult(value, epoch, self.epoch, buffer.getvalue(), metrics)
+
+
+@dataclass
+class _TrainingState:
+    """Everything a resumed trial needs to go on exactly where it stopped."""
+
+    model: nn.Module
+    optimizer: Optimizer
+    scheduler: LRScheduler | None
+    generator: torch.Generator
+    tracker: _Tracker
+
+    def snapshot(self, epoch: int) -> bytes:
+        t = self.tracker
+        state = {
+            "epoch": epoch,
+            "model": _cpu_state(self.model),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "tracker": [
+                t.epoch,
+                t.best_epoch,
+                t.best_value,
+                t.best_metrics,
+                t.last_metrics,
+                t.best_state,
+            ],
+        }
+        buffer = io.BytesIO()
+        torch.save(state, buffer)
+        return buffer.getvalue()
+
+    def restore(self, data: bytes, device: torch.device) -> int:
+        """Load a snapshot; returns the epoch it was taken after."""
+        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        t = self.tracker
+        (t.epoch, t.best_epoch, t.best_value, t.best_metrics, t.last_metrics, t.best_state) = state[
+            "tracker"
+        ]
+        return int(state["epoch"])
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
