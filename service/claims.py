@@ -24,8 +24,21 @@ from service.db import Database, after_commit, notify_on_commit
 from service.errors import Conflict, NotFound
 from service.optimizer import Optimizer
 from service.schemas import Assignment, HeartbeatOut
-from service.states import ExperimentState, TrialState, check_trial_transition
-from service.tables import Experiment, Trial, TrialMetric, TrialWeights, Worker, utcnow
+from service.states import (
+    ENDED_EXPERIMENT_STATES,
+    ExperimentState,
+    TrialState,
+    check_trial_transition,
+)
+from service.tables import (
+    Experiment,
+    Trial,
+    TrialCheckpoint,
+    TrialMetric,
+    TrialWeights,
+    Worker,
+    utcnow,
+)
 
 
 def claim_possible(session: Session, *, worker_id: int, experiment_id: int | None = None) -> bool:
@@ -86,20 +99,22 @@ def claim(
     worker.last_seen_at = utcnow()
     held = _held(session, worker_id)
     if held is not None:
-        return _assignment(experiments.get(session, held.experiment_id), held, lease_seconds)
+        owner = experiments.get(session, held.experiment_id)
+        return _assignment(owner, held, lease_seconds, _checkpoint_epoch(session, held))
     experiment = _lock_claimable(session, experiment_id)
     if experiment is None:
         return None
     trial = _next_queued(session, experiment.id)
+    resume_epoch = 0
     if trial is not None:
-        _restart(session, optimizer, trial)
+        resume_epoch = _restart(session, optimizer, trial)
     else:
         trial = _new_trial(session, optimizer, experiment)
     trial.worker_id = worker_id
     trial.token = secrets.token_hex(16)
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
     session.flush()
-    return _assignment(experiment, trial, lease_seconds)
+    return _assignment(experiment, trial, lease_seconds, resume_epoch)
 
 
 def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial:
@@ -129,19 +144,36 @@ def _next_queued(session: Session, experiment_id: int) -> Trial | None:
     ).first()
 
 
-def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> None:
-    """A queued trial's next attempt starts from its first epoch: the last attempt's curve
-    and weights go, and so does the in-memory study that saw that curve."""
+def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
+    """Start a queued trial's next attempt where its last checkpoint left it (or from the
+    first epoch): the curve past that epoch goes, and so does the in-memory study that saw
+    it. Returns the epoch to resume after."""
     check_trial_transition(trial.state, TrialState.RUNNING)
+    resume = _checkpoint_epoch(session, trial)
     trial.state = TrialState.RUNNING
     trial.attempt += 1
-    trial.last_epoch = 0
-    trial.last_objective = None
+    trial.failure_reason = trial.failure_message = None
+    trial.last_epoch = resume
+    trial.last_objective = session.scalar(
+        select(TrialMetric.objective).where(
+            TrialMetric.trial_id == trial.id, TrialMetric.epoch == resume
+        )
+    )
     trial.has_weights = False
-    session.execute(delete(TrialMetric).where(TrialMetric.trial_id == trial.id))
+    session.execute(
+        delete(TrialMetric).where(TrialMetric.trial_id == trial.id, TrialMetric.epoch > resume)
+    )
     session.execute(delete(TrialWeights).where(TrialWeights.trial_id == trial.id))
     experiment_id = trial.experiment_id
     after_commit(session, lambda: optimizer.forget(experiment_id))
+    return resume
+
+
+def _checkpoint_epoch(session: Session, trial: Trial) -> int:
+    epoch = session.scalar(
+        select(TrialCheckpoint.epoch).where(TrialCheckpoint.trial_id == trial.id)
+    )
+    return epoch or 0
 
 
 def _check_claimant(session: Session, worker_id: int, experiment_id: int | None) -> Worker:
@@ -193,7 +225,9 @@ def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment |
     return experiment
 
 
-def _assignment(experiment: Experiment, trial: Trial, lease_seconds: float) -> Assignment:
+def _assignment(
+    experiment: Experiment, trial: Trial, lease_seconds: float, resume_epoch: int
+) -> Assignment:
     spec = experiment.spec
     assert trial.token is not None
     return Assignment(
@@ -203,6 +237,7 @@ def _assignment(experiment: Experiment, trial: Trial, lease_seconds: float) -> A
         attempt=trial.attempt,
         token=trial.token,
         lease_seconds=lease_seconds,
+        resume_epoch=resume_epoch,
         model=spec["model"],
         dataset=spec["dataset"],
         objective=spec["objective"],
@@ -216,18 +251,47 @@ def _assignment(experiment: Experiment, trial: Trial, lease_seconds: float) -> A
 
 def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: float) -> HeartbeatOut:
     """Keep an attempt's lease alive; the answer says whether the trial should go on."""
-    trial = trials.attempt(session, trial_id, token)
+    trial = trials.running_attempt(session, trial_id, token)
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
-    if experiments.get(session, trial.experiment_id).state == ExperimentState.CANCELLED:
-        return HeartbeatOut(action="stop", reason="experiment cancelled")
+    experiment = experiments.get(session, trial.experiment_id)
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        return HeartbeatOut(action="stop", reason=f"experiment {experiment.state}")
     return HeartbeatOut(action="continue")
+
+
+def store_checkpoint(
+    session: Session, *, trial_id: int, token: str, epoch: int, data: bytes
+) -> None:
+    """Keep the attempt's checkpoint taken after `epoch`, replacing an older one. Its epoch's
+    report must have arrived first, so a resumed attempt's curve has no gap."""
+    trial = trials.running_attempt(session, trial_id, token)
+    if epoch > trial.last_epoch:
+        raise Conflict(
+            f"trial {trial_id}: checkpoint after epoch {epoch} arrived before that "
+            f"epoch's report (last reported: {trial.last_epoch})"
+        )
+    checkpoint = session.get(TrialCheckpoint, trial_id)
+    if checkpoint is None:
+        session.add(TrialCheckpoint(trial_id=trial_id, epoch=epoch, data=data, size=len(data)))
+    else:
+        checkpoint.epoch, checkpoint.data, checkpoint.size = epoch, data, len(data)
+    session.flush()
+
+
+def load_checkpoint(session: Session, *, trial_id: int, token: str) -> TrialCheckpoint:
+    """The checkpoint a new attempt resumes from."""
+    trials.running_attempt(session, trial_id, token)
+    checkpoint = session.get(TrialCheckpoint, trial_id)
+    if checkpoint is None:
+        raise NotFound(f"trial {trial_id} has no checkpoint")
+    return checkpoint
 
 
 def release(session: Session, *, trial_id: int, token: str) -> Trial:
     """The worker lets go of its attempt (it is shutting down): back to the queue at once.
     Not counted against max_retries."""
-    trial = trials.attempt(session, trial_id, token)
-    _requeue(session, trial)
+    trial = trials.running_attempt(session, trial_id, token)
+    _requeue(session, trial, "preempted")
     return trial
 
 
@@ -248,13 +312,15 @@ def expire_leases(session: Session, *, now: datetime | None = None, limit: int =
             trials.finish(session, trial, TrialState.FAILED, reason="lost", message=message)
         else:
             trial.retries += 1
-            _requeue(session, trial)
+            _requeue(session, trial, "lost")
     return len(expired)
 
 
-def _requeue(session: Session, trial: Trial) -> None:
+def _requeue(session: Session, trial: Trial, why: str) -> None:
+    """Back to the queue; `why` (lost, preempted) shows until the next attempt starts."""
     check_trial_transition(trial.state, TrialState.QUEUED)
     trial.state = TrialState.QUEUED
+    trial.failure_reason = why
     trial.worker_id = None
     trial.lease_expires_at = None
     session.flush()

@@ -72,6 +72,12 @@ class Experiment(Base):
     trial_count: Mapped[int] = mapped_column(Integer, default=0)
     # Bumped under the row lock each time a trial finishes, so finishes commit in this order.
     finish_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Errors in a row (trials failing with reason "error"); too many fail the experiment.
+    consecutive_errors: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # Past this (budget.timeout_s after creation) the experiment stops.
+    deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # Why it ended, when not simply by finishing its budget.
+    stop_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
     best_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -154,6 +160,20 @@ class TrialWeights(Base):
     trial_id: Mapped[int] = mapped_column(
         ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
     )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrialCheckpoint(Base):
+    """The latest checkpoint of a trial's current attempt, to resume from after a loss."""
+
+    __tablename__ = "sweep_trial_checkpoints"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    epoch: Mapped[int] = mapped_column(Integer)
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

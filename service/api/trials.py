@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import claims, trials
 from service.api.deps import AttemptToken, OptimizerDep, SessionDep, SettingsDep, TrialDep, TrialId
@@ -74,21 +74,53 @@ def release(trial_id: TrialId, token: AttemptToken, session: SessionDep) -> Tria
     return trials.read(claims.release(session, trial_id=trial_id, token=token))
 
 
-async def weights_body(request: Request, settings: SettingsDep) -> bytes:
+async def upload_body(request: Request, settings: SettingsDep) -> bytes:
     """The raw request body, refused once it passes the configured size."""
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
         if len(data) > settings.max_weights_bytes:
-            raise TooLarge(f"weights exceed {settings.max_weights_bytes} bytes")
+            raise TooLarge(f"upload exceeds {settings.max_weights_bytes} bytes")
     return bytes(data)
+
+
+Upload = Annotated[bytes, Depends(upload_body)]
+
+
+@router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"])
+def upload_checkpoint(
+    trial_id: TrialId,
+    token: AttemptToken,
+    epoch: Annotated[int, Query(ge=1, le=1_000_000)],
+    data: Upload,
+    session: SessionDep,
+) -> Response:
+    """Keep the attempt's checkpoint taken after `epoch` (opaque bytes from the worker)."""
+    claims.store_checkpoint(session, trial_id=trial_id, token=token, epoch=epoch, data=data)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{trial_id}/checkpoint",
+    tags=["worker protocol"],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def download_checkpoint(trial_id: TrialId, token: AttemptToken, session: SessionDep) -> Response:
+    """The checkpoint a new attempt resumes from; its epoch is in X-Checkpoint-Epoch."""
+    checkpoint = claims.load_checkpoint(session, trial_id=trial_id, token=token)
+    return Response(
+        checkpoint.data,
+        media_type="application/octet-stream",
+        headers={"X-Checkpoint-Epoch": str(checkpoint.epoch)},
+    )
 
 
 @router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"])
 def upload_weights(
     trial_id: TrialId,
     token: AttemptToken,
-    data: Annotated[bytes, Depends(weights_body)],
+    data: Upload,
     session: SessionDep,
 ) -> Response:
     """Store a running trial's state_dict (the raw bytes of torch.save)."""
