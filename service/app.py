@@ -16,8 +16,8 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import claims
-from service.api import experiments, health, trials, workers
+from service import claims, trials
+from service.api import ROUTERS
 from service.config import Settings
 from service.db import Database
 from service.errors import SweepError
@@ -54,20 +54,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    for module in (health, experiments, trials, workers):
-        app.include_router(module.router, prefix=API_PREFIX)
+    for router in ROUTERS:
+        app.include_router(router, prefix=API_PREFIX)
     _install_error_handlers(app)
     return app
 
 
 async def _expire_leases_until(stopping: asyncio.Event, db: Database, every: float) -> None:
-    """Hand out again the trials whose workers stopped talking (in every API process; row
-    locks keep them from handling the same trial twice)."""
+    """Hand out again the trials whose workers stopped talking, and stop experiments past
+    their timeout (in every API process; row locks keep them from doing it twice)."""
 
     def expire() -> None:
         with db.transaction() as session:
             while claims.expire_leases(session) == EXPIRY_BATCH:
                 pass
+            trials.end_overdue(session)
 
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):

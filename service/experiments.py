@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -11,7 +12,7 @@ from service import specs
 from service.db import after_commit, notify_on_commit
 from service.errors import NotFound
 from service.schemas import ExperimentCreate, ExperimentPage, ExperimentRead, TrialCounts
-from service.states import ExperimentState, check_experiment_transition
+from service.states import ENDED_EXPERIMENT_STATES, ExperimentState, check_experiment_transition
 from service.tables import Experiment, Trial, utcnow
 
 
@@ -26,6 +27,7 @@ def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
         n_trials=spec.budget.n_trials,
         max_concurrent=spec.budget.max_concurrent,
         max_retries=spec.budget.max_retries,
+        deadline_at=_deadline(spec.budget.timeout_s),
         trial_count=0,
         finish_seq=0,
     )
@@ -33,6 +35,10 @@ def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
     session.flush()
     notify_on_commit(session)
     return experiment
+
+
+def _deadline(timeout_s: float | None) -> datetime | None:
+    return None if timeout_s is None else utcnow() + timedelta(seconds=timeout_s)
 
 
 def get(session: Session, experiment_id: int) -> Experiment:
@@ -79,6 +85,7 @@ def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
         counts=trial_counts,
         best_value=experiment.best_value,
         best_trial_id=experiment.best_trial_id,
+        stop_reason=experiment.stop_reason,
         created_at=experiment.created_at,
         updated_at=experiment.updated_at,
         finished_at=experiment.finished_at,
@@ -103,13 +110,16 @@ def page(
     )
 
 
-def transition(session: Session, experiment_id: int, target: ExperimentState) -> Experiment:
+def transition(
+    session: Session, experiment_id: int, target: ExperimentState, reason: str | None = None
+) -> Experiment:
     """Move an experiment to `target`; Conflict if its state machine does not allow it."""
     experiment = lock(session, experiment_id)
     check_experiment_transition(experiment.state, target)
     experiment.state = target
-    if target in (ExperimentState.CANCELLED, ExperimentState.COMPLETED):
+    if target in ENDED_EXPERIMENT_STATES:
         experiment.finished_at = utcnow()
+        experiment.stop_reason = reason
     if target == ExperimentState.RUNNING:
         notify_on_commit(session)
     session.flush()

@@ -138,6 +138,10 @@ class Budget(Strict):
     max_concurrent: StrictInt = Field(4, gt=0, le=10_000)
     # How often a trial whose worker vanished is handed out again before it fails as "lost".
     max_retries: StrictInt = Field(3, ge=0, le=100)
+    # This many trials in a row failing with an error fail the experiment; 0 never does.
+    max_consecutive_errors: StrictInt = Field(5, ge=0, le=100_000)
+    # Seconds after submission when the experiment stops, finished or not.
+    timeout_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
 
 
 class ExperimentCreate(Strict):
@@ -177,6 +181,7 @@ class ExperimentRead(BaseModel):
     counts: TrialCounts
     best_value: float | None
     best_trial_id: int | None
+    stop_reason: str | None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -266,6 +271,8 @@ class Assignment(BaseModel):
     token: str
     # Heartbeat well within this, or the trial is handed to another worker.
     lease_seconds: float
+    # An earlier attempt left a checkpoint after this epoch: resume from it (0: start over).
+    resume_epoch: int
     model: str
     dataset: dict[str, Any]
     objective: dict[str, Any]
@@ -301,5 +308,5 @@ class CompleteIn(Strict):
 
 
 class FailIn(Strict):
-    reason: Literal["diverged", "error", "interrupted"]
+    reason: Literal["diverged", "oom", "error", "interrupted"]
     message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""

@@ -36,18 +36,35 @@ class ExperimentState(enum.StrEnum):
     PAUSED = "paused"  # no new claims; running trials go on
     COMPLETED = "completed"  # every trial of the budget has finished
     CANCELLED = "cancelled"  # no new claims; running trials stop at their next report
+    FAILED = "failed"  # too many trials in a row failed with an error: the setup is broken
 
+
+# An experiment in one of these hands out nothing and tells running trials to stop.
+ENDED_EXPERIMENT_STATES = frozenset(
+    {ExperimentState.COMPLETED, ExperimentState.CANCELLED, ExperimentState.FAILED}
+)
 
 EXPERIMENT_TRANSITIONS: dict[ExperimentState, frozenset[ExperimentState]] = {
     ExperimentState.RUNNING: frozenset(
-        {ExperimentState.PAUSED, ExperimentState.COMPLETED, ExperimentState.CANCELLED}
+        {
+            ExperimentState.PAUSED,
+            ExperimentState.COMPLETED,
+            ExperimentState.CANCELLED,
+            ExperimentState.FAILED,
+        }
     ),
     # A paused experiment whose last running trial finishes with the budget spent completes.
     ExperimentState.PAUSED: frozenset(
-        {ExperimentState.RUNNING, ExperimentState.COMPLETED, ExperimentState.CANCELLED}
+        {
+            ExperimentState.RUNNING,
+            ExperimentState.COMPLETED,
+            ExperimentState.CANCELLED,
+            ExperimentState.FAILED,
+        }
     ),
     ExperimentState.COMPLETED: frozenset(),
     ExperimentState.CANCELLED: frozenset(),
+    ExperimentState.FAILED: frozenset(),
 }
 
 

@@ -7,10 +7,10 @@ before its experiment's row.
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Literal
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from models import catalog
@@ -29,8 +29,20 @@ from service.schemas import (
     TrialPage,
     TrialRead,
 )
-from service.states import ExperimentState, TrialState, check_trial_transition
-from service.tables import Experiment, Trial, TrialMetric, TrialWeights, utcnow
+from service.states import (
+    ENDED_EXPERIMENT_STATES,
+    ExperimentState,
+    TrialState,
+    check_trial_transition,
+)
+from service.tables import (
+    Experiment,
+    Trial,
+    TrialCheckpoint,
+    TrialMetric,
+    TrialWeights,
+    utcnow,
+)
 
 
 def get(session: Session, trial_id: int) -> Trial:
@@ -91,7 +103,7 @@ def report(
     A repeated report of an epoch already recorded changes nothing. The trial stops when the
     pruner says so or when its experiment was cancelled.
     """
-    trial = _running_attempt(session, trial_id, token)
+    trial = running_attempt(session, trial_id, token)
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
     if body.epoch <= trial.last_epoch:
         return ReportOut(action="continue", reason="epoch already recorded")
@@ -110,9 +122,10 @@ def report(
     trial.last_epoch = body.epoch
     trial.last_objective = objective
     session.flush()
-    if experiment.state == ExperimentState.CANCELLED:
-        finish(session, trial, TrialState.CANCELLED, reason="cancelled")
-        return ReportOut(action="stop", reason="experiment cancelled")
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        why = f"experiment {experiment.state}"
+        finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
+        return ReportOut(action="stop", reason=why)
     if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
         finish(session, trial, TrialState.PRUNED, value=objective)
         return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
@@ -128,7 +141,7 @@ def _curve(session: Session, trial_id: int) -> dict[int, float]:
 
 def store_weights(session: Session, *, trial_id: int, token: str, data: bytes) -> None:
     """Keep a running trial's weights; uploading again replaces them."""
-    _running_attempt(session, trial_id, token)
+    running_attempt(session, trial_id, token)
     existing = session.get(TrialWeights, trial_id)
     if existing is not None:
         session.delete(existing)
@@ -160,25 +173,41 @@ def fail(session: Session, *, trial_id: int, token: str, body: FailIn) -> Trial:
     return trial
 
 
-def _running_attempt(session: Session, trial_id: int, token: str) -> Trial:
+def running_attempt(session: Session, trial_id: int, token: str) -> Trial:
     trial = attempt(session, trial_id, token)
     if trial.state != TrialState.RUNNING:
         raise Conflict(f"trial {trial_id} is {trial.state}, not running")
     return trial
 
 
-def cancel(session: Session, experiment_id: int) -> Experiment:
-    """Cancel an experiment: queued trials end now, running ones at their next report."""
+def end_experiment(
+    session: Session, experiment_id: int, state: ExperimentState, reason: str
+) -> Experiment:
+    """End an experiment early (cancelled, timed out, failed): queued trials end now, running
+    ones at their next report or heartbeat."""
     queued = session.scalars(
         select(Trial)
         .where(Trial.experiment_id == experiment_id, Trial.state == TrialState.QUEUED)
         .order_by(Trial.id)
-        .with_for_update()
+        .with_for_update(skip_locked=True)  # callers may hold the experiment row already
     ).all()
-    experiment = experiments.transition(session, experiment_id, ExperimentState.CANCELLED)
+    experiment = experiments.transition(session, experiment_id, state, reason)
     for trial in queued:
-        finish(session, trial, TrialState.CANCELLED, reason="cancelled")
+        finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=reason)
     return experiment
+
+
+def end_overdue(session: Session, *, now: datetime | None = None) -> int:
+    """Stop experiments whose budget.timeout_s has passed; returns how many."""
+    overdue = session.scalars(
+        select(Experiment.id).where(
+            Experiment.state.in_((ExperimentState.RUNNING, ExperimentState.PAUSED)),
+            Experiment.deadline_at < (now or utcnow()),
+        )
+    ).all()
+    for experiment_id in overdue:
+        end_experiment(session, experiment_id, ExperimentState.COMPLETED, "timed out")
+    return len(overdue)
 
 
 def finish(
@@ -205,10 +234,26 @@ def finish(
     if state == TrialState.COMPLETED and _better(value, experiment):
         experiment.best_value = value
         experiment.best_trial_id = trial.id
+    session.execute(delete(TrialCheckpoint).where(TrialCheckpoint.trial_id == trial.id))
     session.flush()
-    if _all_done(session, experiment):
+    if _too_many_errors(experiment, state, reason):
+        why = f"{experiment.consecutive_errors} trials in a row failed with an error: {message}"
+        end_experiment(session, experiment.id, ExperimentState.FAILED, why[:500])
+    elif _all_done(session, experiment):
         experiments.transition(session, experiment.id, ExperimentState.COMPLETED)
     notify_on_commit(session)
+
+
+def _too_many_errors(experiment: Experiment, state: TrialState, reason: str | None) -> bool:
+    """Count errors in a row (a completed or pruned trial resets the count)."""
+    if state in (TrialState.COMPLETED, TrialState.PRUNED):
+        experiment.consecutive_errors = 0
+    if state != TrialState.FAILED or reason != "error":
+        return False
+    experiment.consecutive_errors += 1
+    limit = experiment.spec["budget"]["max_consecutive_errors"]
+    live = experiment.state in (ExperimentState.RUNNING, ExperimentState.PAUSED)
+    return live and limit > 0 and experiment.consecutive_errors >= limit
 
 
 def _better(value: float | None, experiment: Experiment) -> bool:

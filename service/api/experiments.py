@@ -60,7 +60,10 @@ def resume_experiment(experiment: ExperimentDep, session: SessionDep) -> Experim
 @router.post("/{experiment_id}/cancel")
 def cancel_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """End the experiment; running trials are told to stop at their next report."""
-    return experiments.status(session, trials.cancel(session, experiment.id))
+    ended = trials.end_experiment(
+        session, experiment.id, ExperimentState.CANCELLED, "cancelled by request"
+    )
+    return experiments.status(session, ended)
 
 
 def _move(session: Session, experiment: Experiment, target: ExperimentState) -> ExperimentRead:

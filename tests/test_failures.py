@@ -1,0 +1,121 @@
+"""Every failure ends with its kind, and a broken setup or an old experiment stops itself."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.config import Settings
+from tests.factories import budget, make_spec
+from worker.client import ServiceClient
+from worker.loop import Worker, WorkerOptions
+
+API = "/api/v1"
+QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
+# scikit-learn refuses to split 20 samples into 10 stratified classes: an error on the worker.
+BROKEN = {"name": "synthetic", "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5}}
+# 1e6 x 4096 float64 features are 30 GiB: more than the machine has, a real MemoryError.
+TOO_BIG = {
+    "name": "synthetic",
+    "options": {"n_samples": 1_000_000, "n_features": 4096, "n_informative": 4096},
+}
+
+
+@pytest.fixture
+def client(settings: Settings) -> Iterator[TestClient]:
+    quick = settings.model_copy(update={"lease_check_seconds": 0.1})
+    with TestClient(create_app(quick)) as test_client:
+        yield test_client
+
+
+def submit(client: TestClient, **overrides: Any) -> int:
+    response = client.post(f"{API}/experiments", json=make_spec(**{**QUICK, **overrides}))
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def run_worker(client: TestClient, **options: Any) -> int:
+    worker = Worker(
+        ServiceClient("", http=client),
+        WorkerOptions(
+            name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5, **options
+        ),
+    )
+    return worker.run()
+
+
+def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
+    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def test_out_of_memory_is_its_own_kind(client: TestClient) -> None:
+    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1}, dataset=TOO_BIG)
+    assert run_worker(client) == 1
+    [trial] = trials_of(client, experiment_id)
+    assert (trial["state"], trial["failure_reason"]) == ("failed", "oom")
+    assert "MemoryError" in trial["failure_message"]
+
+
+def test_errors_in_a_row_fail_the_experiment_before_it_burns_its_budget(
+    client: TestClient,
+) -> None:
+    experiment_id = submit(
+        client,
+        fixed={"epochs": 2},
+        dataset=BROKEN,
+        budget={**budget(20, 1), "max_consecutive_errors": 3},
+    )
+    assert run_worker(client) == 3
+    experiment = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert experiment["state"] == "failed"
+    assert experiment["trials_created"] == 3
+    assert "3 trials in a row failed with an error" in experiment["stop_reason"]
+    assert "ValueError" in experiment["stop_reason"]
+
+
+def test_a_success_resets_the_error_count(client: TestClient) -> None:
+    broken = submit(
+        client,
+        fixed={"epochs": 1},
+        dataset=BROKEN,
+        budget={**budget(2, 1), "max_consecutive_errors": 3},
+    )
+    fine = submit(client, fixed={"epochs": 1}, budget=budget(1, 1))
+    run_worker(client)
+    assert client.get(f"{API}/experiments/{broken}").json()["state"] == "completed"
+    assert client.get(f"{API}/experiments/{fine}").json()["state"] == "completed"
+
+
+def test_an_experiment_past_its_timeout_stops_and_tells_running_trials(
+    client: TestClient,
+) -> None:
+    experiment_id = submit(client, fixed={"epochs": 3}, budget={**budget(5, 1), "timeout_s": 0.5})
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()
+    deadline = time.monotonic() + 10
+    while (experiment := client.get(f"{API}/experiments/{experiment_id}").json())[
+        "state"
+    ] == "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert (experiment["state"], experiment["stop_reason"]) == ("completed", "timed out")
+    headers = {"X-Attempt-Token": trial["token"]}
+    beat = client.post(f"{API}/trials/{trial['trial_id']}/heartbeat", headers=headers).json()
+    assert beat["action"] == "stop"
+    report = {"epoch": 1, "metrics": {"val_accuracy": 0.5}}
+    answer = client.post(
+        f"{API}/trials/{trial['trial_id']}/reports", json=report, headers=headers
+    ).json()
+    assert answer["action"] == "stop"
+    assert client.post(f"{API}/workers/{worker}/claim", json={}).status_code == 204
