@@ -163,3 +163,75 @@ def test_a_killed_worker_trial_is_finished_by_another(sqlite_url: str, tmp_path:
     assert experiment["counts"]["running"] == experiment["counts"]["queued"] == 0
     assert sum(experiment["counts"].values()) == 4
     assert any(t["attempt"] == 2 and t["state"] == "completed" for t in trials)
+
+
+def test_a_new_attempt_resumes_from_the_last_checkpoint(client: TestClient) -> None:
+    start(client)
+    first = claim(client, "a")
+    assert first["resume_epoch"] == 0
+    for epoch in (1, 2, 3):
+        call(client, first, "reports", epoch=epoch, metrics={"val_accuracy": epoch / 10})
+    headers = {"X-Attempt-Token": first["token"]}
+    url = f"{API}/trials/{first['trial_id']}/checkpoint"
+    early = client.put(url, params={"epoch": 4}, content=b"too soon", headers=headers)
+    assert early.status_code == 409  # epoch 4 was not reported yet
+    assert (
+        client.put(url, params={"epoch": 2}, content=b"state@2", headers=headers).status_code == 204
+    )
+    call(client, first, "release")
+
+    second = claim(client, "b")
+    assert (second["attempt"], second["resume_epoch"]) == (2, 2)
+    trial = client.get(f"{API}/trials/{first['trial_id']}").json()
+    assert [m["epoch"] for m in trial["metrics"]] == [1, 2]  # epoch 3 is trained again
+    assert trial["last_epoch"] == 2
+    checkpoint = client.get(url, headers={"X-Attempt-Token": second["token"]})
+    assert (checkpoint.content, checkpoint.headers["X-Checkpoint-Epoch"]) == (b"state@2", "2")
+    assert client.get(url, headers=headers).status_code == 409  # the old attempt's token
+    call(client, second, "reports", epoch=3, metrics={"val_accuracy": 0.5})
+    call(client, second, "complete", value=0.5)
+    assert client.get(url, headers={"X-Attempt-Token": second["token"]}).status_code == 409
+
+
+@pytest.mark.timeout(240)
+def test_sigterm_checkpoints_and_gives_the_trial_back_to_resume_elsewhere(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    server = ServerProcess(sqlite_url, tmp_path / "logs")
+    server.start()
+    workers = []
+    try:
+        with SweepClient(server.url) as client:
+            spec = make_spec(
+                fixed={"epochs": 40, "checkpoint_every": 0},
+                budget=budget(1, 1),
+                pruner={"name": "none"},
+            )
+            experiment_id = client.submit(spec)["id"]
+            workers.append(start_worker(server.url, tmp_path / "logs", "preempted"))
+            deadline = time.monotonic() + 60
+            while not (page := client.trials(experiment_id)["items"]) or (
+                page[0]["last_epoch"] < 3
+            ):
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+            workers[0].send_signal(signal.SIGTERM)  # what preemption sends
+            assert workers[0].wait(timeout=60) == 0
+            given_back = client.trial(page[0]["id"])
+            assert (given_back["state"], given_back["failure_reason"]) == ("queued", "preempted")
+            assert given_back["retries"] == 0
+            checkpointed = given_back["last_epoch"]
+
+            workers.append(start_worker(server.url, tmp_path / "logs", "successor"))
+            deadline = time.monotonic() + 180
+            while client.experiment(experiment_id)["state"] != "completed":
+                assert time.monotonic() < deadline
+                time.sleep(0.3)
+            trial = client.trial(page[0]["id"])
+    finally:
+        stop_workers(workers)
+        server.stop()
+    assert (trial["state"], trial["attempt"]) == ("completed", 2)
+    assert [m["epoch"] for m in trial["metrics"]] == list(range(1, 41))
+    log = (tmp_path / "logs" / "successor.log").read_text()
+    assert f"from epoch {checkpointed + 1})" in log

@@ -64,6 +64,20 @@ class ServiceClient:
     def release(self, trial_id: int, token: str) -> None:
         self._call("POST", f"/trials/{trial_id}/release", token=token)
 
+    def upload_checkpoint(self, trial_id: int, token: str, epoch: int, data: bytes) -> None:
+        headers = {"content-type": "application/octet-stream"}
+        self._call(
+            "PUT",
+            f"/trials/{trial_id}/checkpoint",
+            token=token,
+            content=data,
+            headers=headers,
+            params={"epoch": epoch},
+        )
+
+    def download_checkpoint(self, trial_id: int, token: str) -> bytes:
+        return self._call("GET", f"/trials/{trial_id}/checkpoint", token=token).content
+
     def upload_weights(self, trial_id: int, token: str, data: bytes) -> None:
         headers = {"content-type": "application/octet-stream"}
         self._call("PUT", f"/trials/{trial_id}/weights", token=token, content=data, headers=headers)

@@ -20,6 +20,7 @@ import torch
 from models.datasets import load_dataset
 from worker.client import ServiceClient, ServiceError, TrialGone
 from worker.heartbeat import Heartbeat
+from worker.outbox import Outbox
 from worker.train import (
     DeviceData,
     Diverged,
@@ -37,6 +38,10 @@ DATASETS_KEPT = 4  # datasets held on the device at once, least recently used dr
 
 class Interrupted(Exception):
     """The worker was asked to shut down in the middle of a trial."""
+
+
+# The call that ends a trial on the service and its arguments after (trial_id, token).
+Ending = tuple[Any, ...] | None
 
 
 @dataclass
@@ -101,28 +106,42 @@ class Worker:
         trial's own failures: a diverged or crashing trial must not take the worker down."""
         trial_id, token = assignment["trial_id"], assignment["token"]
         log.info(
-            "trial %d (#%d of experiment %d, attempt %d): %s",
+            "trial %d (#%d of experiment %d, attempt %d, from epoch %d): %s",
             trial_id,
             assignment["number"],
             assignment["experiment_id"],
             assignment["attempt"],
+            assignment["resume_epoch"] + 1,
             assignment["params"],
         )
         self.trials_run += 1
+        interval = assignment["lease_seconds"] / 4
+        with (
+            Heartbeat(self.client, trial_id, token, interval) as beat,
+            Outbox(self.client, trial_id, token) as outbox,
+        ):
+            ending = self._run(assignment, beat, outbox)
+        if ending is not None:  # everything reported before it was delivered first
+            call, *args = ending
+            self._tell(call, trial_id, token, *args)
+
+    def _run(self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox) -> Ending:
+        """Train, and say which call ends the trial on the service (None: it already ended)."""
+        trial_id = assignment["trial_id"]
         try:
-            result = self._train(assignment)
+            result = self._train(assignment, beat, outbox)
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
-        except Interrupted:  # shutting down: the trial goes back to the queue at once
-            self._tell(self.client.release, trial_id, token)
+            return None
+        except Interrupted:  # shutting down: checkpointed; the trial goes back to the queue
+            return (self.client.release,)
         except Diverged as exc:
-            self._tell(self.client.fail, trial_id, token, "diverged", str(exc))
+            return (self.client.fail, "diverged", str(exc))
         except Exception as exc:
             log.exception("trial %d failed", trial_id)
             message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            self._tell(self.client.fail, trial_id, token, "error", message)
-        else:
-            self._tell(self._finish, trial_id, token, result)
+            return (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
+        return (self._finish, result)
 
     def _tell(self, call: Callable[..., None], trial_id: int, token: str, *args: Any) -> None:
         """Report a trial's end; if the service refuses or stays away, log it and go on."""
@@ -133,7 +152,7 @@ class Worker:
         except (ServiceError, ConnectionError) as exc:
             log.error("could not report the end of trial %d: %s", trial_id, exc)
 
-    def _train(self, assignment: dict[str, Any]) -> TrialResult:
+    def _train(self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox) -> TrialResult:
         objective = assignment["objective"]
         config = TrialConfig(
             model=assignment["model"],
@@ -146,22 +165,23 @@ class Worker:
         )
         data = self._dataset(assignment["dataset"])
         trial_id, token = assignment["trial_id"], assignment["token"]
-        interval = assignment["lease_seconds"] / 4
+        resume = None
+        if assignment["resume_epoch"] > 0:
+            resume = self.client.download_checkpoint(trial_id, token)
 
-        with Heartbeat(self.client, trial_id, token, interval) as beat:
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            outbox.report(epoch, metrics)
+            if outbox.verdict is not None:
+                action, why = outbox.verdict
+                raise Pruned(why) if action == "prune" else Stopped(why)
+            if beat.stop_reason:
+                raise Stopped(beat.stop_reason)
 
-            def report(epoch: int, metrics: dict[str, float]) -> None:
-                if self.stop.is_set():
-                    raise Interrupted()
-                if beat.stop_reason:
-                    raise Stopped(beat.stop_reason)
-                answer = self.client.report(trial_id, token, epoch, metrics)
-                if answer["action"] == "prune":
-                    raise Pruned(answer.get("reason") or "pruned")
-                if answer["action"] == "stop":
-                    raise Stopped(answer.get("reason") or "stopped")
-
-            return train_trial(config, data, self.options.device, report)
+        every = int(assignment["config"]["checkpoint_every"])
+        checkpoints = _Checkpoints(every, outbox, self.stop)
+        return train_trial(
+            config, data, self.options.device, report, checkpoints=checkpoints, resume=resume
+        )
 
     def _finish(self, trial_id: int, token: str, result: TrialResult) -> None:
         self.client.upload_weights(trial_id, token, result.state_dict)
@@ -187,6 +207,30 @@ class Worker:
     def _idle_too_long(self, idle_since: float) -> bool:
         limit = self.options.exit_when_idle
         return limit is not None and time.monotonic() - idle_since >= limit
+
+
+class _Checkpoints:
+    """Checkpoints every `every` epochs through the outbox (after that epoch's report), and
+    always once the worker is told to stop, which then ends the trial."""
+
+    def __init__(self, every: int, outbox: Outbox, stop: threading.Event) -> None:
+        self.every, self.outbox, self.stop = every, outbox, stop
+
+    def due(self, epoch: int) -> bool:
+        return self.stop.is_set() or (self.every > 0 and epoch % self.every == 0)
+
+    def save(self, epoch: int, data: bytes) -> None:
+        self.outbox.checkpoint(epoch, data)
+        if self.stop.is_set():
+            raise Interrupted()
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    """CUDA or host out of memory (torch reports the host's as a RuntimeError)."""
+    if isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
 
 
 def pick_device(requested: str | None) -> torch.device:

@@ -1,0 +1,83 @@
+"""Delivers an attempt's reports and checkpoints in order, from a background thread.
+
+Training never waits on the network for long: each report waits a moment for its answer (so
+pruning stays prompt when the service is up) and otherwise training goes on while the
+outbox keeps retrying. When the service comes back, everything is delivered in the order it
+was produced, so the trial's curve has neither gaps nor duplicates (the service records a
+repeated report once).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+from types import TracebackType
+from typing import Any
+
+from worker.client import ServiceClient, ServiceError, TrialGone
+
+log = logging.getLogger("sweep.worker")
+ANSWER_WAIT = 2.0  # seconds a report waits for its answer before training goes on
+
+
+class Outbox:
+    def __init__(self, client: ServiceClient, trial_id: int, token: str) -> None:
+        self.client, self.trial_id, self.token = client, trial_id, token
+        # The first answer that ends the trial: ("prune" | "stop", reason).
+        self.verdict: tuple[str, str] | None = None
+        self._items: queue.Queue[tuple[Callable[[], Any], threading.Event] | None] = queue.Queue()
+        self._thread = threading.Thread(
+            target=self._deliver, name=f"outbox-{trial_id}", daemon=True
+        )
+
+    def __enter__(self) -> Outbox:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        error: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.drain()
+        self._items.put(None)
+        self._thread.join()
+
+    def report(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Queue an epoch's report and wait briefly for its answer (see `verdict`)."""
+        done = self._send(lambda: self._report(epoch, metrics))
+        done.wait(ANSWER_WAIT)
+
+    def checkpoint(self, epoch: int, data: bytes) -> None:
+        """Queue a checkpoint; it is delivered after the reports queued before it."""
+        self._send(lambda: self.client.upload_checkpoint(self.trial_id, self.token, epoch, data))
+
+    def drain(self) -> None:
+        """Wait until everything queued was delivered (or the trial ended on the service)."""
+        self._send(lambda: None).wait()
+
+    def _send(self, call: Callable[[], Any]) -> threading.Event:
+        done = threading.Event()
+        self._items.put((call, done))
+        return done
+
+    def _report(self, epoch: int, metrics: dict[str, float]) -> None:
+        answer = self.client.report(self.trial_id, self.token, epoch, metrics)
+        if answer["action"] != "continue":
+            self.verdict = (answer["action"], answer.get("reason") or answer["action"])
+
+    def _deliver(self) -> None:
+        while (item := self._items.get()) is not None:
+            call, done = item
+            try:
+                if self.verdict is None:  # once the trial has ended, nothing more is sent
+                    call()
+            except TrialGone as exc:
+                self.verdict = ("stop", f"the attempt is no longer ours: {exc}")
+            except (ServiceError, ConnectionError) as exc:
+                log.error("trial %d: could not deliver to the service: %s", self.trial_id, exc)
+            finally:
+                done.set()
