@@ -67,6 +67,9 @@ class SweepClient:
     def trial(self, trial_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/trials/{trial_id}").json())
 
+    def workers(self, limit: int = 100) -> list[dict[str, Any]]:
+        return list(self._request("GET", "/workers", params={"limit": limit}).json())
+
     def control(self, experiment_id: int, action: str) -> dict[str, Any]:
         """pause, resume or cancel."""
         return dict(self._request("POST", f"/experiments/{experiment_id}/{action}").json())

@@ -211,6 +211,7 @@ class TrialRead(BaseModel):
     last_epoch: int
     attempt: int
     retries: int
+    resumed_from: int
     worker_id: int | None
     failure_reason: str | None
     failure_message: str | None
@@ -250,6 +251,7 @@ class WorkerRead(BaseModel):
     name: str
     hostname: str
     device: str
+    pid: int | None
     created_at: datetime
     last_seen_at: datetime
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.schemas import WorkerRead, WorkerRegister
@@ -13,3 +14,9 @@ def register(session: Session, *, body: WorkerRegister) -> WorkerRead:
     session.add(worker)
     session.flush()
     return WorkerRead.model_validate(worker, from_attributes=True)
+
+
+def recent(session: Session, *, limit: int) -> list[WorkerRead]:
+    """Workers, most recently seen first."""
+    rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit))
+    return [WorkerRead.model_validate(w, from_attributes=True) for w in rows]

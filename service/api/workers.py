@@ -1,7 +1,8 @@
 import time
 from functools import partial
+from typing import Annotated
 
-from fastapi import APIRouter, Request, Response, status
+from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service import claims, workers
@@ -15,6 +16,14 @@ router = APIRouter(prefix="/workers", tags=["worker protocol"])
 def register_worker(body: WorkerRegister, session: SessionDep) -> WorkerRead:
     """Register a worker process; its id goes with every claim."""
     return workers.register(session, body=body)
+
+
+@router.get("", tags=["workers"])
+def list_workers(
+    session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
+) -> list[WorkerRead]:
+    """Registered workers, most recently seen first."""
+    return workers.recent(session, limit=limit)
 
 
 @router.post(
