@@ -153,7 +153,7 @@ def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
     trial.state = TrialState.RUNNING
     trial.attempt += 1
     trial.failure_reason = trial.failure_message = None
-    trial.last_epoch = resume
+    trial.last_epoch = trial.resumed_from = resume
     trial.last_objective = session.scalar(
         select(TrialMetric.objective).where(
             TrialMetric.trial_id == trial.id, TrialMetric.epoch == resume

@@ -127,6 +127,8 @@ class Trial(Base):
     token: Mapped[str | None] = mapped_column(String(32), nullable=True)
     lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     retries: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # The epoch the current attempt resumed after (from a checkpoint); 0: it started afresh.
+    resumed_from: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     worker_id: Mapped[int | None] = mapped_column(
         ForeignKey("sweep_workers.id", ondelete="SET NULL"), nullable=True, index=True
     )

@@ -38,9 +38,15 @@ def upgrade() -> None:
         )
         batch_op.add_column(sa.Column("deadline_at", sa.DateTime(timezone=True), nullable=True))
         batch_op.add_column(sa.Column("stop_reason", sa.String(length=500), nullable=True))
+    with op.batch_alter_table("sweep_trials", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("resumed_from", sa.Integer(), server_default="0", nullable=False)
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("sweep_trials", schema=None) as batch_op:
+        batch_op.drop_column("resumed_from")
     with op.batch_alter_table("sweep_experiments", schema=None) as batch_op:
         batch_op.drop_column("stop_reason")
         batch_op.drop_column("deadline_at")
