@@ -87,6 +87,9 @@ PRUNER_OPTIONS: dict[str, dict[str, Hyperparameter]] = {
         "percentile": Hyperparameter("float", 50.0, low=0.0, high=100.0),
     },
 }
+# A violated constraint marks params that ran out of memory as infeasible: the system attr
+# Trial.set_constraint("memory", ...) writes, which constraint-aware samplers (TPE) read.
+OUT_OF_MEMORY = "constraints:memory"
 FINAL_STATES = {
     TrialState.COMPLETED: OptunaState.COMPLETE,
     TrialState.PRUNED: OptunaState.PRUNED,
@@ -321,7 +324,10 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
         s.storage.set_trial_intermediate_value(trial_id, epoch, value)
     state = FINAL_STATES[TrialState(trial.state)]
     values: list[float] | None = None
-    if state == OptunaState.COMPLETE and trial.value is not None:
+    if trial.failure_reason == "oom":  # an infeasible point to move away from, not ignored
+        s.storage.set_trial_system_attr(trial_id, OUT_OF_MEMORY, 1.0)
+        state, values = OptunaState.COMPLETE, [trial.last_objective or 0.0]
+    elif state == OptunaState.COMPLETE and trial.value is not None:
         values = [trial.value]
     elif state == OptunaState.PRUNED and curve:
         values = [curve[max(curve)]]

@@ -10,6 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from service import experiments
 from service.app import create_app
 from service.config import Settings
 from tests.factories import budget, make_spec
@@ -59,12 +60,20 @@ def one_thread() -> None:
     torch.set_num_threads(1)
 
 
-def test_out_of_memory_is_its_own_kind(client: TestClient) -> None:
+def test_out_of_memory_is_its_own_kind_and_the_sampler_learns_it(client: TestClient) -> None:
     experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1}, dataset=TOO_BIG)
-    assert run_worker(client) == 1
+    healthy = submit(client, budget=budget(1, 1), fixed={"epochs": 1})
+    assert run_worker(client) == 2  # and the worker went on to the next one
     [trial] = trials_of(client, experiment_id)
     assert (trial["state"], trial["failure_reason"]) == ("failed", "oom")
     assert "MemoryError" in trial["failure_message"]
+    assert trials_of(client, healthy)[0]["state"] == "completed"
+
+    app = client.app
+    with app.state.db.transaction() as session:  # type: ignore[attr-defined]
+        experiment = experiments.get(session, experiment_id)
+        [seen] = app.state.optimizer.history(session, experiment)  # type: ignore[attr-defined]
+    assert seen.constraints == {"memory": 1.0}  # infeasible for the sampler, not ignored
 
 
 def test_errors_in_a_row_fail_the_experiment_before_it_burns_its_budget(
