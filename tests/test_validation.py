@@ -83,7 +83,7 @@ BAD_SPECS = [
     ),
     (
         "group without multivariate",
-        {"sampler": {"name": "tpe", "options": {"group": True}}},
+        {"sampler": {"name": "tpe", "options": {"group": True, "multivariate": False}}},
         "sampler",
     ),
     (
