@@ -100,13 +100,17 @@ def report(
 ) -> ReportOut:
     """Record one epoch's metrics, extend the lease, and answer whether the trial goes on.
 
-    A repeated report of an epoch already recorded changes nothing. The trial stops when the
-    pruner says so or when its experiment was cancelled.
+    A repeated report of an epoch already recorded changes nothing and gets the same answer,
+    even when that answer ended the trial. The trial stops when the pruner says so or when
+    its experiment has ended.
     """
-    trial = running_attempt(session, trial_id, token)
+    trial = attempt(session, trial_id, token)
+    again = _answer_again(trial, body.epoch)
+    if again is not None:
+        return again
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
-    if body.epoch <= trial.last_epoch:
-        return ReportOut(action="continue", reason="epoch already recorded")
     if body.epoch != trial.last_epoch + 1:
         raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
     experiment = experiments.get(session, trial.experiment_id)
@@ -129,6 +133,19 @@ def report(
     if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
         finish(session, trial, TrialState.PRUNED, value=objective)
         return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
+    return ReportOut(action="continue")
+
+
+def _answer_again(trial: Trial, epoch: int) -> ReportOut | None:
+    """The answer an already recorded epoch got the first time, or None for a new epoch."""
+    if epoch > trial.last_epoch:
+        return None
+    if epoch == trial.last_epoch and trial.state == TrialState.PRUNED:
+        return ReportOut(action="prune", reason=f"pruned at epoch {epoch}")
+    if epoch == trial.last_epoch and trial.state == TrialState.CANCELLED:
+        return ReportOut(action="stop", reason=trial.failure_message)
+    if trial.state != TrialState.RUNNING:
+        return None  # the trial ended later, some other way: a conflict, as for any report
     return ReportOut(action="continue")
 
 

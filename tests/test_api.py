@@ -218,8 +218,9 @@ def test_median_pruner_stops_a_bad_trial(client: TestClient) -> None:
     assert bad is not None
     answer = report(client, bad["trial_id"], 1, 0.1)
     assert answer["action"] == "prune"
+    assert report(client, bad["trial_id"], 1, 0.1) == answer  # a retry hears the same
     trial = client.get(f"{API}/trials/{bad['trial_id']}").json()
-    assert (trial["state"], trial["value"]) == ("pruned", 0.1)
+    assert (trial["state"], trial["value"], len(trial["metrics"])) == ("pruned", 0.1, 1)
 
 
 def test_trial_list_pages_filters_and_sorts(client: TestClient) -> None:
