@@ -39,9 +39,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.optimizer = Optimizer()
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         stopping = asyncio.Event()
-        expiry = asyncio.create_task(
-            _expire_leases_until(stopping, db, settings.lease_check_seconds)
-        )
+        expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings))
         yield
         stopping.set()
         await expiry  # lets a round in progress finish its transaction
@@ -60,9 +58,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-async def _expire_leases_until(stopping: asyncio.Event, db: Database, every: float) -> None:
+async def _expire_leases_until(stopping: asyncio.Event, db: Database, settings: Settings) -> None:
     """Hand out again the trials whose workers stopped talking, and stop experiments past
-    their timeout (in every API process; row locks keep them from doing it twice)."""
+    their timeout (in every API process; row locks keep them from doing it twice).
+
+    Workers could not reach a server that was down (or whose database was): the first round
+    after that grants every running trial a fresh lease instead of expiring it.
+    """
 
     def expire() -> None:
         with db.transaction() as session:
@@ -70,14 +72,21 @@ async def _expire_leases_until(stopping: asyncio.Event, db: Database, every: flo
                 pass
             trials.end_overdue(session)
 
+    def grant_grace() -> None:
+        with db.transaction() as session:
+            claims.renew_all_leases(session, lease_seconds=settings.lease_seconds)
+
+    after_outage = True  # this process just started: it may have been down
     while not stopping.is_set():
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stopping.wait(), every)
+            await asyncio.wait_for(stopping.wait(), settings.lease_check_seconds)
             return
         try:
-            await run_in_threadpool(expire)
+            await run_in_threadpool(grant_grace if after_outage else expire)
+            after_outage = False
         except Exception:  # a busy or unreachable database: try again next round
             log.exception("lease expiry failed")
+            after_outage = True
 
 
 def _error(

@@ -16,7 +16,7 @@ from __future__ import annotations
 import secrets
 from datetime import datetime, timedelta
 
-from sqlalchemy import Select, delete, exists, func, select
+from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from service import experiments, trials
@@ -108,8 +108,10 @@ def claim(
     resume_epoch = 0
     if trial is not None:
         resume_epoch = _restart(session, optimizer, trial)
-    else:
+    elif experiment.trial_count < experiment.n_trials:
         trial = _new_trial(session, optimizer, experiment)
+    else:  # only queued trials are left, and someone holds them for a moment
+        return None
     trial.worker_id = worker_id
     trial.token = secrets.token_hex(16)
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
@@ -295,6 +297,16 @@ def release(session: Session, *, trial_id: int, token: str) -> Trial:
     return trial
 
 
+def renew_all_leases(session: Session, *, lease_seconds: float) -> None:
+    """Give every running trial a full lease from now (after an outage nobody could renew)."""
+    renewed = utcnow() + timedelta(seconds=lease_seconds)
+    session.execute(
+        update(Trial)
+        .where(Trial.state == TrialState.RUNNING, Trial.lease_expires_at < renewed)
+        .values(lease_expires_at=renewed)
+    )
+
+
 def expire_leases(session: Session, *, now: datetime | None = None, limit: int = 100) -> int:
     """Requeue running trials whose lease ran out, or fail them as "lost" once their
     experiment's max_retries is spent. Returns how many it handled."""
@@ -305,8 +317,10 @@ def expire_leases(session: Session, *, now: datetime | None = None, limit: int =
         .limit(limit)
         .with_for_update(skip_locked=True)
     ).all()
+    # Their experiments in id order, as every batch does: two rounds never wait on each other.
+    owners = {e.id: e for e in experiments.lock_all(session, {t.experiment_id for t in expired})}
     for trial in expired:
-        experiment = experiments.lock(session, trial.experiment_id)
+        experiment = owners[trial.experiment_id]
         if trial.retries >= experiment.max_retries:
             message = f"no word from its worker for a lease, {trial.retries + 1} times"
             trials.finish(session, trial, TrialState.FAILED, reason="lost", message=message)
@@ -317,7 +331,13 @@ def expire_leases(session: Session, *, now: datetime | None = None, limit: int =
 
 
 def _requeue(session: Session, trial: Trial, why: str) -> None:
-    """Back to the queue; `why` (lost, preempted) shows until the next attempt starts."""
+    """Back to the queue; `why` (lost, preempted) shows until the next attempt starts. In an
+    experiment that has ended meanwhile, nothing would claim it: it ends as cancelled."""
+    experiment = experiments.lock(session, trial.experiment_id)
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        message = f"{why} after the experiment ended ({experiment.state})"
+        trials.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=message)
+        return
     check_trial_transition(trial.state, TrialState.QUEUED)
     trial.state = TrialState.QUEUED
     trial.failure_reason = why

@@ -61,6 +61,17 @@ def lock(session: Session, experiment_id: int) -> Experiment:
     return experiment
 
 
+def lock_all(session: Session, experiment_ids: set[int]) -> Sequence[Experiment]:
+    """Several experiments locked in id order (the order every batch takes them in)."""
+    return session.scalars(
+        select(Experiment)
+        .where(Experiment.id.in_(experiment_ids))
+        .order_by(Experiment.id)
+        .with_for_update()
+        .execution_options(populate_existing=True)
+    ).all()
+
+
 def counts(session: Session, experiment_ids: Sequence[int]) -> dict[int, TrialCounts]:
     rows = session.execute(
         select(Trial.experiment_id, Trial.state, func.count())

@@ -175,6 +175,11 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
         return trial
     if trial.state != TrialState.RUNNING:
         raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    if body.epoch is not None and body.epoch > trial.last_epoch:
+        raise Conflict(
+            f"trial {trial_id}: epoch {body.epoch} was never reported "
+            f"(last reported: {trial.last_epoch})"
+        )
     finish(session, trial, TrialState.COMPLETED, value=body.value, best_epoch=body.epoch)
     return trial
 
@@ -217,10 +222,12 @@ def end_experiment(
 def end_overdue(session: Session, *, now: datetime | None = None) -> int:
     """Stop experiments whose budget.timeout_s has passed; returns how many."""
     overdue = session.scalars(
-        select(Experiment.id).where(
+        select(Experiment.id)
+        .where(
             Experiment.state.in_((ExperimentState.RUNNING, ExperimentState.PAUSED)),
             Experiment.deadline_at < (now or utcnow()),
         )
+        .order_by(Experiment.id)  # the order every batch locks experiments in
     ).all()
     for experiment_id in overdue:
         end_experiment(session, experiment_id, ExperimentState.COMPLETED, "timed out")
