@@ -215,7 +215,11 @@ class Optimizer:
             if study is None:
                 study = self._studies[experiment.id] = _new_study(experiment)
             on_rollback(session, lambda: self.forget(experiment.id))
-            _catch_up(session, study, experiment.id)
+            try:
+                _catch_up(session, study, experiment.id)
+            except _Stale:  # a trial was rewound by another process: start from SQL again
+                study = self._studies[experiment.id] = _new_study(experiment)
+                _catch_up(session, study, experiment.id)
             yield study
 
     def forget(self, experiment_id: int) -> None:
@@ -240,10 +244,18 @@ class Optimizer:
         self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
     ) -> bool:
         """Whether the pruner stops `trial`, given its objective per epoch so far."""
+        try:
+            return self._prune(session, experiment, trial, curve)
+        except _Stale:  # the study still holds an earlier attempt's later epochs
+            self.forget(experiment.id)
+            return self._prune(session, experiment, trial, curve)
+
+    def _prune(
+        self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
+    ) -> bool:
         with self._study(session, experiment) as s:
             trial_id = s.trial_ids[trial.number]
-            for epoch, value in curve.items():
-                s.storage.set_trial_intermediate_value(trial_id, epoch, value)
+            _set_curve(s, trial_id, curve)
             return s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
 
     def history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
@@ -318,13 +330,26 @@ def _add_running(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
     s.trial_count += 1
 
 
-def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
-    trial_id = s.trial_ids[trial.number]
+class _Stale(Exception):
+    """The study holds epochs of a trial that SQL no longer has (a new attempt resumed from
+    an earlier checkpoint in another process): it must be rebuilt."""
+
+
+def _set_curve(s: _Study, trial_id: int, curve: dict[int, float]) -> None:
+    if set(s.storage.get_trial(trial_id).intermediate_values) - set(curve):
+        raise _Stale()
     for epoch, value in curve.items():
         s.storage.set_trial_intermediate_value(trial_id, epoch, value)
+
+
+def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
+    trial_id = s.trial_ids[trial.number]
+    out_of_memory = trial.failure_reason == "oom"
+    if not out_of_memory:  # an OOM trial's curve is no pruning statistic
+        _set_curve(s, trial_id, curve)
     state = FINAL_STATES[TrialState(trial.state)]
     values: list[float] | None = None
-    if trial.failure_reason == "oom":  # an infeasible point to move away from, not ignored
+    if out_of_memory:  # an infeasible point to move away from, not ignored
         s.storage.set_trial_system_attr(trial_id, OUT_OF_MEMORY, 1.0)
         state, values = OptunaState.COMPLETE, [trial.last_objective or 0.0]
     elif state == OptunaState.COMPLETE and trial.value is not None:
