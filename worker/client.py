@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import time
+import threading
 from typing import Any
 
 import httpx
@@ -33,11 +33,18 @@ class ServiceClient:
     """
 
     def __init__(
-        self, base_url: str, *, http: httpx.Client | None = None, retry: RetryPolicy | None = None
+        self,
+        base_url: str,
+        *,
+        http: httpx.Client | None = None,
+        retry: RetryPolicy | None = None,
+        stop: threading.Event | None = None,
     ) -> None:
         # The read timeout outlasts the longest claim the server holds open (30 s by default).
         self.http = http or httpx.Client(base_url=base_url, timeout=httpx.Timeout(10.0, read=90))
         self.retry = retry or RetryPolicy()
+        # Once set (the worker is shutting down), waiting to retry is cut short.
+        self.stop = stop or threading.Event()
 
     def register(self, name: str, hostname: str, device: str, pid: int) -> int:
         body = {"name": name, "hostname": hostname, "device": device, "pid": pid}
@@ -118,7 +125,8 @@ class ServiceClient:
             if delay is None:
                 raise ConnectionError(f"{method} {path}: gave up retrying ({problem})")
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
-            time.sleep(delay)
+            if self.stop.wait(delay):
+                raise ConnectionError(f"{method} {path}: not retried, shutting down ({problem})")
 
 
 def _error(response: httpx.Response) -> ServiceError:

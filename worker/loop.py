@@ -58,7 +58,7 @@ class Worker:
     def __init__(self, client: ServiceClient, options: WorkerOptions) -> None:
         self.client = client
         self.options = options
-        self.stop = threading.Event()
+        self.stop = client.stop  # set by SIGTERM; also cuts the client's retry waits short
         self._data: OrderedDict[str, DeviceData] = OrderedDict()
         self.trials_run = 0
 
@@ -96,7 +96,7 @@ class Worker:
         """The next trial, or None; a server error is logged and waited out, not fatal."""
         try:
             return self.client.claim(worker_id, self.options.wait_seconds)
-        except ServiceError as exc:
+        except (ServiceError, ConnectionError) as exc:
             log.error("claim failed: %s", exc)
             self.stop.wait(self.options.wait_seconds)
             return None

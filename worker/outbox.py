@@ -16,7 +16,7 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from worker.client import ServiceClient, ServiceError, TrialGone
+from worker.client import ServiceClient, TrialGone
 
 log = logging.getLogger("sweep.worker")
 ANSWER_WAIT = 2.0  # seconds a report waits for its answer before training goes on
@@ -77,7 +77,10 @@ class Outbox:
                     call()
             except TrialGone as exc:
                 self.verdict = ("stop", f"the attempt is no longer ours: {exc}")
-            except (ServiceError, ConnectionError) as exc:
+            except Exception as exc:
+                # Later items would leave a gap in the trial's history, so the trial stops here;
+                # the service hands it out again from its last delivered checkpoint.
                 log.error("trial %d: could not deliver to the service: %s", self.trial_id, exc)
+                self.verdict = ("stop", f"could not deliver to the service: {exc}")
             finally:
                 done.set()

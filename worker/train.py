@@ -374,6 +374,7 @@ class _TrainingState:
             "model": _cpu_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "device": self.generator.device.type,
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -392,15 +393,20 @@ class _TrainingState:
 
     def restore(self, data: bytes, device: torch.device) -> int:
         """Load a snapshot; returns the epoch it was taken after."""
-        state = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
+        # On the CPU: load_state_dict copies to the model's device, and the kept best weights
+        # stay CPU tensors, loadable anywhere.
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        self.generator.set_state(state["generator"].cpu())
-        torch.set_rng_state(state["torch_rng"].cpu())
-        if state["cuda_rng"]:
-            torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda_rng"]])
+        torch.set_rng_state(state["torch_rng"])
+        # Random states only fit the same kind of device: resumed elsewhere (a CPU checkpoint
+        # on a GPU worker, or fewer GPUs), batches are shuffled from the trial's seed instead.
+        if state["device"] == device.type:
+            self.generator.set_state(state["generator"])
+        if state["cuda_rng"] and len(state["cuda_rng"]) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
         t = self.tracker
         (t.epoch, t.best_epoch, t.best_value, t.best_metrics, t.last_metrics, t.best_state) = state[
             "tracker"
