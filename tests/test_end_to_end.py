@@ -99,8 +99,16 @@ def test_digits_sweep_end_to_end(
 
 @pytest.mark.timeout(300)
 def test_server_killed_mid_sweep_loses_nothing(
-    server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
+    # Down for twice the lease: the workers keep training and are not robbed of their trials.
+    server = ServerProcess(
+        sqlite_url,
+        tmp_path / "logs",
+        env={"SWEEP_LEASE_SECONDS": "2", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
+    )
+    server.start()
+    request.addfinalizer(server.stop)
     client = SweepClient(server.url)
     request.addfinalizer(client.close)
     spec = make_spec(fixed={"epochs": 8}, budget=budget(12, 2))
@@ -112,7 +120,7 @@ def test_server_killed_mid_sweep_loses_nothing(
             assert time.monotonic() < deadline
             time.sleep(0.2)
         server.kill()  # mid-sweep, mid-trial: SIGKILL, nothing gets to clean up
-        time.sleep(1.5)
+        time.sleep(4)
         server.start()
         experiment = wait_for_end(client, experiment_id, timeout=240)
     finally:
@@ -125,3 +133,4 @@ def test_server_killed_mid_sweep_loses_nothing(
     details = assert_metrics_intact(client, experiment_id)
     assert sum(len(t["metrics"]) for t in details) >= 12
     assert all(w.returncode == 0 for w in workers)  # workers rode out the outage
+    assert [t["attempt"] for t in details] == [1] * 12  # no trial was taken from its worker
