@@ -13,11 +13,14 @@ times a running `sweep server` over real HTTP instead.
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import tempfile
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -27,8 +30,10 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+from service import auth
 from service.app import create_app
 from service.config import Settings
+from service.schemas import TokenCreate
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
@@ -73,10 +78,15 @@ def claim_latencies(client: httpx.Client, history: int) -> list[float]:
     rng, timings = random.Random(0), []
     for i in range(history + TIMED):
         started = time.perf_counter()
-        trial = client.post(f"/api/v1/workers/{worker}/claim", json={}).json()
+        response = client.post(f"/api/v1/workers/{worker}/claim", json={})
         if i >= history:
             timings.append(time.perf_counter() - started)
-        client.post(f"/api/v1/trials/{trial['trial_id']}/complete", json={"value": rng.random()})
+        trial = response.raise_for_status().json()
+        client.post(
+            f"/api/v1/trials/{trial['trial_id']}/complete",
+            json={"value": rng.random()},
+            headers={"X-Attempt-Token": trial["token"]},
+        ).raise_for_status()
     return timings
 
 
@@ -107,6 +117,11 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
     parser.add_argument("--database-url", default="", help="in-process app's database")
     parser.add_argument("--server", default="", help="time this running server instead")
+    parser.add_argument(
+        "--token",
+        default=os.environ.get("SWEEP_TOKEN", ""),
+        help="an admin token for --server (default: SWEEP_TOKEN)",
+    )
     args = parser.parse_args()
     print(
         f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
@@ -123,11 +138,19 @@ def main() -> None:
         )
 
 
-def connect(args: argparse.Namespace, tmp: Path) -> httpx.Client:
+@contextmanager
+def connect(args: argparse.Namespace, tmp: Path) -> Iterator[httpx.Client]:
     if args.server:
-        return httpx.Client(base_url=args.server, timeout=60)
+        headers = {"Authorization": f"Bearer {args.token}"}
+        with httpx.Client(base_url=args.server, timeout=60, headers=headers) as client:
+            yield client
+        return
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    return TestClient(create_app(Settings(database_url=url)))
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+            secret, _ = auth.create(session, body=TokenCreate(role="admin"))
+        client.headers["Authorization"] = f"Bearer {secret}"
+        yield client
 
 
 if __name__ == "__main__":
