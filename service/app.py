@@ -38,6 +38,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.db = db
         app.state.optimizer = Optimizer()
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
+        if not settings.auth:
+            log.warning("!" * 72)
+            log.warning("AUTHENTICATION IS OFF (SWEEP_AUTH=false): anyone who can reach this")
+            log.warning("server can read, change and delete every experiment.")
+            log.warning("!" * 72)
         stopping = asyncio.Event()
         expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings))
         yield

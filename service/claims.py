@@ -41,17 +41,23 @@ from service.tables import (
 )
 
 
-def claim_possible(session: Session, *, worker_id: int, experiment_id: int | None = None) -> bool:
+def claim_possible(
+    session: Session,
+    *,
+    worker_id: int,
+    experiment_id: int | None = None,
+    project: str | None = None,
+) -> bool:
     """Read-only look-ahead: whether `claim` would hand this worker a trial now.
 
     Lets idle workers poll without taking the database's write lock (SQLite) or row locks.
     Raises what `claim` would: NotFound for an unknown worker or experiment, Conflict for a
     cancelled experiment.
     """
-    _check_claimant(session, worker_id, experiment_id)
+    _check_claimant(session, worker_id, experiment_id, project)
     if _held(session, worker_id) is not None:
         return True
-    return session.scalars(_claimable(experiment_id)).first() is not None
+    return session.scalars(_claimable(experiment_id, project)).first() is not None
 
 
 def try_claim(
@@ -60,6 +66,7 @@ def try_claim(
     *,
     worker_id: int,
     experiment_id: int | None,
+    project: str | None,
     lease_seconds: float,
     look_first: bool,
 ) -> Assignment | None:
@@ -67,7 +74,9 @@ def try_claim(
     first, so workers polling an idle service never take the write lock."""
     if look_first:
         with db.transaction(write=False) as session:
-            if not claim_possible(session, worker_id=worker_id, experiment_id=experiment_id):
+            if not claim_possible(
+                session, worker_id=worker_id, experiment_id=experiment_id, project=project
+            ):
                 return None
     with db.transaction() as session:
         return claim(
@@ -75,6 +84,7 @@ def try_claim(
             optimizer=optimizer,
             worker_id=worker_id,
             experiment_id=experiment_id,
+            project=project,
             lease_seconds=lease_seconds,
         )
 
@@ -86,6 +96,7 @@ def claim(
     worker_id: int,
     lease_seconds: float,
     experiment_id: int | None = None,
+    project: str | None = None,
 ) -> Assignment | None:
     """Start the next trial for a worker, or None when nothing may start now.
 
@@ -95,13 +106,13 @@ def claim(
     one transaction: exactly n_trials trials are ever created and never more than
     max_concurrent run at once.
     """
-    worker = _check_claimant(session, worker_id, experiment_id)
+    worker = _check_claimant(session, worker_id, experiment_id, project)
     worker.last_seen_at = utcnow()
     held = _held(session, worker_id)
     if held is not None:
         owner = experiments.get(session, held.experiment_id)
         return _assignment(owner, held, lease_seconds, _checkpoint_epoch(session, held))
-    experiment = _lock_claimable(session, experiment_id)
+    experiment = _lock_claimable(session, experiment_id, project)
     if experiment is None:
         return None
     trial = _next_queued(session, experiment.id)
@@ -178,12 +189,16 @@ def _checkpoint_epoch(session: Session, trial: Trial) -> int:
     return epoch or 0
 
 
-def _check_claimant(session: Session, worker_id: int, experiment_id: int | None) -> Worker:
+def _check_claimant(
+    session: Session, worker_id: int, experiment_id: int | None, project: str | None
+) -> Worker:
     worker = session.get(Worker, worker_id)
-    if worker is None:
+    if worker is None or (project is not None and worker.project != project):
         raise NotFound(f"worker {worker_id} not found")
     if experiment_id is not None:
         target = experiments.get(session, experiment_id)
+        if project is not None and target.project != project:
+            raise NotFound(f"experiment {experiment_id} not found")
         if target.state == ExperimentState.CANCELLED:
             raise Conflict(f"experiment {experiment_id} is cancelled")
     return worker
@@ -195,7 +210,7 @@ def _held(session: Session, worker_id: int) -> Trial | None:
     ).first()
 
 
-def _claimable(experiment_id: int | None) -> Select[Experiment]:
+def _claimable(experiment_id: int | None, project: str | None) -> Select[Experiment]:
     """Running experiments with work left (budget or a queued trial) and a free slot."""
     running = (
         select(func.count())
@@ -215,11 +230,15 @@ def _claimable(experiment_id: int | None) -> Select[Experiment]:
     )
     if experiment_id is not None:
         query = query.where(Experiment.id == experiment_id)
+    if project is not None:
+        query = query.where(Experiment.project == project)
     return query
 
 
-def _lock_claimable(session: Session, experiment_id: int | None) -> Experiment | None:
-    query = _claimable(experiment_id).with_for_update(skip_locked=True, of=Experiment)
+def _lock_claimable(
+    session: Session, experiment_id: int | None, project: str | None
+) -> Experiment | None:
+    query = _claimable(experiment_id, project).with_for_update(skip_locked=True, of=Experiment)
     experiment = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
     if experiment is None or trials.running(session, experiment.id) >= experiment.max_concurrent:

@@ -26,6 +26,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 60.0
     # How often the server looks for expired leases.
     lease_check_seconds: float = 5.0
+    # Bearer tokens on every route but /healthz. Turning this off is for a trusted laptop.
+    auth: bool = True
     # Largest weights file a worker may upload.
     max_weights_bytes: int = 512 * 1024 * 1024
 

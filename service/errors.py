@@ -44,3 +44,13 @@ class TooLarge(SweepError):
 class Unavailable(SweepError):
     status_code = 503
     code = "unavailable"
+
+
+class Unauthorized(SweepError):
+    status_code = 401
+    code = "unauthorized"
+
+
+class Forbidden(SweepError):
+    status_code = 403
+    code = "forbidden"

@@ -16,10 +16,11 @@ from service.states import ENDED_EXPERIMENT_STATES, ExperimentState, check_exper
 from service.tables import Experiment, Trial, utcnow
 
 
-def create(session: Session, *, spec: ExperimentCreate) -> Experiment:
+def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
     normalized = specs.normalize(spec)
     experiment = Experiment(
         name=spec.name,
+        project=project,
         state=ExperimentState.RUNNING,
         spec=normalized,
         metric=spec.objective.metric,
@@ -88,6 +89,7 @@ def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
+        project=experiment.project,
         state=experiment.state,
         spec=experiment.spec,
         n_trials=experiment.n_trials,
@@ -108,9 +110,16 @@ def status(session: Session, experiment: Experiment) -> ExperimentRead:
 
 
 def page(
-    session: Session, *, state: ExperimentState | None, limit: int, offset: int
+    session: Session,
+    *,
+    project: str | None,
+    state: ExperimentState | None,
+    limit: int,
+    offset: int,
 ) -> ExperimentPage:
     query = select(Experiment)
+    if project is not None:
+        query = query.where(Experiment.project == project)
     if state is not None:
         query = query.where(Experiment.state == state)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0

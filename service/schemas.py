@@ -146,6 +146,11 @@ class Budget(Strict):
 
 class ExperimentCreate(Strict):
     name: Name
+    # Defaults to the caller's project ("default" for tokens that have none).
+    project: (
+        Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+        | None
+    ) = None
     model: Name
     dataset: DatasetSpec
     objective: Objective
@@ -173,6 +178,7 @@ class TrialCounts(BaseModel):
 class ExperimentRead(BaseModel):
     id: int
     name: str
+    project: str
     state: str
     spec: dict[str, Any]
     n_trials: int
@@ -312,3 +318,28 @@ class CompleteIn(Strict):
 class FailIn(Strict):
     reason: Literal["diverged", "oom", "error", "interrupted"]
     message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""
+
+
+Project = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+class TokenCreate(Strict):
+    name: Name = "token"
+    role: Literal["admin", "user", "viewer", "worker"]
+    # The project the token is confined to; admins see all, workers without one serve all.
+    project: Project | None = None
+
+
+class TokenRead(BaseModel):
+    id: int
+    name: str
+    prefix: str
+    role: str
+    project: str | None
+    created_at: datetime
+    last_used_at: datetime | None
+    revoked_at: datetime | None
+
+
+class TokenCreated(TokenRead):
+    token: str  # shown this once; only its hash is kept

@@ -60,6 +60,10 @@ class Experiment(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
+    # Tokens of one project never see another's experiments.
+    project: Mapped[str] = mapped_column(
+        String(100), default="default", server_default="default", index=True
+    )
     state: Mapped[str] = mapped_column(String(16), index=True)
     spec: Mapped[dict[str, Any]] = mapped_column(JSON)
     metric: Mapped[str] = mapped_column(String(64))
@@ -94,6 +98,8 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     device: Mapped[str] = mapped_column(String(64))
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    # The project of the token that registered it; only that project's tokens may claim for it.
+    project: Mapped[str | None] = mapped_column(String(100), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -179,3 +185,19 @@ class TrialCheckpoint(Base):
     data: Mapped[bytes] = mapped_column(LargeBinary)
     size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token, kept only as a hash; shown once when it is made."""
+
+    __tablename__ = "sweep_tokens"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))  # the first characters, to tell tokens apart
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    project: Mapped[str | None] = mapped_column(String(100), nullable=True)  # None: all
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

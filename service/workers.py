@@ -9,8 +9,10 @@ from service.schemas import WorkerRead, WorkerRegister
 from service.tables import Worker
 
 
-def register(session: Session, *, body: WorkerRegister) -> WorkerRead:
-    worker = Worker(name=body.name, hostname=body.hostname, device=body.device, pid=body.pid)
+def register(session: Session, *, body: WorkerRegister, project: str | None) -> WorkerRead:
+    worker = Worker(
+        name=body.name, hostname=body.hostname, device=body.device, pid=body.pid, project=project
+    )
     session.add(worker)
     session.flush()
     return WorkerRead.model_validate(worker, from_attributes=True)

@@ -6,9 +6,11 @@ from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import experiments, trials
+from service import auth, experiments, trials
+from service.auth import ADMINS, CONTROLLERS, READERS, RUNNERS, Caller, Role
 from service.config import Settings
 from service.db import Database
 from service.optimizer import Optimizer
@@ -51,19 +53,74 @@ SessionDep = Annotated[Session, Depends(get_session, scope="function")]
 ExperimentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 TrialId = Annotated[int, Path(ge=1, le=MAX_INT)]
 WorkerId = Annotated[int, Path(ge=1, le=MAX_INT)]
+TokenId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
 # The attempt a worker's call is about (from its claim); a stale one is refused with 409.
 AttemptToken = Annotated[str, Header(alias="X-Attempt-Token", min_length=1, max_length=64)]
 
 
-def experiment_or_404(experiment_id: ExperimentId, session: SessionDep) -> Experiment:
-    return experiments.get(session, experiment_id)
+bearer = HTTPBearer(auto_error=False, description="a token from `sweep token create`")
 
 
-def trial_or_404(trial_id: TrialId, session: SessionDep) -> Trial:
-    return trials.get(session, trial_id)
+def get_caller(
+    db: DatabaseDep,
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+) -> Caller:
+    """The caller behind the bearer token (401 without a valid one)."""
+    if not settings.auth:
+        return auth.NOBODY_CHECKED
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    with db.transaction(write=False) as session:
+        caller, stale = auth.identify(session, header)
+    if stale and caller.token_id is not None:
+        with db.transaction() as session:
+            auth.touch(session, caller.token_id)
+    return caller
+
+
+CallerDep = Annotated[Caller, Depends(get_caller)]
+
+
+class Allow:
+    """A route's decision: which roles may call it (403 for the others)."""
+
+    def __init__(self, roles: frozenset[Role]) -> None:
+        self.roles = roles
+
+    def __call__(self, caller: CallerDep) -> Caller:
+        caller.require(self.roles)
+        return caller
+
+
+# As route dependencies (the decision, when the route needs no caller) and as parameters.
+READ, CONTROL, RUN, ADMIN = (Depends(Allow(r)) for r in (READERS, CONTROLLERS, RUNNERS, ADMINS))
+Reader = Annotated[Caller, Depends(Allow(READERS))]
+Controller = Annotated[Caller, Depends(Allow(CONTROLLERS))]
+Runner = Annotated[Caller, Depends(Allow(RUNNERS))]
+Admin = Annotated[Caller, Depends(Allow(ADMINS))]
+
+
+def experiment_or_404(
+    experiment_id: ExperimentId, session: SessionDep, caller: CallerDep
+) -> Experiment:
+    experiment = experiments.get(session, experiment_id)
+    caller.check_sees(experiment)
+    return experiment
+
+
+def trial_or_404(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> Trial:
+    trial = trials.get(session, trial_id)
+    caller.check_sees(experiments.get(session, trial.experiment_id))
+    return trial
+
+
+def visible_trial_id(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> int:
+    """A worker-protocol trial id, 404 when the trial belongs to another project."""
+    return trial_or_404(trial_id, session, caller).id
 
 
 ExperimentDep = Annotated[Experiment, Depends(experiment_or_404)]
 TrialDep = Annotated[Trial, Depends(trial_or_404)]
+VisibleTrialId = Annotated[int, Depends(visible_trial_id)]

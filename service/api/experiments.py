@@ -4,7 +4,15 @@ from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
 from service import experiments, trials
-from service.api.deps import ExperimentDep, OptimizerDep, SessionDep
+from service.api.deps import (
+    CONTROL,
+    READ,
+    Controller,
+    ExperimentDep,
+    OptimizerDep,
+    Reader,
+    SessionDep,
+)
 from service.schemas import (
     MAX_INT,
     BestTrials,
@@ -23,41 +31,47 @@ Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def create_experiment(spec: ExperimentCreate, session: SessionDep) -> ExperimentRead:
+def create_experiment(
+    spec: ExperimentCreate, session: SessionDep, caller: Controller
+) -> ExperimentRead:
     """Submit an experiment; trials start as soon as a worker claims."""
-    return experiments.status(session, experiments.create(session, spec=spec))
+    project = caller.project_for(spec.project)
+    return experiments.status(session, experiments.create(session, spec=spec, project=project))
 
 
 @router.get("")
 def list_experiments(
     session: SessionDep,
+    caller: Reader,
     state: ExperimentState | None = None,
     limit: Limit = 50,
     offset: Offset = 0,
 ) -> ExperimentPage:
     """Experiments, newest first."""
-    return experiments.page(session, state=state, limit=limit, offset=offset)
+    return experiments.page(
+        session, project=caller.project, state=state, limit=limit, offset=offset
+    )
 
 
-@router.get("/{experiment_id}")
+@router.get("/{experiment_id}", dependencies=[READ])
 def get_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """An experiment's spec, state, trial counts and best value."""
     return experiments.status(session, experiment)
 
 
-@router.post("/{experiment_id}/pause")
+@router.post("/{experiment_id}/pause", dependencies=[CONTROL])
 def pause_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """Stop handing out new trials; running ones go on."""
     return _move(session, experiment, ExperimentState.PAUSED)
 
 
-@router.post("/{experiment_id}/resume")
+@router.post("/{experiment_id}/resume", dependencies=[CONTROL])
 def resume_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """Hand out trials again."""
     return _move(session, experiment, ExperimentState.RUNNING)
 
 
-@router.post("/{experiment_id}/cancel")
+@router.post("/{experiment_id}/cancel", dependencies=[CONTROL])
 def cancel_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """End the experiment; running trials are told to stop at their next report."""
     ended = trials.end_experiment(
@@ -70,7 +84,7 @@ def _move(session: Session, experiment: Experiment, target: ExperimentState) -> 
     return experiments.status(session, experiments.transition(session, experiment.id, target))
 
 
-@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT)
+@router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[CONTROL])
 def delete_experiment(
     experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep
 ) -> Response:
@@ -80,7 +94,7 @@ def delete_experiment(
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/{experiment_id}/trials")
+@router.get("/{experiment_id}/trials", dependencies=[READ])
 def list_trials(
     experiment: ExperimentDep,
     session: SessionDep,
@@ -102,7 +116,7 @@ def list_trials(
     )
 
 
-@router.get("/{experiment_id}/best")
+@router.get("/{experiment_id}/best", dependencies=[READ])
 def best_trials(
     experiment: ExperimentDep, session: SessionDep, k: Annotated[int, Query(ge=1, le=1000)] = 1
 ) -> BestTrials:

@@ -3,7 +3,16 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Query, Request, Response
 
 from service import claims, trials
-from service.api.deps import AttemptToken, OptimizerDep, SessionDep, SettingsDep, TrialDep, TrialId
+from service.api.deps import (
+    READ,
+    RUN,
+    AttemptToken,
+    OptimizerDep,
+    SessionDep,
+    SettingsDep,
+    TrialDep,
+    VisibleTrialId,
+)
 from service.errors import TooLarge
 from service.schemas import (
     CompleteIn,
@@ -18,7 +27,7 @@ from service.schemas import (
 router = APIRouter(prefix="/trials", tags=["trials"])
 
 
-@router.get("/{trial_id}")
+@router.get("/{trial_id}", dependencies=[READ])
 def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
     """A trial's params, full config, state and per-epoch metrics."""
     return trials.detail(session, trial)
@@ -26,6 +35,7 @@ def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
 
 @router.get(
     "/{trial_id}/model",
+    dependencies=[READ],
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
@@ -38,9 +48,9 @@ def get_model(trial: TrialDep, session: SessionDep) -> Response:
     )
 
 
-@router.post("/{trial_id}/reports", tags=["worker protocol"])
+@router.post("/{trial_id}/reports", tags=["worker protocol"], dependencies=[RUN])
 def report_epoch(
-    trial_id: TrialId,
+    trial_id: VisibleTrialId,
     token: AttemptToken,
     body: ReportIn,
     session: SessionDep,
@@ -58,9 +68,9 @@ def report_epoch(
     )
 
 
-@router.post("/{trial_id}/heartbeat", tags=["worker protocol"])
+@router.post("/{trial_id}/heartbeat", tags=["worker protocol"], dependencies=[RUN])
 def heartbeat(
-    trial_id: TrialId, token: AttemptToken, session: SessionDep, settings: SettingsDep
+    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep, settings: SettingsDep
 ) -> HeartbeatOut:
     """Keep the attempt's lease alive between reports."""
     return claims.heartbeat(
@@ -68,8 +78,8 @@ def heartbeat(
     )
 
 
-@router.post("/{trial_id}/release", tags=["worker protocol"])
-def release(trial_id: TrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
+@router.post("/{trial_id}/release", tags=["worker protocol"], dependencies=[RUN])
+def release(trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
     """Give the trial back (the worker is shutting down): it is queued for another attempt."""
     return trials.read(claims.release(session, trial_id=trial_id, token=token))
 
@@ -87,9 +97,9 @@ async def upload_body(request: Request, settings: SettingsDep) -> bytes:
 Upload = Annotated[bytes, Depends(upload_body)]
 
 
-@router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"])
+@router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], dependencies=[RUN])
 def upload_checkpoint(
-    trial_id: TrialId,
+    trial_id: VisibleTrialId,
     token: AttemptToken,
     epoch: Annotated[int, Query(ge=1, le=1_000_000)],
     data: Upload,
@@ -103,10 +113,13 @@ def upload_checkpoint(
 @router.get(
     "/{trial_id}/checkpoint",
     tags=["worker protocol"],
+    dependencies=[RUN],
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def download_checkpoint(trial_id: TrialId, token: AttemptToken, session: SessionDep) -> Response:
+def download_checkpoint(
+    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep
+) -> Response:
     """The checkpoint a new attempt resumes from; its epoch is in X-Checkpoint-Epoch."""
     checkpoint = claims.load_checkpoint(session, trial_id=trial_id, token=token)
     return Response(
@@ -116,9 +129,9 @@ def download_checkpoint(trial_id: TrialId, token: AttemptToken, session: Session
     )
 
 
-@router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"])
+@router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"], dependencies=[RUN])
 def upload_weights(
-    trial_id: TrialId,
+    trial_id: VisibleTrialId,
     token: AttemptToken,
     data: Upload,
     session: SessionDep,
@@ -128,17 +141,17 @@ def upload_weights(
     return Response(status_code=204)
 
 
-@router.post("/{trial_id}/complete", tags=["worker protocol"])
+@router.post("/{trial_id}/complete", tags=["worker protocol"], dependencies=[RUN])
 def complete_trial(
-    trial_id: TrialId, token: AttemptToken, body: CompleteIn, session: SessionDep
+    trial_id: VisibleTrialId, token: AttemptToken, body: CompleteIn, session: SessionDep
 ) -> TrialRead:
     """Finish a trial with its objective value."""
     return trials.read(trials.complete(session, trial_id=trial_id, token=token, body=body))
 
 
-@router.post("/{trial_id}/fail", tags=["worker protocol"])
+@router.post("/{trial_id}/fail", tags=["worker protocol"], dependencies=[RUN])
 def fail_trial(
-    trial_id: TrialId, token: AttemptToken, body: FailIn, session: SessionDep
+    trial_id: VisibleTrialId, token: AttemptToken, body: FailIn, session: SessionDep
 ) -> TrialRead:
     """End a trial as failed: diverged, error (with its text) or interrupted."""
     return trials.read(trials.fail(session, trial_id=trial_id, token=token, body=body))

@@ -6,19 +6,27 @@ from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
 from service import claims, workers
-from service.api.deps import DatabaseDep, OptimizerDep, SessionDep, SettingsDep, WorkerId
+from service.api.deps import (
+    ADMIN,
+    DatabaseDep,
+    OptimizerDep,
+    Runner,
+    SessionDep,
+    SettingsDep,
+    WorkerId,
+)
 from service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
 
 router = APIRouter(prefix="/workers", tags=["worker protocol"])
 
 
 @router.post("", status_code=status.HTTP_201_CREATED)
-def register_worker(body: WorkerRegister, session: SessionDep) -> WorkerRead:
+def register_worker(body: WorkerRegister, session: SessionDep, caller: Runner) -> WorkerRead:
     """Register a worker process; its id goes with every claim."""
-    return workers.register(session, body=body)
+    return workers.register(session, body=body, project=caller.project)
 
 
-@router.get("", tags=["workers"])
+@router.get("", tags=["workers"], dependencies=[ADMIN])
 def list_workers(
     session: SessionDep, limit: Annotated[int, Query(ge=1, le=1000)] = 100
 ) -> list[WorkerRead]:
@@ -35,6 +43,7 @@ async def claim_trial(
     worker_id: WorkerId,
     body: ClaimRequest,
     request: Request,
+    caller: Runner,
     db: DatabaseDep,
     optimizer: OptimizerDep,
     settings: SettingsDep,
@@ -50,6 +59,7 @@ async def claim_trial(
             optimizer,
             worker_id=worker_id,
             experiment_id=body.experiment_id,
+            project=caller.project,
             lease_seconds=settings.lease_seconds,
             look_first=look_first,
         )

@@ -1,0 +1,27 @@
+from fastapi import APIRouter, Response, status
+
+from service import auth
+from service.api.deps import ADMIN, SessionDep, TokenId
+from service.schemas import TokenCreate, TokenCreated, TokenRead
+
+router = APIRouter(prefix="/tokens", tags=["tokens"], dependencies=[ADMIN])
+
+
+@router.post("", status_code=status.HTTP_201_CREATED)
+def create_token(body: TokenCreate, session: SessionDep) -> TokenCreated:
+    """Make a token; the secret is in this answer only."""
+    secret, token = auth.create(session, body=body)
+    return TokenCreated(**token.model_dump(), token=secret)
+
+
+@router.get("")
+def list_tokens(session: SessionDep) -> list[TokenRead]:
+    """Every token: prefix, name, role, project, when made and last used, revoked."""
+    return auth.listing(session)
+
+
+@router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
+def revoke_token(token_id: TokenId, session: SessionDep) -> Response:
+    """Revoke a token: it is refused from now on."""
+    auth.revoke(session, token_id)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -1,0 +1,132 @@
+"""Who is calling: bearer tokens with a role and, but for admins, a project.
+
+Tokens are 256 random bits, shown once when made and kept only as a SHA-256 hash (a slow hash
+buys nothing for random secrets). Roles:
+
+- admin: everything, tokens, every project;
+- user: submit, read and control experiments of their project;
+- viewer: read experiments of their project;
+- worker: claim and run trials (of their project, or of all when the token has none).
+
+A project token asking about another project's experiment is told it does not exist (404).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from service.errors import Forbidden, NotFound, Unauthorized
+from service.schemas import TokenCreate, TokenRead
+from service.tables import ApiToken, Experiment, utcnow
+
+TOKEN_PREFIX = "swp_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)  # last_used_at is written at most this often
+
+
+class Role(enum.StrEnum):
+    ADMIN = "admin"
+    USER = "user"
+    VIEWER = "viewer"
+    WORKER = "worker"
+
+
+READERS = frozenset({Role.ADMIN, Role.USER, Role.VIEWER})
+CONTROLLERS = frozenset({Role.ADMIN, Role.USER})
+RUNNERS = frozenset({Role.ADMIN, Role.WORKER})
+ADMINS = frozenset({Role.ADMIN})
+
+
+@dataclass(frozen=True)
+class Caller:
+    role: Role
+    project: str | None  # None: every project
+    token_id: int | None = None
+
+    def require(self, allowed: frozenset[Role]) -> None:
+        if self.role not in allowed:
+            raise Forbidden(f"a {self.role} token may not do this")
+
+    def project_for(self, asked: str | None) -> str:
+        """The project a new experiment goes to: the caller's own, or any for an admin."""
+        if self.project is None:
+            return asked or "default"
+        if asked not in (None, self.project):
+            raise Forbidden(f"this token may only submit to project {self.project!r}")
+        return self.project
+
+    def sees(self, experiment: Experiment) -> bool:
+        return self.project is None or experiment.project == self.project
+
+    def check_sees(self, experiment: Experiment) -> None:
+        """NotFound, not Forbidden, for another project's experiment: ids do not leak."""
+        if not self.sees(experiment):
+            raise NotFound(f"experiment {experiment.id} not found")
+
+
+# Used when the operator turned authentication off: every caller may do everything.
+NOBODY_CHECKED = Caller(role=Role.ADMIN, project=None)
+
+
+def _hash(token: str) -> str:
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def create(session: Session, *, body: TokenCreate) -> tuple[str, TokenRead]:
+    """A new token: the secret (shown once) and what is kept of it."""
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    project = None if body.role in (Role.ADMIN,) else body.project
+    if body.role in (Role.USER, Role.VIEWER) and project is None:
+        project = "default"
+    token = ApiToken(
+        name=body.name,
+        prefix=secret[:12],
+        token_hash=_hash(secret),
+        role=body.role,
+        project=project,
+    )
+    session.add(token)
+    session.flush()
+    return secret, read(token)
+
+
+def read(token: ApiToken) -> TokenRead:
+    return TokenRead.model_validate(token, from_attributes=True)
+
+
+def listing(session: Session) -> list[TokenRead]:
+    return [read(t) for t in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
+def revoke(session: Session, token_id: int) -> None:
+    token = session.get(ApiToken, token_id)
+    if token is None:
+        raise NotFound(f"token {token_id} not found")
+    token.revoked_at = token.revoked_at or utcnow()
+
+
+def identify(session: Session, authorization: str | None) -> tuple[Caller, bool]:
+    """The caller behind an `Authorization: Bearer ...` header, and whether its last use
+    is old enough to be written again. Unauthorized when missing, unknown or revoked."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret:
+        raise Unauthorized("send Authorization: Bearer <token>")
+    token = session.scalars(
+        select(ApiToken).where(ApiToken.token_hash == _hash(secret.strip()))
+    ).one_or_none()
+    if token is None or token.revoked_at is not None:
+        raise Unauthorized("unknown or revoked token")
+    stale = token.last_used_at is None or utcnow() - token.last_used_at > LAST_USED_RESOLUTION
+    return Caller(role=Role(token.role), project=token.project, token_id=token.id), stale
+
+
+def touch(session: Session, token_id: int) -> None:
+    token = session.get(ApiToken, token_id)
+    if token is not None:
+        token.last_used_at = utcnow()
