@@ -37,8 +37,22 @@ def load_spec(path: Path) -> dict[str, Any]:
     return spec
 
 
+class _Options:
+    token: str | None = None  # set by the --token option (or SWEEP_TOKEN) before any command
+
+
+@app.callback()
+def main(
+    token: Annotated[
+        str | None, typer.Option("--token", envvar="SWEEP_TOKEN", help="API token")
+    ] = None,
+) -> None:
+    """Sweep: hyperparameter sweeps over HTTP."""
+    _Options.token = token
+
+
 def _client(server: str) -> SweepClient:
-    return SweepClient(server)
+    return SweepClient(server, token=_Options.token)
 
 
 def _fail(exc: Exception) -> typer.Exit:
@@ -67,6 +81,33 @@ def server(
     )
 
 
+token_app = typer.Typer(help="API tokens (run on the server host, against its database).")
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    role: Annotated[str, typer.Option(help="admin, user, viewer or worker")],
+    project: Annotated[str | None, typer.Option(help="confine the token to a project")] = None,
+    name: Annotated[str, typer.Option()] = "token",
+) -> None:
+    """Make a token in the database SWEEP_DATABASE_URL names; prints it alone on the last
+    line. This is how the first admin token is made: there is no default password."""
+    from pydantic import ValidationError
+
+    from service.tokens import create_in_database
+
+    try:
+        secret = create_in_database(role=role, project=project, name=name)
+    except ValidationError as exc:
+        raise _fail(ValueError(exc.errors()[0]["msg"])) from exc
+    console.print(
+        f"{role} token{f' for project {project}' if project else ''} "
+        "(shown only now; keep it secret):"
+    )
+    print(secret)
+
+
 @app.command()
 def worker(
     server: ServerOpt = DEFAULT_SERVER,
@@ -83,6 +124,7 @@ def worker(
 
     run_worker(
         server,
+        token=_Options.token,
         device=device,
         name=name,
         max_trials=max_trials,

@@ -22,8 +22,13 @@ class ApiError(Exception):
 
 
 class SweepClient:
-    def __init__(self, server: str = DEFAULT_SERVER, *, timeout: float = 30.0) -> None:
-        self.http = httpx.Client(base_url=server.rstrip("/") + "/api/v1", timeout=timeout)
+    def __init__(
+        self, server: str = DEFAULT_SERVER, *, token: str | None = None, timeout: float = 30.0
+    ) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = httpx.Client(
+            base_url=server.rstrip("/") + "/api/v1", timeout=timeout, headers=headers
+        )
 
     def __enter__(self) -> SweepClient:
         return self

@@ -11,6 +11,8 @@ from pathlib import Path
 
 from service import cli
 from service.client import SweepClient
+from service.config import Settings
+from service.tokens import create_in_database
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-mlp.yaml"
 
@@ -39,14 +41,19 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SWEEP_DATA_DIR": str(directory.resolve())}
-    env.pop("SWEEP_DATABASE_URL", None)
+    for variable in ("SWEEP_DATABASE_URL", "SWEEP_TOKEN", "SWEEP_AUTH"):
+        env.pop(variable, None)
+    # The demo's own tokens: one to submit and watch, one for its workers.
+    settings = Settings(database_url="", data_dir=directory)
+    user_token = create_in_database(role="user", name="demo", settings=settings)
+    worker_token = create_in_database(role="worker", name="demo workers", settings=settings)
     processes: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], log: str) -> subprocess.Popen[bytes]:
+    def start(args: list[str], log: str, token: str = "") -> subprocess.Popen[bytes]:
         with (directory / log).open("wb") as out:
             process = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", *args],
-                env=env,
+                env={**env, "SWEEP_TOKEN": token} if token else env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
             )
@@ -56,12 +63,13 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
     try:
         cli.console.print(f"starting the server at {url} (SQLite in {directory}/)")
         server = start(["server", "--port", str(port), "--log-level", "warning"], "server.log")
-        client = SweepClient(url)
+        client = SweepClient(url, token=user_token)
         wait_until_up(client, server, timeout=60)
         for i in range(n_workers):
             start(
                 ["worker", "--server", url, "--threads", "1", "--name", f"demo-{i}"],
                 f"worker-{i}.log",
+                token=worker_token,
             )
         cli.console.print(f"started {n_workers} workers (logs in {directory}/)")
         experiment = client.submit(cli.load_spec(spec_file or EXAMPLE))

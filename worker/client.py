@@ -37,11 +37,15 @@ class ServiceClient:
         base_url: str,
         *,
         http: httpx.Client | None = None,
+        token: str | None = None,
         retry: RetryPolicy | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         # The read timeout outlasts the longest claim the server holds open (30 s by default).
-        self.http = http or httpx.Client(base_url=base_url, timeout=httpx.Timeout(10.0, read=90))
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.http = http or httpx.Client(
+            base_url=base_url, timeout=httpx.Timeout(10.0, read=90), headers=headers
+        )
         self.retry = retry or RetryPolicy()
         # Once set (the worker is shutting down), waiting to retry is cut short.
         self.stop = stop or threading.Event()

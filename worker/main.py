@@ -15,6 +15,7 @@ from worker.loop import Worker, WorkerOptions, pick_device
 def run_worker(
     server: str,
     *,
+    token: str | None = None,
     device: str | None = None,
     name: str | None = None,
     max_trials: int | None = None,
@@ -32,6 +33,6 @@ def run_worker(
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
     )
-    runner = Worker(ServiceClient(server), options)
+    runner = Worker(ServiceClient(server, token=token), options)
     runner.install_signal_handlers()
     return runner.run()
