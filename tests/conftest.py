@@ -20,6 +20,7 @@ with warnings.catch_warnings():
 
 from service.app import create_app
 from service.config import Settings
+from tests.factories import authorize
 from tests.processes import ServerProcess
 
 PG_ADMIN = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -69,7 +70,7 @@ def settings(db_url: str, tmp_path: Path) -> Settings:
 def client(settings: Settings) -> Iterator[TestClient]:
     """The real app in process (real SQL, real Optuna), reached through httpx."""
     with TestClient(create_app(settings)) as test_client:
-        yield test_client
+        yield authorize(test_client)
 
 
 @pytest.fixture

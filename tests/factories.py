@@ -55,3 +55,14 @@ def remember(assignment: dict[str, Any] | None) -> dict[str, Any] | None:
 
 def attempt_headers(trial_id: int) -> dict[str, str]:
     return {"X-Attempt-Token": TOKENS.get(trial_id, "none")}
+
+
+def authorize(client: Any, role: str = "admin", project: str | None = None) -> Any:
+    """Give an in-process test client a real token of `role`, made in its app's database."""
+    from service import auth
+    from service.schemas import TokenCreate
+
+    with client.app.state.db.transaction() as session:
+        secret, _ = auth.create(session, body=TokenCreate(role=role, project=project))
+    client.headers["Authorization"] = f"Bearer {secret}"
+    return client

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import httpx
 
+from service.config import Settings
+from service.tokens import create_in_database
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -44,6 +47,10 @@ class ServerProcess:
         self.log_dir = log_dir
         self.process: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        # Real tokens, made in the server's database as an operator would.
+        settings = Settings(database_url=database_url)
+        self.admin_token = create_in_database(role="admin", name="tests", settings=settings)
+        self.worker_token = create_in_database(role="worker", name="workers", settings=settings)
 
     def start(self, timeout: float = 60.0) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
@@ -96,11 +103,14 @@ class ServerProcess:
                 self.process.wait()
 
 
-def start_worker(server_url: str, log_dir: Path, name: str, *args: str) -> subprocess.Popen[bytes]:
+def start_worker(
+    server: ServerProcess, log_dir: Path, name: str, *args: str
+) -> subprocess.Popen[bytes]:
     """`sweep worker` in a subprocess, one torch thread (the test machine has two cores)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = ["-m", "service.cli", "worker", "--server", server_url, "--threads", "1"]
-    return spawn([*command, "--name", name, *args], log_dir / f"{name}.log", dict(os.environ))
+    command = ["-m", "service.cli", "worker", "--server", server.url, "--threads", "1"]
+    env = {**os.environ, "SWEEP_TOKEN": server.worker_token}
+    return spawn([*command, "--name", name, *args], log_dir / f"{name}.log", env)
 
 
 def stop_workers(workers: list[subprocess.Popen[bytes]], timeout: float = 30.0) -> None:

@@ -43,7 +43,7 @@ class Fleet:
         self.all: list[subprocess.Popen[bytes]] = []
 
     def start(self) -> None:
-        worker = start_worker(self.server.url, self.logs, f"w{len(self.all)}")
+        worker = start_worker(self.server, self.logs, f"w{len(self.all)}")
         self.alive.append(worker)
         self.all.append(worker)
 
@@ -86,7 +86,7 @@ def test_sweep_survives_killed_workers_and_server_restarts(
     server = ServerProcess(db_url, tmp_path / "logs", env=FAST_LEASES)
     server.start()
     fleet = Fleet(server, tmp_path / "logs")
-    client = SweepClient(server.url)
+    client = SweepClient(server.url, token=server.admin_token)
     request.addfinalizer(client.close)
     started = time.monotonic()
     try:

@@ -27,9 +27,10 @@ class Observed:
         self.errors: list[str] = []
 
 
-def claimer(url: str, experiment_id: int, observed: Observed, seed: int) -> None:
+def claimer(server: ServerProcess, experiment_id: int, observed: Observed, seed: int) -> None:
     rng = random.Random(seed)
-    with httpx.Client(base_url=f"{url}/api/v1", timeout=30) as http:
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    with httpx.Client(base_url=f"{server.url}/api/v1", timeout=30, headers=headers) as http:
         worker = http.post("/workers", json={"name": f"t{seed}"}).json()["id"]
         while True:
             response = http.post(f"/workers/{worker}/claim", json={"wait_seconds": 0.2})
@@ -70,7 +71,10 @@ def test_racing_claims_respect_budget_and_cap(db_url: str, tmp_path: Path) -> No
         server.start()
     try:
         spec = make_spec(budget=budget(N_TRIALS, MAX_CONCURRENT))
-        experiment_id = httpx.post(f"{servers[0].url}/api/v1/experiments", json=spec).json()["id"]
+        headers = {"Authorization": f"Bearer {servers[0].admin_token}"}
+        experiment_id = httpx.post(
+            f"{servers[0].url}/api/v1/experiments", json=spec, headers=headers
+        ).json()["id"]
         engine = create_engine(db_url)
         observed, peak = Observed(), [0]
         stop = threading.Event()
@@ -85,7 +89,7 @@ def test_racing_claims_respect_budget_and_cap(db_url: str, tmp_path: Path) -> No
         watcher = threading.Thread(target=watch_database)
         watcher.start()
         threads = [
-            threading.Thread(target=claimer, args=(servers[i % 2].url, experiment_id, observed, i))
+            threading.Thread(target=claimer, args=(servers[i % 2], experiment_id, observed, i))
             for i in range(N_THREADS)
         ]
         for thread in threads:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
@@ -51,11 +52,11 @@ def test_digits_sweep_end_to_end(
     server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     started = time.monotonic()
-    client = SweepClient(server.url)
+    client = SweepClient(server.url, token=server.admin_token)
     request.addfinalizer(client.close)
     spec = make_spec(fixed={"epochs": 12}, budget=budget(N_TRIALS, 4))
     experiment_id = client.submit(spec)["id"]
-    workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+    workers = [start_worker(server, tmp_path / "logs", f"w{i}") for i in range(2)]
     try:
         experiment = wait_for_end(client, experiment_id, timeout=240)
     finally:
@@ -81,11 +82,13 @@ def test_digits_sweep_end_to_end(
 
     # The CLI shows the same experiment.
     cli = [sys.executable, "-m", "service.cli"]
+    env = {**os.environ, "SWEEP_TOKEN": server.admin_token}
     status = subprocess.run(
         [*cli, "status", str(experiment_id), "--server", server.url],
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
     assert "completed" in status and f"{N_TRIALS} of {N_TRIALS}" in status
     top = subprocess.run(
@@ -93,7 +96,15 @@ def test_digits_sweep_end_to_end(
         capture_output=True,
         text=True,
         check=True,
+        env=env,
     ).stdout
+    unauthenticated = subprocess.run(
+        [*cli, "status", str(experiment_id), "--server", server.url],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in env.items() if k != "SWEEP_TOKEN"},
+    )
+    assert unauthenticated.returncode == 1 and "401" in unauthenticated.stdout
     assert f"{best['value']:.4f}" in top
 
 
@@ -109,11 +120,11 @@ def test_server_killed_mid_sweep_loses_nothing(
     )
     server.start()
     request.addfinalizer(server.stop)
-    client = SweepClient(server.url)
+    client = SweepClient(server.url, token=server.admin_token)
     request.addfinalizer(client.close)
     spec = make_spec(fixed={"epochs": 8}, budget=budget(12, 2))
     experiment_id = client.submit(spec)["id"]
-    workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+    workers = [start_worker(server, tmp_path / "logs", f"w{i}") for i in range(2)]
     try:
         deadline = time.monotonic() + 120
         while client.experiment(experiment_id)["trials_created"] < 4:

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from service import experiments
 from service.app import create_app
 from service.config import Settings
-from tests.factories import budget, make_spec
+from tests.factories import authorize, budget, make_spec
 from worker.client import ServiceClient
 from worker.loop import Worker, WorkerOptions
 
@@ -32,7 +32,7 @@ TOO_BIG = {
 def client(settings: Settings) -> Iterator[TestClient]:
     quick = settings.model_copy(update={"lease_check_seconds": 0.1})
     with TestClient(create_app(quick)) as test_client:
-        yield test_client
+        yield authorize(test_client)
 
 
 def submit(client: TestClient, **overrides: Any) -> int:

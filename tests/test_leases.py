@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.client import SweepClient
 from service.config import Settings
-from tests.factories import budget, make_spec
+from tests.factories import authorize, budget, make_spec
 from tests.processes import ServerProcess, start_worker, stop_workers
 
 API = "/api/v1"
@@ -25,7 +25,7 @@ LEASE = 0.6
 def client(settings: Settings) -> Iterator[TestClient]:
     short = settings.model_copy(update={"lease_seconds": LEASE, "lease_check_seconds": 0.1})
     with TestClient(create_app(short)) as test_client:
-        yield test_client
+        yield authorize(test_client)
 
 
 def start(client: TestClient, max_retries: int = 3, n_trials: int = 1) -> int:
@@ -142,16 +142,16 @@ def test_a_killed_worker_trial_is_finished_by_another(sqlite_url: str, tmp_path:
     server.start()
     workers = []
     try:
-        with SweepClient(server.url) as client:
+        with SweepClient(server.url, token=server.admin_token) as client:
             spec = make_spec(fixed={"epochs": 30}, budget=budget(4, 2))
             experiment_id = client.submit(spec)["id"]
-            workers = [start_worker(server.url, tmp_path / "logs", f"w{i}") for i in range(2)]
+            workers = [start_worker(server, tmp_path / "logs", f"w{i}") for i in range(2)]
             deadline = time.monotonic() + 60
             while client.experiment(experiment_id)["counts"]["running"] < 2:
                 assert time.monotonic() < deadline
                 time.sleep(0.2)
             workers[0].send_signal(signal.SIGKILL)  # mid-trial, no goodbye
-            workers.append(start_worker(server.url, tmp_path / "logs", "replacement"))
+            workers.append(start_worker(server, tmp_path / "logs", "replacement"))
             deadline = time.monotonic() + 180
             while (experiment := client.experiment(experiment_id))["state"] != "completed":
                 assert time.monotonic() < deadline, experiment["counts"]
@@ -201,14 +201,14 @@ def test_sigterm_checkpoints_and_gives_the_trial_back_to_resume_elsewhere(
     server.start()
     workers = []
     try:
-        with SweepClient(server.url) as client:
+        with SweepClient(server.url, token=server.admin_token) as client:
             spec = make_spec(
                 fixed={"epochs": 40, "checkpoint_every": 0},
                 budget=budget(1, 1),
                 pruner={"name": "none"},
             )
             experiment_id = client.submit(spec)["id"]
-            workers.append(start_worker(server.url, tmp_path / "logs", "preempted"))
+            workers.append(start_worker(server, tmp_path / "logs", "preempted"))
             deadline = time.monotonic() + 60
             while not (page := client.trials(experiment_id)["items"]) or (
                 page[0]["last_epoch"] < 3
@@ -222,7 +222,7 @@ def test_sigterm_checkpoints_and_gives_the_trial_back_to_resume_elsewhere(
             assert given_back["retries"] == 0
             checkpointed = given_back["last_epoch"]
 
-            workers.append(start_worker(server.url, tmp_path / "logs", "successor"))
+            workers.append(start_worker(server, tmp_path / "logs", "successor"))
             deadline = time.monotonic() + 180
             while client.experiment(experiment_id)["state"] != "completed":
                 assert time.monotonic() < deadline

@@ -11,7 +11,7 @@ from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.config import Settings
-from tests.factories import attempt_headers, budget, make_spec, remember
+from tests.factories import attempt_headers, authorize, budget, make_spec, remember
 
 API = "/api/v1"
 SPEC = make_spec(
@@ -34,7 +34,7 @@ def objective(params: dict[str, Any]) -> float:
 @contextmanager
 def app_on(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as client:
-        yield client
+        yield authorize(client)
 
 
 def run(client: TestClient, worker: int, n: int) -> list[dict[str, Any]]:

@@ -15,7 +15,7 @@ from fastapi.testclient import TestClient
 from service import experiments
 from service.app import create_app
 from service.config import Settings
-from tests.factories import budget, make_spec
+from tests.factories import authorize, budget, make_spec
 from tests.processes import ServerProcess, start_worker
 
 API = "/api/v1"
@@ -24,7 +24,7 @@ API = "/api/v1"
 @pytest.fixture
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
-        yield test_client
+        yield authorize(test_client)
 
 
 def claim(client: TestClient, name: str) -> dict[str, Any] | None:
@@ -46,6 +46,7 @@ def test_a_locked_queued_trial_never_lets_a_claim_overshoot_the_budget(
 ) -> None:
     settings = Settings(database_url=postgresql_url, data_dir=tmp_path)
     with TestClient(create_app(settings)) as client:
+        authorize(client)
         client.post(f"{API}/experiments", json=make_spec(budget=budget(1, 2)))
         first = claim(client, "a")
         assert first is not None
@@ -88,6 +89,7 @@ def test_another_process_rebuilds_its_study_when_a_trial_was_rewound(
 ) -> None:
     spec = make_spec(budget=budget(1, 1), pruner={"name": "median"})
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
+        authorize(a), authorize(b)
         experiment_id = a.post(f"{API}/experiments", json=spec).json()["id"]
         first = claim(a, "w1")
         assert first is not None
@@ -118,7 +120,7 @@ def test_an_idle_worker_stops_promptly_while_the_server_is_down(
 ) -> None:
     server = ServerProcess(sqlite_url, tmp_path / "logs")
     server.start()
-    worker = start_worker(server.url, tmp_path / "logs", "w")
+    worker = start_worker(server, tmp_path / "logs", "w")
     try:
         time.sleep(6)  # registered and polling
         server.kill()
