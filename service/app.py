@@ -21,6 +21,7 @@ from service.api import ROUTERS
 from service.config import Settings
 from service.db import Database
 from service.errors import SweepError
+from service.limits import BodyLimit, SubmissionRate
 from service.optimizer import Optimizer
 
 API_PREFIX = "/api/v1"
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)
+    app.add_middleware(BodyLimit, settings=settings)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
     _install_error_handlers(app)

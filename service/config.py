@@ -28,6 +28,11 @@ class Settings(BaseSettings):
     lease_check_seconds: float = 5.0
     # Bearer tokens on every route but /healthz. Turning this off is for a trusted laptop.
     auth: bool = True
+    # Largest experiment spec, and largest other JSON body (reports, claims...).
+    max_spec_bytes: int = 1024 * 1024
+    max_request_bytes: int = 256 * 1024
+    # Submissions a token may make in a minute (per API process).
+    max_submissions_per_minute: int = 60
     # Largest weights file a worker may upload.
     max_weights_bytes: int = 512 * 1024 * 1024
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 
@@ -13,6 +14,9 @@ class SweepError(Exception):
         super().__init__(message)
         self.message = message
         self.field = field
+
+    def json(self) -> bytes:
+        return json.dumps(self.body()).encode()
 
     def body(self) -> dict[str, Any]:
         error: dict[str, Any] = {"code": self.code, "message": self.message}
@@ -54,3 +58,8 @@ class Unauthorized(SweepError):
 class Forbidden(SweepError):
     status_code = 403
     code = "forbidden"
+
+
+class TooMany(SweepError):
+    status_code = 429
+    code = "rate_limited"

@@ -13,6 +13,7 @@ from service import auth, experiments, trials
 from service.auth import ADMINS, CONTROLLERS, READERS, RUNNERS, Caller, Role
 from service.config import Settings
 from service.db import Database
+from service.limits import SubmissionRate
 from service.optimizer import Optimizer
 from service.schemas import MAX_INT
 from service.tables import Experiment, Trial
@@ -33,7 +34,13 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_submissions(request: Request) -> SubmissionRate:
+    submissions: SubmissionRate = request.app.state.submissions
+    return submissions
+
+
 DatabaseDep = Annotated[Database, Depends(get_db)]
+SubmissionsDep = Annotated[SubmissionRate, Depends(get_submissions)]
 OptimizerDep = Annotated[Optimizer, Depends(get_optimizer)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

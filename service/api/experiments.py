@@ -12,6 +12,7 @@ from service.api.deps import (
     OptimizerDep,
     Reader,
     SessionDep,
+    SubmissionsDep,
 )
 from service.schemas import (
     MAX_INT,
@@ -32,9 +33,10 @@ Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 @router.post("", status_code=status.HTTP_201_CREATED)
 def create_experiment(
-    spec: ExperimentCreate, session: SessionDep, caller: Controller
+    spec: ExperimentCreate, session: SessionDep, caller: Controller, submissions: SubmissionsDep
 ) -> ExperimentRead:
     """Submit an experiment; trials start as soon as a worker claims."""
+    submissions.check(caller.token_id)
     project = caller.project_for(spec.project)
     return experiments.status(session, experiments.create(session, spec=spec, project=project))
 

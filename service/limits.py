@@ -1,0 +1,112 @@
+"""Request limits: body sizes by kind of route, and a per-token submission rate."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from typing import Any
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.config import Settings
+from service.errors import TooLarge, TooMany
+
+
+class BodyLimit:
+    """ASGI middleware refusing a request body past its route's limit with a 413: at once
+    when Content-Length says so, else as soon as the streamed body passes it. JSON bodies
+    are small and read here in full; uploads (PUT) stream on to their route, which counts."""
+
+    def __init__(self, app: ASGIApp, settings: Settings) -> None:
+        self.app, self.settings = app, settings
+
+    def limit(self, method: str, path: str) -> int:
+        if method == "PUT":  # weights and checkpoints
+            return self.settings.max_weights_bytes
+        if method == "POST" and path.rstrip("/").endswith("/experiments"):
+            return self.settings.max_spec_bytes
+        return self.settings.max_request_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.limit(scope["method"], scope["path"])
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _refuse(send, limit)
+            return
+        if scope["method"] == "PUT":
+            await self.app(scope, receive, send)
+            return
+        body = await _read(receive, limit)
+        if body is None:
+            await _refuse(send, limit)
+            return
+        await self.app(scope, _replay(body, receive), send)
+
+
+async def _read(receive: Receive, limit: int) -> bytes | None:
+    """The whole body, or None once it passes `limit`."""
+    chunks, seen = [], 0
+    while True:
+        message = await receive()
+        chunk = message.get("body", b"")
+        seen += len(chunk)
+        if seen > limit:
+            return None
+        chunks.append(chunk)
+        if message["type"] != "http.request" or not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """Hand the app the body already read, then the connection's later messages."""
+    delivered = False
+
+    async def replayed() -> Any:
+        nonlocal delivered
+        if delivered:
+            return await receive()
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return replayed
+
+
+async def _refuse(send: Send, limit: int) -> None:
+    body = TooLarge(f"request body over {limit} bytes").json()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+class SubmissionRate:
+    """At most `per_minute` submissions per token in any minute (per API process)."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.per_minute = per_minute
+        self._seen: dict[int | None, deque[float]] = {}
+        self._lock = threading.Lock()
+
+    def check(self, token_id: int | None) -> None:
+        now = time.monotonic()
+        with self._lock:
+            recent = self._seen.setdefault(token_id, deque())
+            while recent and now - recent[0] > 60:
+                recent.popleft()
+            if len(recent) >= self.per_minute:
+                raise TooMany(
+                    f"more than {self.per_minute} submissions a minute; "
+                    f"try again in {60 - (now - recent[0]):.0f} s"
+                )
+            recent.append(now)
