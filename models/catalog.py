@@ -25,6 +25,12 @@ TASK_METRICS: dict[str, tuple[str, ...]] = {
     "regression": ("train_loss", "val_loss", "val_mae", "val_r2"),
 }
 EXTRA_METRICS = ("epoch_seconds", "lr")
+# What a model costs rather than how good it is; every task reports these, and they may be
+# objectives, e.g. to trade val_accuracy against n_params:
+#   n_params       trainable parameters (the same every epoch)
+#   latency_ms     eval-mode forward time per validation sample after the epoch, in batches
+#   train_seconds  training time (not validation) summed over the epochs so far
+COST_METRICS = ("n_params", "latency_ms", "train_seconds")
 
 
 @dataclass(frozen=True)
@@ -166,7 +172,7 @@ DATASETS: dict[str, DatasetInfo] = {
 
 def objective_metrics(task: str) -> tuple[str, ...]:
     """Metrics of a task that can serve as an objective."""
-    return TASK_METRICS[task]
+    return TASK_METRICS[task] + COST_METRICS
 
 
 def resolve_hyperparameters(model: str, values: dict[str, Scalar]) -> dict[str, Scalar]:

@@ -23,6 +23,7 @@ from worker.train import (
     TrialConfig,
     TrialResult,
     evaluate,
+    measure_latency,
     to_device,
     train_trial,
 )
@@ -72,8 +73,16 @@ def train(config: TrialConfig) -> tuple[TrialResult, Reports]:
     return result, reports
 
 
+TIMED = ("epoch_seconds", "latency_ms", "train_seconds")  # vary from run to run
+
+
 def without_time(metrics: dict[str, float]) -> dict[str, float]:
-    return {k: v for k, v in metrics.items() if k != "epoch_seconds"}
+    return {k: v for k, v in metrics.items() if k not in TIMED}
+
+
+def reported(task: str) -> set[str]:
+    """The metrics every epoch of a `task` trial reports."""
+    return {*catalog.TASK_METRICS[task], *catalog.EXTRA_METRICS, *catalog.COST_METRICS}
 
 
 # -------------------------------------------------------------------------------------------
@@ -188,7 +197,7 @@ def test_digits_mlp_learns(digits_trial: tuple[TrialConfig, TrialResult, Reports
     _, result, reports = digits_trial
     assert result.value >= 0.95
     assert [epoch for epoch, _ in reports] == list(range(1, 16))
-    assert set(reports[0][1]) == {*catalog.TASK_METRICS["classification"], "epoch_seconds", "lr"}
+    assert set(reports[0][1]) == reported("classification")
 
 
 def test_reduce_best_keeps_best_epoch(
@@ -256,14 +265,14 @@ def test_cnn_on_digits_image_trains() -> None:
 def test_binary_breast_cancer_trains() -> None:
     result, reports = train(make_config("breast_cancer", epochs=5))
     assert result.value > 0.9
-    assert set(reports[0][1]) == {*catalog.TASK_METRICS["binary"], "epoch_seconds", "lr"}
+    assert set(reports[0][1]) == reported("binary")
 
 
 def test_regression_diabetes_trains() -> None:
     config = make_config("diabetes", objective="val_r2", epochs=20, lr=3e-3)
     result, reports = train(config)
     assert result.value > 0.3
-    assert set(reports[0][1]) == {*catalog.TASK_METRICS["regression"], "epoch_seconds", "lr"}
+    assert set(reports[0][1]) == reported("regression")
     assert 20 < result.metrics["val_mae"] < 100  # in the targets' units, not standardized
 
 
@@ -344,6 +353,55 @@ def test_synthetic_dataset_trains() -> None:
     assert result.value > 0.6
 
 
+@pytest.mark.parametrize(
+    ("dataset", "model", "values"),
+    [
+        ("iris", "mlp", {"batch_norm": True}),
+        ("diabetes", "mlp", {"dropout": 0.1}),
+        ("digits_image", "cnn", {"channels": 4, "fc_units": 16}),
+    ],
+)
+def test_cost_metrics_are_reported_every_epoch(
+    dataset: str, model: str, values: dict[str, Any]
+) -> None:
+    config = make_config(
+        dataset, model, objective="n_params", direction="minimize", epochs=3, **values
+    )
+    result, reports = train(config)
+    data = device_data(dataset)
+    net = build_model(model, data.input_shape, data.n_outputs, config.hparams)
+    n_params = sum(p.numel() for p in net.parameters() if p.requires_grad)
+    assert [epoch for epoch, _ in reports] == [1, 2, 3]
+    assert all(m["n_params"] == n_params for _, m in reports)
+    assert result.value == n_params
+    assert all(0 < m["latency_ms"] < math.inf for _, m in reports)
+    seconds = [m["train_seconds"] for _, m in reports]
+    assert 0 < seconds[0] < seconds[1] < seconds[2]
+    assert seconds[-1] == pytest.approx(sum(m["epoch_seconds"] for _, m in reports))
+
+
+def test_n_params_counts_weights_and_norm_scales_but_not_running_stats() -> None:
+    config = make_config("iris", epochs=1, hidden_layers=1, hidden_units=8, batch_norm=True)
+    _, reports = train(config)
+    # Linear(4, 8) + BatchNorm1d(8) weight and bias + Linear(8, 3)
+    assert reports[0][1]["n_params"] == (4 * 8 + 8) + (8 + 8) + (8 * 3 + 3)
+
+
+def test_cost_metrics_are_objectives_of_every_task() -> None:
+    for task in catalog.TASK_METRICS:
+        assert set(catalog.COST_METRICS) <= set(catalog.objective_metrics(task))
+
+
+def test_latency_times_a_bounded_slice_in_eval_mode() -> None:
+    calls: list[int] = []
+    net = build_model("mlp", (4,), 3, catalog.resolve_hyperparameters("mlp", {"dropout": 0.5}))
+    net.register_forward_hook(lambda module, args, out: calls.append(len(args[0])))
+    latency = measure_latency(net, torch.randn(5000, 4), samples=1000, batch_size=300)
+    assert calls == [300, 300, 300, 100]
+    assert not net.training
+    assert 0 < latency < math.inf
+
+
 def test_unreported_objective_is_rejected() -> None:
     with pytest.raises(ValueError, match="val_r2"):
         train(make_config("iris", objective="val_r2"))
@@ -388,13 +446,12 @@ def test_a_resumed_trial_goes_on_exactly_as_if_never_interrupted(schedule: str) 
         config, digits, CPU, lambda e, m: rest.append((e, m)), resume=interrupted.saved[3]
     )
 
-    def same(a: dict[str, float], b: dict[str, float]) -> bool:
-        return {k: v for k, v in a.items() if k != "epoch_seconds"} == {
-            k: v for k, v in b.items() if k != "epoch_seconds"
-        }
-
     assert [e for e, _ in rest] == [4, 5, 6]
-    assert all(same(a, b) for a, b in zip(first_part + [m for _, m in rest], straight, strict=True))
+    resumed_metrics = first_part + [m for _, m in rest]
+    assert [without_time(m) for m in resumed_metrics] == [without_time(m) for m in straight]
+    # Training time goes on from the checkpoint's epoch rather than from zero.
+    at_checkpoint = first_part[2]["train_seconds"]
+    assert rest[0][1]["train_seconds"] == at_checkpoint + rest[0][1]["epoch_seconds"]
     assert (resumed.value, resumed.epoch, resumed.state_dict) == (
         whole.value,
         whole.epoch,

@@ -129,6 +129,11 @@ BAD_SPECS = [
         {"objective": {"metric": "val_mae", "direction": "minimize"}},
         "objective.metric",
     ),
+    (
+        "unknown metric",
+        {"objective": {"metric": "n_flops", "direction": "minimize"}},
+        "objective.metric",
+    ),
     ("n_trials = 0", {"budget": {"n_trials": 0}}, "budget.n_trials"),
     ("n_trials < 0", {"budget": {"n_trials": -5}}, "budget.n_trials"),
     (
@@ -183,6 +188,21 @@ def test_bad_spec_is_422_naming_the_field_and_writes_nothing(
     assert error["field"] == field, error
     assert error["message"]
     assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+@pytest.mark.parametrize(
+    ("dataset", "metric"),
+    [("digits", "n_params"), ("breast_cancer", "latency_ms"), ("diabetes", "train_seconds")],
+)
+def test_cost_metric_is_an_objective_for_every_task(
+    client: TestClient, dataset: str, metric: str
+) -> None:
+    objective = {"metric": metric, "direction": "minimize"}
+    response = client.post(
+        f"{API}/experiments", json=make_spec(dataset=dataset, objective=objective)
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["spec"]["objective"].items() >= objective.items()
 
 
 def test_missing_required_fields_are_named(client: TestClient) -> None:

@@ -166,7 +166,7 @@ def train_trial(
 
     With `resume` (a checkpoint this function saved) training goes on after the checkpoint's
     epoch exactly as it would have without the interruption: weights, optimizer, schedule,
-    random states and the best epoch so far all come back.
+    random states, the best epoch so far and the training time so far all come back.
 
     Raises:
         Diverged: a training or validation loss was not finite.
@@ -179,29 +179,37 @@ def train_trial(
     torch.manual_seed(seed)  # initial weights and dropout
     generator = torch.Generator(device=device).manual_seed(seed)  # batch order
     model = build_model(config.model, data.input_shape, data.n_outputs, hp).to(device)
+    n_params = float(count_parameters(model))
     optimizer = make_optimizer(model, hp)
     scheduler = make_scheduler(optimizer, hp)
     loss_fn = _LOSSES[data.task]()
     tracker = _Tracker(config)
     state = _TrainingState(model, optimizer, scheduler, generator, tracker)
-    first = state.restore(resume, device) + 1 if resume is not None else 1
+    done, train_seconds = state.restore(resume, device) if resume is not None else (0, 0.0)
     epochs = int(hp["epochs"])
-    for epoch in range(first, epochs + 1):
+    for epoch in range(done + 1, epochs + 1):
         metrics = _run_epoch(model, data, optimizer, loss_fn, hp, generator, epoch)
         if scheduler is not None:
             scheduler.step()
+        train_seconds += metrics["epoch_seconds"]
+        metrics |= {"n_params": n_params, "train_seconds": train_seconds}
         report(epoch, metrics)
         tracker.update(epoch, metrics, model)
         if tracker.patience_ran_out(int(hp["patience"])):
             break
         if checkpoints is not None and epoch < epochs and checkpoints.due(epoch):
-            checkpoints.save(epoch, state.snapshot(epoch))
+            checkpoints.save(epoch, state.snapshot(epoch, train_seconds))
     return tracker.result(model)
 
 
 def _check_objective(config: TrialConfig, task: str) -> None:
     if config.objective_metric not in catalog.objective_metrics(task):
         raise ValueError(f"{task} trials do not report {config.objective_metric!r}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Trainable parameters: what the n_params metric reports."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
 def _run_epoch(
@@ -213,7 +221,8 @@ def _run_epoch(
     generator: torch.Generator,
     epoch: int,
 ) -> dict[str, float]:
-    """One pass over the training split, then evaluation: the metrics the epoch reports."""
+    """One pass over the training split, then evaluation: the epoch's own metrics (the
+    caller adds those that span epochs). epoch_seconds times the training pass alone."""
     lr = float(optimizer.param_groups[0]["lr"])
     started = time.perf_counter()
     train_loss = _train_one_epoch(model, data, optimizer, loss_fn, hp, generator)
@@ -223,7 +232,9 @@ def _run_epoch(
     metrics = {"train_loss": train_loss, **evaluate(model, data, data.task)}
     if not math.isfinite(metrics["val_loss"]):
         raise Diverged(f"non-finite validation loss at epoch {epoch}")
-    return {**metrics, "epoch_seconds": seconds, "lr": lr}
+    # After evaluate, which ran the same eval-mode forward passes: warm, as inference would be.
+    latency_ms = measure_latency(model, data.X_val)
+    return {**metrics, "epoch_seconds": seconds, "lr": lr, "latency_ms": latency_ms}
 
 
 def _train_one_epoch(
@@ -309,6 +320,36 @@ _VAL_METRICS: dict[str, Callable[[torch.Tensor, torch.Tensor, float], dict[str, 
     "regression": _regression,
 }
 
+LATENCY_SAMPLES = 1024  # enough batches to average over, few enough to time every epoch
+# Fixed rather than the trial's batch_size, so that trials are timed alike and a sweep cannot
+# buy latency with a training batch size.
+LATENCY_BATCH_SIZE = 256
+
+
+@torch.no_grad()
+def measure_latency(
+    model: nn.Module,
+    X: torch.Tensor,
+    samples: int = LATENCY_SAMPLES,
+    batch_size: int = LATENCY_BATCH_SIZE,
+) -> float:
+    """Inference milliseconds per sample: eval-mode forward passes over the first `samples`
+    rows of X, `batch_size` at a time. Leaves the model in eval mode."""
+    model.eval()
+    X = X[:samples]
+    _synchronize(X.device)  # queued work is not this model's inference
+    started = time.perf_counter()
+    for start in range(0, len(X), batch_size):
+        model(X[start : start + batch_size])
+    _synchronize(X.device)
+    return (time.perf_counter() - started) * 1000 / len(X)
+
+
+def _synchronize(device: torch.device) -> None:
+    """Wait for the device: CUDA kernels run asynchronously, so a clock alone would not."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
 
 # -------------------------------------------------------------------------------------------
 # Which epoch to keep
@@ -367,10 +408,11 @@ class _TrainingState:
     generator: torch.Generator
     tracker: _Tracker
 
-    def snapshot(self, epoch: int) -> bytes:
+    def snapshot(self, epoch: int, train_seconds: float) -> bytes:
         t = self.tracker
         state = {
             "epoch": epoch,
+            "train_seconds": train_seconds,
             "model": _cpu_state(self.model),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
@@ -391,8 +433,9 @@ class _TrainingState:
         torch.save(state, buffer)
         return buffer.getvalue()
 
-    def restore(self, data: bytes, device: torch.device) -> int:
-        """Load a snapshot; returns the epoch it was taken after."""
+    def restore(self, data: bytes, device: torch.device) -> tuple[int, float]:
+        """Load a snapshot; returns the epoch it was taken after and the training seconds
+        until then."""
         # On the CPU: load_state_dict copies to the model's device, and the kept best weights
         # stay CPU tensors, loadable anywhere.
         state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
@@ -411,7 +454,8 @@ class _TrainingState:
         (t.epoch, t.best_epoch, t.best_value, t.best_metrics, t.last_metrics, t.best_state) = state[
             "tracker"
         ]
-        return int(state["epoch"])
+        # Checkpoints from before train_seconds was kept count from the resume point.
+        return int(state["epoch"]), float(state.get("train_seconds", 0.0))
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
