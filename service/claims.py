@@ -121,6 +121,8 @@ def claim(
         resume_epoch = _restart(session, optimizer, trial)
     elif experiment.trial_count < experiment.n_trials:
         trial = _new_trial(session, optimizer, experiment)
+        if trial is None:
+            return None
     else:  # only queued trials are left, and someone holds them for a moment
         return None
     trial.worker_id = worker_id
@@ -130,13 +132,19 @@ def claim(
     return _assignment(experiment, trial, lease_seconds, resume_epoch)
 
 
-def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial:
-    params = optimizer.ask(session, experiment, experiment.trial_count)
+def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial | None:
+    """The sampler's next trial; None when the search space is exhausted, which shrinks the
+    budget to the trials there are (the experiment completes when they finish)."""
+    suggestion = optimizer.ask(session, experiment, experiment.trial_count)
+    if suggestion is None:
+        trials.exhaust(session, experiment)
+        return None
     trial = Trial(
         experiment_id=experiment.id,
         number=experiment.trial_count,
         state=TrialState.RUNNING,
-        params=params,
+        params=suggestion.params,
+        system_attrs=suggestion.system_attrs,
         attempt=1,
         retries=0,
         last_epoch=0,

@@ -1,6 +1,7 @@
 """Optuna behind a few verbs: ask, should_prune, and keeping each study in step with SQL.
 
-The only module of the service that imports optuna. Each experiment has an in-memory study
+With service.search (the samplers and pruners a spec may name), the only module of the
+service that imports optuna. Each experiment has an in-memory study
 built from its SQL rows on first use and brought up to date incrementally: trials created
 since it last looked (by number) and trials finished since it last looked (by finish_seq).
 Both counters only move under the experiment's row lock, so they commit in order and a
@@ -14,10 +15,12 @@ server restarted in between.
 
 from __future__ import annotations
 
+import copy
 import math
+import random
 import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,7 +38,7 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models.catalog import Hyperparameter
+from service import search
 from service.db import on_rollback
 from service.errors import InvalidSpec
 from service.states import TrialState
@@ -44,49 +47,6 @@ from service.tables import Experiment, Trial, TrialMetric
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
-SAMPLERS: dict[str, Callable[..., optuna.samplers.BaseSampler]] = {
-    "tpe": optuna.samplers.TPESampler,
-    "random": optuna.samplers.RandomSampler,
-}
-
-
-def _count(low: int) -> Hyperparameter:
-    return Hyperparameter("int", 0, low=low, high=1_000_000)
-
-
-_SWITCH = Hyperparameter("bool", False)
-# The options a spec may pass to each sampler and pruner, typed and bounded.
-SAMPLER_OPTIONS: dict[str, dict[str, Hyperparameter]] = {
-    "tpe": {
-        "n_startup_trials": _count(0),
-        "n_ei_candidates": _count(1),
-        "multivariate": _SWITCH,
-        "group": _SWITCH,
-        "constant_liar": _SWITCH,
-        "consider_endpoints": _SWITCH,
-        "prior_weight": Hyperparameter("float", 1.0, low=0.0, high=1e6, low_open=True),
-    },
-    "random": {},
-}
-PRUNERS: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
-    "none": optuna.pruners.NopPruner,
-    "median": optuna.pruners.MedianPruner,
-    "percentile": optuna.pruners.PercentilePruner,
-}
-_PRUNER_STEPS = {
-    "n_startup_trials": _count(0),
-    "n_warmup_steps": _count(0),
-    "interval_steps": _count(1),
-    "n_min_trials": _count(1),
-}
-PRUNER_OPTIONS: dict[str, dict[str, Hyperparameter]] = {
-    "none": {},
-    "median": _PRUNER_STEPS,
-    "percentile": {
-        **_PRUNER_STEPS,
-        "percentile": Hyperparameter("float", 50.0, low=0.0, high=100.0),
-    },
-}
 # A violated constraint marks params that ran out of memory as infeasible: the system attr
 # Trial.set_constraint("memory", ...) writes, which constraint-aware samplers (TPE) read.
 OUT_OF_MEMORY = "constraints:memory"
@@ -96,24 +56,6 @@ FINAL_STATES = {
     TrialState.FAILED: OptunaState.FAIL,
     TrialState.CANCELLED: OptunaState.FAIL,
 }
-
-
-def distributions(search_space: dict[str, Any]) -> dict[str, BaseDistribution]:
-    """Optuna distributions for a spec's search space, in spec order."""
-    result: dict[str, BaseDistribution] = {}
-    for name, p in search_space.items():
-        if p["type"] == "float":
-            result[name] = FloatDistribution(p["low"], p["high"], log=p["log"], step=p["step"])
-        elif p["type"] == "int":
-            result[name] = IntDistribution(p["low"], p["high"], log=p["log"], step=p["step"])
-        else:
-            result[name] = CategoricalDistribution(p["choices"])
-    return result
-
-
-def make_sampler(spec: dict[str, Any]) -> optuna.samplers.BaseSampler:
-    sampler = spec["sampler"]
-    return SAMPLERS[sampler["name"]](seed=sampler["seed"], **sampler["options"])
 
 
 def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
@@ -130,53 +72,26 @@ def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
             value.rng.seed(seed)
 
 
-def make_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
-    return PRUNERS[spec["pruner"]["name"]](**spec["pruner"]["options"])
-
-
-def check_spec(spec: dict[str, Any]) -> None:
+def check_spec(spec: dict[str, Any], n_objectives: int = 1) -> None:
     """Raise InvalidSpec unless the spec's sampler, pruner and search space are usable."""
-    _check_choice_and_options("sampler", spec["sampler"], SAMPLERS, SAMPLER_OPTIONS)
-    _check_choice_and_options("pruner", spec["pruner"], PRUNERS, PRUNER_OPTIONS)
-    dists: dict[str, BaseDistribution] = {}
-    for name, p in spec["search_space"].items():
-        try:
-            dists.update(distributions({name: p}))
-        except Exception as exc:  # optuna raises ValueError, decimal errors, ...
-            raise InvalidSpec(str(exc), field=f"search_space.{name}") from exc
+    search.check(spec, n_objectives)
     try:  # one real ask on a scratch study: what fails here would fail every claim
-        study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec))
-        trial = study.ask()
-        for name, dist in dists.items():
-            _suggest(trial, name, dist)
+        study = optuna.create_study(
+            sampler=search.make_sampler(spec), pruner=search.make_pruner(spec["pruner"])
+        )
+        _suggest_all(study.ask(), search.distributions(spec["search_space"]), spec)
     except Exception as exc:
         raise InvalidSpec(
             f"the sampler cannot work with this spec: {exc}", field="sampler"
         ) from exc
 
 
-def _check_choice_and_options(
-    kind: str,
-    chosen: dict[str, Any],
-    known: dict[str, Any],
-    options: dict[str, dict[str, Hyperparameter]],
-) -> None:
-    if chosen["name"] not in known:
-        raise InvalidSpec(
-            f"unknown {kind} {chosen['name']!r}; known: {sorted(known)}", field=f"{kind}.name"
-        )
-    allowed = options[chosen["name"]]
-    for option, value in chosen["options"].items():
-        field = f"{kind}.options.{option}"
-        if option not in allowed:
-            raise InvalidSpec(
-                f"unknown {kind} option {option!r} for {chosen['name']!r}; "
-                f"known: {sorted(allowed)}",
-                field=field,
-            )
-        problem = allowed[option].check(value)
-        if problem:
-            raise InvalidSpec(f"{option} {problem} (got {value!r})", field=field)
+@dataclass(frozen=True)
+class Suggestion:
+    """A new trial's params and what the sampler noted about it (Optuna's system attrs)."""
+
+    params: dict[str, Any]
+    system_attrs: dict[str, Any]
 
 
 @dataclass
@@ -188,6 +103,8 @@ class _Study:
     study_id: int
     spec: dict[str, Any]
     dists: dict[str, BaseDistribution]
+    # Distinct configurations in the space when each is to run once at most; None: no limit.
+    size: int | None
     trial_count: int = 0  # trials (by number) already in the study
     finish_seq: int = 0  # finishes already applied
     trial_ids: dict[int, int] = field(default_factory=dict)  # trial number -> optuna trial id
@@ -226,24 +143,41 @@ class Optimizer:
         with self._guard:
             self._studies.pop(experiment_id, None)
 
-    def ask(self, session: Session, experiment: Experiment, number: int) -> dict[str, Any]:
-        """Suggest the params of trial `number` from every trial before it."""
+    def ask(self, session: Session, experiment: Experiment, number: int) -> Suggestion | None:
+        """Suggest the params of trial `number` from every trial before it.
+
+        In a finite space without repeats, a configuration some trial already has is swapped
+        for one no trial has, and None means every configuration has been handed out.
+        """
         with self._study(session, experiment) as s:
             if s.trial_count != number:
                 raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
+            seen = _seen(s) if s.size is not None else set()
+            if s.size is not None and len(seen) >= s.size:
+                return None
             seed = s.spec["sampler"]["seed"]
             if seed is not None:
                 reseed(s.study.sampler, seed + number)
             trial = s.study.ask()
-            params = {name: _suggest(trial, name, dist) for name, dist in s.dists.items()}
+            params = _suggest_all(trial, s.dists, s.spec)
             s.trial_ids[number] = trial._trial_id
             s.trial_count += 1
-            return params
+            attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))
+            if s.size is not None and search.config_key(params) in seen:
+                rng = random.Random(number if seed is None else seed + number)
+                unseen = search.unseen_configuration(s.spec["search_space"], seen, s.size, rng)
+                assert unseen is not None  # fewer seen than the space holds
+                params = unseen
+                # The study holds the sampler's own params for this trial: rebuild it from
+                # SQL, where the trial will have these.
+                self.forget(experiment.id)
+            return Suggestion(params, attrs)
 
     def should_prune(
         self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
     ) -> bool:
-        """Whether the pruner stops `trial`, given its objective per epoch so far."""
+        """Whether the pruner stops `trial`, given its objective per epoch so far. What the
+        pruner notes on the trial (such as the rungs it passed) goes into its system_attrs."""
         try:
             return self._prune(session, experiment, trial, curve)
         except _Stale:  # the study still holds an earlier attempt's later epochs
@@ -256,7 +190,12 @@ class Optimizer:
         with self._study(session, experiment) as s:
             trial_id = s.trial_ids[trial.number]
             _set_curve(s, trial_id, curve)
-            return s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
+            _set_system_attrs(s, trial_id, trial.system_attrs)
+            prune = s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
+            attrs = s.storage.get_trial_system_attrs(trial_id)
+            if attrs != trial.system_attrs:
+                trial.system_attrs = copy.deepcopy(attrs)
+            return prune
 
     def history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
         """Every trial of the experiment as Optuna sees it."""
@@ -268,8 +207,10 @@ def _new_study(experiment: Experiment) -> _Study:
     storage = optuna.storages.InMemoryStorage()
     study = optuna.create_study(
         storage=storage,
-        sampler=make_sampler(experiment.spec),
-        pruner=make_pruner(experiment.spec),
+        # A fixed name: pruners such as Hyperband derive a trial's bracket from it.
+        study_name=f"experiment-{experiment.id}",
+        sampler=search.make_sampler(experiment.spec),
+        pruner=search.make_pruner(experiment.spec["pruner"]),
         direction=StudyDirection[experiment.direction.upper()],
     )
     return _Study(
@@ -277,8 +218,18 @@ def _new_study(experiment: Experiment) -> _Study:
         storage=storage,
         study_id=storage.get_study_id_from_name(study.study_name),
         spec=experiment.spec,
-        dists=distributions(experiment.spec["search_space"]),
+        dists=search.distributions(experiment.spec["search_space"]),
+        size=_run_once_size(experiment.spec),
     )
+
+
+def _run_once_size(spec: dict[str, Any]) -> int | None:
+    """The space's size when each configuration runs once at most: always for a grid, and
+    for any finite space unless the spec allows repeats."""
+    sampler = spec["sampler"]
+    if not spec["search_space"] or (sampler.get("allow_repeats") and sampler["name"] != "grid"):
+        return None  # nothing searched: the same configuration n_trials times is the point
+    return search.space_size(spec["search_space"])
 
 
 def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
@@ -325,6 +276,7 @@ def _add_running(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
         params=trial.params,
         distributions={name: s.dists[name] for name in trial.params},
         intermediate_values=curve,
+        system_attrs=trial.system_attrs,
     )
     s.trial_ids[trial.number] = s.storage.create_new_trial(s.study_id, template_trial=template)
     s.trial_count += 1
@@ -344,6 +296,7 @@ def _set_curve(s: _Study, trial_id: int, curve: dict[int, float]) -> None:
 
 def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
     trial_id = s.trial_ids[trial.number]
+    _set_system_attrs(s, trial_id, trial.system_attrs)
     out_of_memory = trial.failure_reason == "oom"
     if not out_of_memory:  # an OOM trial's curve is no pruning statistic
         _set_curve(s, trial_id, curve)
@@ -358,6 +311,27 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
         values = [curve[max(curve)]]
     s.storage.set_trial_state_values(trial_id, state, values)
     s.finish_seq = max(s.finish_seq, trial.finish_seq or 0)
+
+
+def _seen(s: _Study) -> set[Any]:
+    trials = s.storage.get_all_trials(s.study_id, deepcopy=False)
+    return {search.config_key(t.params) for t in trials}
+
+
+def _set_system_attrs(s: _Study, trial_id: int, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        s.storage.set_trial_system_attr(trial_id, key, value)
+
+
+def _suggest_all(
+    trial: optuna.Trial, dists: dict[str, BaseDistribution], spec: dict[str, Any]
+) -> dict[str, Any]:
+    """Define-by-run in spec order: a parameter is suggested only when its condition holds."""
+    params: dict[str, Any] = {}
+    for name, dist in dists.items():
+        if search.is_active(spec["search_space"][name], params):
+            params[name] = _suggest(trial, name, dist)
+    return params
 
 
 def _suggest(trial: optuna.Trial, name: str, dist: BaseDistribution) -> Any:

@@ -42,8 +42,23 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
+class Condition(Strict):
+    """When a parameter exists: `param` (an earlier one) is active and its value is `in` the
+    list and within the bounds given; e.g. {"param": "hidden_layers", "gte": 2}."""
+
+    model_config = ConfigDict(serialize_by_alias=True)
+
+    param: Key
+    in_: list[Scalar] | None = Field(None, alias="in", min_length=1, max_length=1000)
+    gte: float | None = None
+    gt: float | None = None
+    lte: float | None = None
+    lt: float | None = None
+
+
 class FloatParam(Strict):
     type: Literal["float"]
+    when: Condition | None = None
     low: float
     high: float
     log: bool = False
@@ -75,6 +90,7 @@ class FloatParam(Strict):
 
 class IntParam(Strict):
     type: Literal["int"]
+    when: Condition | None = None
     low: Int
     high: Int
     log: bool = False
@@ -93,6 +109,7 @@ class IntParam(Strict):
 
 class CategoricalParam(Strict):
     type: Literal["categorical"]
+    when: Condition | None = None
     choices: list[Scalar] = Field(min_length=1, max_length=1000)
 
     @field_validator("choices")
@@ -126,10 +143,20 @@ class SamplerSpec(Strict):
     name: Name = "tpe"
     seed: StrictInt | None = Field(None, ge=0, le=2**31 - 1)
     options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
+    # In a finite space each configuration runs once unless repeats are allowed (never in a
+    # grid); when all have run, the experiment completes.
+    allow_repeats: bool = False
 
 
 class PrunerSpec(Strict):
     name: Name = "median"
+    options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
+    # The pruner the patient pruner wraps (it waits for `patience` epochs without progress).
+    wrapped: WrappedPruner | None = None
+
+
+class WrappedPruner(Strict):
+    name: Name
     options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from models import catalog
 from service import optimizer
 from service.errors import InvalidSpec
-from service.schemas import CategoricalParam, ExperimentCreate, FloatParam, IntParam
+from service.schemas import CategoricalParam, Condition, ExperimentCreate, FloatParam, IntParam
 
 
 def normalize(spec: ExperimentCreate) -> dict[str, Any]:
@@ -33,6 +33,8 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
         )
     for name, param in spec.search_space.items():
         _check_param(model, name, param)
+        if param.when is not None:
+            _check_condition(model, spec, name, param.when)
     for name, value in spec.fixed.items():
         if name in spec.search_space:
             raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
@@ -102,3 +104,38 @@ def _check_value(model: catalog.ModelInfo, name: str, value: object, field: str)
     problem = _hyperparameter(model, name, field).check(value)
     if problem:
         raise InvalidSpec(f"{name} {problem} (got {value!r})", field=field)
+
+
+def _check_condition(
+    model: catalog.ModelInfo, spec: ExperimentCreate, name: str, when: Condition
+) -> None:
+    """A condition names an earlier parameter and values that parameter can take."""
+    field = f"search_space.{name}.when"
+    earlier = list(spec.search_space)[: list(spec.search_space).index(name)]
+    if when.param not in earlier:
+        raise InvalidSpec(
+            f"{name!r} depends on {when.param!r}, which must be searched before it",
+            field=f"{field}.param",
+        )
+    bounds = {"gte": when.gte, "gt": when.gt, "lte": when.lte, "lt": when.lt}
+    if when.in_ is None and all(v is None for v in bounds.values()):
+        raise InvalidSpec("a condition needs 'in' or a bound (gte, gt, lte, lt)", field=field)
+    parent = spec.search_space[when.param]
+    for i, value in enumerate(when.in_ or ()):
+        _check_value(model, when.param, value, f"{field}.in[{i}]")
+        if isinstance(parent, CategoricalParam) and not any(
+            type(c) is type(value) and c == value for c in parent.choices
+        ):
+            raise InvalidSpec(
+                f"{value!r} is not among {when.param!r}'s choices {parent.choices}",
+                field=f"{field}.in[{i}]",
+            )
+    if isinstance(parent, CategoricalParam) and any(
+        not isinstance(choice, int | float) or isinstance(choice, bool) for choice in parent.choices
+    ):
+        for key, bound in bounds.items():
+            if bound is not None:
+                raise InvalidSpec(
+                    f"{when.param!r} has non-numeric choices: compare it with 'in'",
+                    field=f"{field}.{key}",
+                )

@@ -121,6 +121,9 @@ class Trial(Base):
     number: Mapped[int] = mapped_column(Integer)
     state: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
+    # What the sampler and pruner noted about the trial (Optuna's system attrs: a grid point,
+    # rungs passed, a CMA-ES state), so a study rebuilt from SQL decides as the first did.
+    system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
     best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Epochs reported so far and the objective at the last one (a pruned trial's value).

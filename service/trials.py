@@ -264,7 +264,21 @@ def finish(
         why = f"{experiment.consecutive_errors} trials in a row failed with an error: {message}"
         end_experiment(session, experiment.id, ExperimentState.FAILED, why[:500])
     elif _all_done(session, experiment):
-        experiments.transition(session, experiment.id, ExperimentState.COMPLETED)
+        experiments.transition(
+            session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason
+        )
+    notify_on_commit(session)
+
+
+def exhaust(session: Session, experiment: Experiment) -> None:
+    """Every configuration of the space has been handed out: the budget shrinks to the trials
+    created, and the experiment completes now if none of them is left to finish."""
+    experiment.n_trials = experiment.trial_count
+    experiment.stop_reason = f"search space exhausted after {experiment.trial_count} trials"
+    if _all_done(session, experiment):
+        experiments.transition(
+            session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason
+        )
     notify_on_commit(session)
 
 

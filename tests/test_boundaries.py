@@ -43,8 +43,8 @@ def test_service_runs_without_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_only_the_optimizer_module_imports_optuna() -> None:
-    assert importers("service", "optuna") == {"service/optimizer.py"}
+def test_only_the_optimizer_and_its_toolbox_import_optuna() -> None:
+    assert importers("service", "optuna") == {"service/optimizer.py", "service/search.py"}
 
 
 def test_worker_talks_to_the_service_only_over_http() -> None:

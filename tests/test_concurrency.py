@@ -111,3 +111,49 @@ def test_racing_claims_respect_budget_and_cap(db_url: str, tmp_path: Path) -> No
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.mark.timeout(240)
+def test_a_grid_runs_each_point_once_under_eight_racing_workers(
+    db_url: str, tmp_path: Path
+) -> None:
+    servers = [ServerProcess(db_url, tmp_path / f"server{i}") for i in range(2)]
+    for server in servers:
+        server.start()
+    try:
+        spec = make_spec(
+            search_space={
+                "lr": {"type": "categorical", "choices": [0.001, 0.01, 0.1]},
+                "hidden_units": {"type": "int", "low": 16, "high": 64, "step": 16},
+            },
+            sampler={"name": "grid", "seed": 4},
+            budget=budget(20, 8),
+        )
+        headers = {"Authorization": f"Bearer {servers[0].admin_token}"}
+        experiment_id = httpx.post(
+            f"{servers[0].url}/api/v1/experiments", json=spec, headers=headers
+        ).json()["id"]
+        observed = Observed()
+        threads = [
+            threading.Thread(target=claimer, args=(servers[i % 2], experiment_id, observed, i))
+            for i in range(8)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=180)
+
+        assert observed.errors == []
+        engine = create_engine(db_url)
+        with engine.connect() as conn:
+            params = conn.execute(select(Trial.params)).scalars().all()
+        engine.dispose()
+        points = {(p["lr"], p["hidden_units"]) for p in params}
+        assert len(params) == 12 and len(points) == 12  # 3 x 4 points, each exactly once
+        status = httpx.get(
+            f"{servers[0].url}/api/v1/experiments/{experiment_id}", headers=headers
+        ).json()
+        assert status["state"] == "completed" and status["counts"]["completed"] == 12
+    finally:
+        for server in servers:
+            server.stop()

@@ -1,0 +1,427 @@
+"""The search toolbox through the HTTP API: every sampler and pruner, conditions, no repeats."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, select
+
+from service.config import Settings
+from service.tables import Trial
+from tests.factories import attempt_headers, budget, make_spec, remember
+from worker.client import ServiceClient
+from worker.loop import Worker, WorkerOptions
+
+API = "/api/v1"
+NUMBERS = {
+    "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+    "hidden_units": {"type": "int", "low": 16, "high": 64, "step": 16},
+}
+MIXED = {**NUMBERS, "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]}}
+FINITE = {
+    "lr": {"type": "categorical", "choices": [0.003, 0.03]},
+    "hidden_units": {"type": "int", "low": 16, "high": 32, "step": 16},
+}
+# Each sampler with options that make it do its own work within a few trials.
+SAMPLERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
+    "tpe": ({"n_startup_trials": 2, "multivariate": True}, MIXED),
+    "random": ({}, MIXED),
+    "cmaes": ({"n_startup_trials": 1, "popsize": 4}, NUMBERS),
+    "gp": ({"n_startup_trials": 2}, MIXED),
+    "qmc": ({"qmc_type": "halton", "scramble": True}, NUMBERS),
+    "grid": ({}, FINITE),
+    "nsga2": ({"population_size": 2}, MIXED),
+}
+# What each sampler notes on its trials, proof that it (not a fallback) chose them.
+SAMPLER_MARKS = {"cmaes": "cma:", "grid": "grid_id", "nsga2": "NSGAIISampler:generation"}
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def submit(client: TestClient, spec: dict[str, Any]) -> int:
+    response = client.post(f"{API}/experiments", json=spec)
+    assert response.status_code == 201, response.text
+    return int(response.json()["id"])
+
+
+def train(client: TestClient) -> int:
+    """A real worker trains every trial there is; returns how many it ran."""
+    options = WorkerOptions(
+        name="w", device=torch.device("cpu"), wait_seconds=0.1, exit_when_idle=0.3
+    )
+    return Worker(ServiceClient("", http=client), options).run()
+
+
+def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
+    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
+
+
+def system_attrs(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
+    engine = create_engine(settings.database_url)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(Trial.system_attrs)
+            .where(Trial.experiment_id == experiment_id)
+            .order_by(Trial.number)
+        )
+        attrs = [dict(row[0]) for row in rows]
+    engine.dispose()
+    return attrs
+
+
+def small(search_space: dict[str, Any], **overrides: Any) -> dict[str, Any]:
+    defaults = {"fixed": {"epochs": 2, "hidden_layers": 1}, "pruner": {"name": "none"}}
+    return make_spec(search_space=search_space, **{**defaults, **overrides})
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_each_sampler_runs_a_real_sweep(client: TestClient, settings: Settings, name: str) -> None:
+    options, space = SAMPLERS[name]
+    spec = small(space, sampler={"name": name, "seed": 3, "options": options}, budget=budget(5, 1))
+    experiment_id = submit(client, spec)
+
+    ran = train(client)
+
+    trials = trials_of(client, experiment_id)
+    status = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert status["state"] == "completed"
+    if name == "grid":  # four grid points: each once, then the space is exhausted
+        assert ran == 4 and status["n_trials"] == 4
+        assert "exhausted" in status["stop_reason"]
+    else:
+        assert ran == 5
+    assert all(t["state"] == "completed" and t["value"] is not None for t in trials)
+    if name == "grid":
+        configs = {tuple(sorted(t["params"].items())) for t in trials}
+        assert len(configs) == 4  # every grid point once
+    for t in trials:
+        assert set(t["params"]) == set(space)
+        assert 16 <= t["params"]["hidden_units"] <= 64 and 1e-3 <= t["params"]["lr"] <= 0.1
+    if name in SAMPLER_MARKS:
+        marked = [
+            a
+            for a in system_attrs(settings, experiment_id)
+            if any(key.startswith(SAMPLER_MARKS[name]) for key in a)
+        ]
+        assert marked, f"{name} left no trace on its trials"
+
+
+def test_validation_says_which_sampler_takes_which_space(client: TestClient) -> None:
+    cases = [
+        ({"name": "cmaes"}, MIXED, "search_space.optimizer", "numbers only"),
+        ({"name": "qmc"}, MIXED, "search_space.optimizer", "numbers only"),
+        ({"name": "grid"}, NUMBERS, "search_space.lr", "finitely many"),
+        ({"name": "tpe", "options": {"n_startup_trials": -1}}, NUMBERS, None, ">= 0"),
+        ({"name": "qmc", "options": {"qmc_type": "lattice"}}, NUMBERS, None, "one of"),
+        ({"name": "simulated_annealing"}, NUMBERS, "sampler.name", "known"),
+    ]
+    for sampler, space, field, words in cases:
+        response = client.post(f"{API}/experiments", json=small(space, sampler=sampler))
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert words in error["message"]
+        if field is not None:
+            assert error["field"] == field
+        else:
+            assert error["field"].startswith("sampler.options.")
+    assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+# --- pruners -------------------------------------------------------------------------------
+
+PRUNERS: dict[str, dict[str, Any]] = {
+    "median": {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 1}},
+    "percentile": {"name": "percentile", "options": {"percentile": 25.0, "n_startup_trials": 2}},
+    "successive_halving": {
+        "name": "successive_halving",
+        "options": {"min_resource": 1, "reduction_factor": 2},
+    },
+    "hyperband": {
+        "name": "hyperband",
+        "options": {"min_resource": 1, "max_resource": 6, "reduction_factor": 2},
+    },
+    "threshold": {"name": "threshold", "options": {"lower": 0.45, "n_warmup_steps": 1}},
+    "patient": {
+        "name": "patient",
+        "options": {"patience": 1},
+        "wrapped": {"name": "median", "options": {"n_startup_trials": 2}},
+    },
+    "wilcoxon": {"name": "wilcoxon", "options": {"p_threshold": 0.2, "n_startup_steps": 2}},
+    "none": {"name": "none"},
+}
+# Curves of eight trials over six epochs: some climb, some stall, some fall back.
+BASES = [0.5, 0.9, 0.3, 0.7, 0.2, 0.8, 0.4, 0.6]
+
+
+def curve(number: int) -> list[float]:
+    base = BASES[number]
+    slope = 0.02 if number % 3 else -0.01
+    return [round(base + slope * epoch + 0.005 * math.sin(number + epoch), 6) for epoch in range(6)]
+
+
+def optuna_decisions(pruner: optuna.pruners.BasePruner) -> list[int | None]:
+    """The epoch each trial is pruned at when Optuna runs the same curves by itself."""
+    study = optuna.create_study(direction="maximize", pruner=pruner, study_name="experiment-1")
+    decisions: list[int | None] = []
+    for number in range(len(BASES)):
+        trial = study.ask()
+        for epoch, value in enumerate(curve(number), start=1):
+            trial.report(value, epoch)
+            if trial.should_prune():
+                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                decisions.append(epoch)
+                break
+        else:
+            study.tell(trial, curve(number)[-1])
+            decisions.append(None)
+    return decisions
+
+
+def service_decisions(client: TestClient, pruner: dict[str, Any]) -> list[int | None]:
+    spec = small({}, pruner=pruner, budget=budget(len(BASES), 1))
+    assert submit(client, spec) == 1  # the study name Hyperband's brackets hang on
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    decisions: list[int | None] = []
+    for number in range(len(BASES)):
+        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+        assert trial is not None and trial["number"] == number
+        tid = trial["trial_id"]
+        for epoch, value in enumerate(curve(number), start=1):
+            answer = client.post(
+                f"{API}/trials/{tid}/reports",
+                headers=attempt_headers(tid),
+                json={"epoch": epoch, "metrics": {"val_accuracy": value}},
+            ).json()
+            if answer["action"] == "prune":
+                decisions.append(epoch)
+                break
+        else:
+            done = client.post(
+                f"{API}/trials/{tid}/complete",
+                headers=attempt_headers(tid),
+                json={"value": curve(number)[-1]},
+            )
+            assert done.status_code == 200, done.text
+            decisions.append(None)
+    return decisions
+
+
+def optuna_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
+    from service.search import make_pruner
+
+    return make_pruner({"options": {}, **spec})
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_each_pruner_decides_as_optuna_does(client: TestClient, name: str) -> None:
+    expected = optuna_decisions(optuna_pruner(PRUNERS[name]))
+    if name != "none":
+        assert any(epoch is not None for epoch in expected), "the curves must prune some"
+    assert service_decisions(client, PRUNERS[name]) == expected
+    trials = trials_of(client, 1)
+    for trial, epoch in zip(trials, expected, strict=True):
+        if epoch is not None:  # a pruned trial keeps its last value, as in Optuna
+            assert (
+                trial["state"] == "pruned" and trial["value"] == curve(trial["number"])[epoch - 1]
+            )
+
+
+@pytest.mark.parametrize("name", list(PRUNERS))
+def test_each_pruner_runs_a_real_sweep(client: TestClient, name: str) -> None:
+    space = {
+        "lr": {"type": "categorical", "choices": [1e-5, 0.01]},  # one hopeless, one good
+        "hidden_units": {"type": "int", "low": 16, "high": 64, "step": 16},
+    }
+    pruner = PRUNERS[name]
+    spec = small(
+        space,
+        sampler={"name": "random", "seed": 5},
+        pruner=pruner,
+        budget=budget(6, 1),
+        fixed={"epochs": 4, "hidden_layers": 1, "optimizer": "adam"},
+    )
+    experiment_id = submit(client, spec)
+    assert train(client) == 6
+    status = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert status["state"] == "completed"
+    assert status["counts"]["completed"] + status["counts"]["pruned"] == 6
+    assert status["best_value"] is not None and status["best_value"] > 0.5
+
+
+def test_pruner_options_are_checked(client: TestClient) -> None:
+    cases = [
+        ({"name": "percentile"}, "pruner.options.percentile", "needs"),
+        ({"name": "threshold"}, "pruner.options", "lower"),
+        ({"name": "hyperband", "options": {"reduction_factor": 1}}, None, ">= 2"),
+        ({"name": "median", "wrapped": {"name": "median"}}, "pruner.wrapped", "patient"),
+        (
+            {"name": "patient", "options": {"patience": 1}, "wrapped": {"name": "nope"}},
+            "pruner.wrapped.name",
+            "known",
+        ),
+        ({"name": "successive_halving", "options": {"min_resource": "soon"}}, None, "number"),
+    ]
+    for pruner, field, words in cases:
+        response = client.post(f"{API}/experiments", json=small(NUMBERS, pruner=pruner))
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert words in error["message"], error
+        assert error["field"] == (field or error["field"])
+        assert error["field"].startswith("pruner")
+    assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+# --- conditional parameters ----------------------------------------------------------------
+
+CONDITIONAL = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "momentum", "adam"]},
+    "momentum": {
+        "type": "float",
+        "low": 0.5,
+        "high": 0.99,
+        "when": {"param": "optimizer", "in": ["momentum"]},
+    },
+    "hidden_layers": {"type": "int", "low": 1, "high": 3},
+    "dropout": {
+        "type": "float",
+        "low": 0.0,
+        "high": 0.5,
+        "when": {"param": "hidden_layers", "gte": 2},
+    },
+}
+
+
+def finish_quickly(client: TestClient, worker: int, value: float = 0.5) -> dict[str, Any] | None:
+    """Claim a trial and complete it at once; None when there is nothing to claim."""
+    response = client.post(f"{API}/workers/{worker}/claim", json={})
+    if response.status_code == 204:
+        return None
+    trial = remember(response.json())
+    assert trial is not None
+    tid = trial["trial_id"]
+    client.post(
+        f"{API}/trials/{tid}/reports",
+        headers=attempt_headers(tid),
+        json={"epoch": 1, "metrics": {"val_accuracy": value}},
+    )
+    done = client.post(
+        f"{API}/trials/{tid}/complete", headers=attempt_headers(tid), json={"value": value}
+    )
+    assert done.status_code == 200, done.text
+    return dict(trial)
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_conditional_params_exist_only_when_their_condition_holds(
+    client: TestClient, sampler: str
+) -> None:
+    options = (
+        {"multivariate": True, "group": True, "n_startup_trials": 4} if sampler == "tpe" else {}
+    )
+    spec = small(
+        CONDITIONAL,
+        sampler={"name": sampler, "seed": 2, "options": options},
+        budget=budget(16, 1),
+        fixed={"epochs": 1},
+    )
+    submit(client, spec)
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    seen = []
+    for i in range(16):
+        trial = finish_quickly(client, worker, value=i / 20)
+        assert trial is not None
+        params = trial["params"]
+        assert ("momentum" in params) == (params["optimizer"] == "momentum"), params
+        assert ("dropout" in params) == (params["hidden_layers"] >= 2), params
+        # The worker still trains with every hyperparameter: inactive ones take defaults.
+        assert {"momentum", "dropout"} <= set(trial["config"])
+        seen.append(params)
+    assert any("momentum" in p for p in seen) and any("momentum" not in p for p in seen)
+    assert any("dropout" in p for p in seen) and any("dropout" not in p for p in seen)
+
+
+def test_bad_conditions_are_refused_naming_the_field(client: TestClient) -> None:
+    later = {
+        "momentum": {
+            "type": "float",
+            "low": 0.5,
+            "high": 0.9,
+            "when": {"param": "optimizer", "in": ["momentum"]},
+        },
+        "optimizer": {"type": "categorical", "choices": ["sgd", "momentum"]},
+    }
+    not_a_choice = {
+        **CONDITIONAL,
+        "momentum": {**CONDITIONAL["momentum"], "when": {"param": "optimizer", "in": ["adamw"]}},
+    }
+    compared_text = {
+        **CONDITIONAL,
+        "momentum": {**CONDITIONAL["momentum"], "when": {"param": "optimizer", "gte": 2}},
+    }
+    empty = {
+        **CONDITIONAL,
+        "dropout": {**CONDITIONAL["dropout"], "when": {"param": "hidden_layers"}},
+    }
+    cases = [
+        (later, {}, "search_space.momentum.when.param"),
+        (not_a_choice, {}, "search_space.momentum.when.in[0]"),
+        (compared_text, {}, "search_space.momentum.when.gte"),
+        (empty, {}, "search_space.dropout.when"),
+        (CONDITIONAL, {"sampler": {"name": "gp"}}, "search_space.momentum.when"),
+    ]
+    for space, overrides, field in cases:
+        spec = small(space, **{"fixed": {"epochs": 1}, **overrides})
+        response = client.post(f"{API}/experiments", json=spec)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field, response.json()
+    assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+# --- no repeats ----------------------------------------------------------------------------
+
+CATEGORICAL = {
+    "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
+    "activation": {"type": "categorical", "choices": ["relu", "tanh", "gelu"]},
+}
+
+
+def test_a_finite_space_runs_each_configuration_once_then_completes(client: TestClient) -> None:
+    spec = small(
+        CATEGORICAL,
+        sampler={"name": "tpe", "seed": 1, "options": {"n_startup_trials": 2}},
+        budget=budget(10, 1),
+    )
+    experiment_id = submit(client, spec)
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    configs = []
+    # The same value for every trial: TPE alone would keep suggesting what it has seen.
+    while (trial := finish_quickly(client, worker)) is not None:
+        configs.append(tuple(sorted(trial["params"].items())))
+    assert len(configs) == 6 and len(set(configs)) == 6
+    status = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert status["state"] == "completed" and status["n_trials"] == 6
+    assert status["stop_reason"] == "search space exhausted after 6 trials"
+
+
+def test_repeats_run_the_whole_budget_when_the_spec_allows_them(client: TestClient) -> None:
+    spec = small(
+        CATEGORICAL,
+        sampler={"name": "random", "seed": 1, "allow_repeats": True},
+        budget=budget(10, 1),
+    )
+    experiment_id = submit(client, spec)
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    configs = []
+    while (trial := finish_quickly(client, worker)) is not None:
+        configs.append(tuple(sorted(trial["params"].items())))
+    assert len(configs) == 10 and len(set(configs)) < 10
+    status = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert status["state"] == "completed" and status["stop_reason"] is None
