@@ -117,7 +117,9 @@ def claim(
         return None
     trial = _next_queued(session, experiment.id)
     resume_epoch = 0
-    if trial is not None:
+    if trial is not None and trial.number is None:
+        _start_enqueued(session, optimizer, experiment, trial)
+    elif trial is not None:
         resume_epoch = _restart(session, optimizer, trial)
     elif experiment.trial_count < experiment.n_trials:
         trial = _new_trial(session, optimizer, experiment)
@@ -155,11 +157,28 @@ def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -
     return trial
 
 
+def _start_enqueued(
+    session: Session, optimizer: Optimizer, experiment: Experiment, trial: Trial
+) -> None:
+    """First start of an enqueued trial: it takes the next number, and the sampler fills in
+    the params it was not given."""
+    suggestion = optimizer.ask(session, experiment, experiment.trial_count, fixed=trial.params)
+    assert suggestion is not None  # given params are never "exhausted"
+    check_trial_transition(trial.state, TrialState.RUNNING)
+    trial.number = experiment.trial_count
+    trial.params = suggestion.params
+    trial.system_attrs = suggestion.system_attrs
+    trial.state = TrialState.RUNNING
+    trial.attempt = 1
+    experiment.trial_count += 1
+
+
 def _next_queued(session: Session, experiment_id: int) -> Trial | None:
+    """Trials to retry first (oldest number first), then enqueued ones in the order given."""
     return session.scalars(
         select(Trial)
         .where(Trial.experiment_id == experiment_id, Trial.state == TrialState.QUEUED)
-        .order_by(Trial.number)
+        .order_by(Trial.number.nulls_last(), Trial.id)
         .limit(1)
         .with_for_update(skip_locked=True)
     ).first()
@@ -258,7 +277,7 @@ def _assignment(
     experiment: Experiment, trial: Trial, lease_seconds: float, resume_epoch: int
 ) -> Assignment:
     spec = experiment.spec
-    assert trial.token is not None
+    assert trial.token is not None and trial.number is not None
     return Assignment(
         trial_id=trial.id,
         experiment_id=experiment.id,

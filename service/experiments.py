@@ -10,9 +10,20 @@ from sqlalchemy.orm import Session
 
 from service import specs
 from service.db import after_commit, notify_on_commit
-from service.errors import NotFound
-from service.schemas import ExperimentCreate, ExperimentPage, ExperimentRead, TrialCounts
-from service.states import ENDED_EXPERIMENT_STATES, ExperimentState, check_experiment_transition
+from service.errors import Conflict, InvalidSpec, NotFound
+from service.schemas import (
+    BudgetChange,
+    ExperimentCreate,
+    ExperimentPage,
+    ExperimentRead,
+    TrialCounts,
+)
+from service.states import (
+    ENDED_EXPERIMENT_STATES,
+    ExperimentState,
+    TrialState,
+    check_experiment_transition,
+)
 from service.tables import Experiment, Trial, utcnow
 
 
@@ -35,6 +46,41 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
     session.add(experiment)
     session.flush()
     notify_on_commit(session)
+    return experiment
+
+
+def planned(session: Session, experiment: Experiment) -> int:
+    """Trials created plus enqueued ones still waiting for their first start."""
+    waiting = session.scalar(
+        select(func.count()).where(
+            Trial.experiment_id == experiment.id,
+            Trial.number.is_(None),
+            Trial.state == TrialState.QUEUED,
+        )
+    )
+    return experiment.trial_count + (waiting or 0)
+
+
+def change_budget(session: Session, experiment_id: int, change: BudgetChange) -> Experiment:
+    """New n_trials and max_concurrent for a running or paused experiment; the next claim
+    goes by them. n_trials cannot drop below the trials created or queued."""
+    experiment = lock(session, experiment_id)
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        raise Conflict(f"experiment {experiment_id} is {experiment.state}; its budget is final")
+    if change.n_trials is not None:
+        taken = planned(session, experiment)
+        if change.n_trials < taken:
+            raise InvalidSpec(
+                f"n_trials cannot go below the {taken} trials already created or queued",
+                field="budget.n_trials",
+            )
+        experiment.n_trials = change.n_trials
+    if change.max_concurrent is not None:
+        experiment.max_concurrent = change.max_concurrent
+    changed = change.model_dump(exclude_none=True)
+    experiment.spec = {**experiment.spec, "budget": {**experiment.spec["budget"], **changed}}
+    session.flush()
+    notify_on_commit(session)  # claims waiting for a free slot may go now
     return experiment
 
 

@@ -20,7 +20,7 @@ import math
 import random
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,13 +40,21 @@ from sqlalchemy.orm import Session
 
 from service import search
 from service.db import on_rollback
-from service.errors import InvalidSpec
+from service.errors import Conflict, InvalidSpec
+from service.schemas import Importance
 from service.states import TrialState
 from service.tables import Experiment, Trial, TrialMetric
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 
+IMPORTANCE_EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEvaluator]] = {
+    "fanova": lambda: optuna.importance.FanovaImportanceEvaluator(seed=0),
+    "mean_decrease_impurity": lambda: optuna.importance.MeanDecreaseImpurityImportanceEvaluator(
+        seed=0
+    ),
+    "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
+}
 # A violated constraint marks params that ran out of memory as infeasible: the system attr
 # Trial.set_constraint("memory", ...) writes, which constraint-aware samplers (TPE) read.
 OUT_OF_MEMORY = "constraints:memory"
@@ -143,8 +151,15 @@ class Optimizer:
         with self._guard:
             self._studies.pop(experiment_id, None)
 
-    def ask(self, session: Session, experiment: Experiment, number: int) -> Suggestion | None:
-        """Suggest the params of trial `number` from every trial before it.
+    def ask(
+        self,
+        session: Session,
+        experiment: Experiment,
+        number: int,
+        fixed: dict[str, Any] | None = None,
+    ) -> Suggestion | None:
+        """Suggest the params of trial `number` from every trial before it; `fixed` params
+        (an enqueued trial's) are taken as given and the sampler picks the rest.
 
         In a finite space without repeats, a configuration some trial already has is swapped
         for one no trial has, and None means every configuration has been handed out.
@@ -152,20 +167,24 @@ class Optimizer:
         with self._study(session, experiment) as s:
             if s.trial_count != number:
                 raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
-            seen = _seen(s) if s.size is not None else set()
-            if s.size is not None and len(seen) >= s.size:
+            unique = s.size is not None and fixed is None
+            seen = _seen(s) if unique else set()
+            if unique and len(seen) >= (s.size or 0):
                 return None
             seed = s.spec["sampler"]["seed"]
             if seed is not None:
                 reseed(s.study.sampler, seed + number)
+            if fixed is not None:  # a waiting trial the next ask takes up
+                s.study.enqueue_trial(fixed)
             trial = s.study.ask()
             params = _suggest_all(trial, s.dists, s.spec)
             s.trial_ids[number] = trial._trial_id
             s.trial_count += 1
             attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))
-            if s.size is not None and search.config_key(params) in seen:
+            if unique and search.config_key(params) in seen:
                 rng = random.Random(number if seed is None else seed + number)
-                unseen = search.unseen_configuration(s.spec["search_space"], seen, s.size, rng)
+                space = s.spec["search_space"]
+                unseen = search.unseen_configuration(space, seen, s.size or 0, rng)
                 assert unseen is not None  # fewer seen than the space holds
                 params = unseen
                 # The study holds the sampler's own params for this trial: rebuild it from
@@ -188,7 +207,7 @@ class Optimizer:
         self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
     ) -> bool:
         with self._study(session, experiment) as s:
-            trial_id = s.trial_ids[trial.number]
+            trial_id = s.trial_ids[_number(trial)]
             _set_curve(s, trial_id, curve)
             _set_system_attrs(s, trial_id, trial.system_attrs)
             prune = s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
@@ -196,6 +215,28 @@ class Optimizer:
             if attrs != trial.system_attrs:
                 trial.system_attrs = copy.deepcopy(attrs)
             return prune
+
+    def importance(self, session: Session, experiment: Experiment, evaluator: str) -> Importance:
+        """Each parameter's share of the objective's variance over the completed trials."""
+        with self._study(session, experiment) as s:
+            completed = s.study.get_trials(deepcopy=False, states=(OptunaState.COMPLETE,))
+            if len(completed) < 2:
+                raise Conflict(
+                    f"importance needs 2 completed trials; experiment {experiment.id} has "
+                    f"{len(completed)}"
+                )
+            try:
+                importances = optuna.importance.get_param_importances(
+                    s.study, evaluator=IMPORTANCE_EVALUATORS[evaluator]()
+                )
+            except (ValueError, RuntimeError) as exc:  # e.g. no parameter common to all
+                raise Conflict(f"importance cannot be computed: {exc}") from exc
+        return Importance(
+            metric=experiment.metric,
+            evaluator=evaluator,
+            trials=len(completed),
+            importances={name: float(v) for name, v in importances.items()},
+        )
 
     def history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
         """Every trial of the experiment as Optuna sees it."""
@@ -219,17 +260,8 @@ def _new_study(experiment: Experiment) -> _Study:
         study_id=storage.get_study_id_from_name(study.study_name),
         spec=experiment.spec,
         dists=search.distributions(experiment.spec["search_space"]),
-        size=_run_once_size(experiment.spec),
+        size=search.run_once_size(experiment.spec),
     )
-
-
-def _run_once_size(spec: dict[str, Any]) -> int | None:
-    """The space's size when each configuration runs once at most: always for a grid, and
-    for any finite space unless the spec allows repeats."""
-    sampler = spec["sampler"]
-    if not spec["search_space"] or (sampler.get("allow_repeats") and sampler["name"] != "grid"):
-        return None  # nothing searched: the same configuration n_trials times is the point
-    return search.space_size(spec["search_space"])
 
 
 def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
@@ -238,7 +270,11 @@ def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
     # another process claims and finishes trials between the two statements.
     finished = session.scalars(
         select(Trial)
-        .where(Trial.experiment_id == experiment_id, Trial.finish_seq > s.finish_seq)
+        .where(
+            Trial.experiment_id == experiment_id,
+            Trial.finish_seq > s.finish_seq,
+            Trial.number.is_not(None),  # an enqueued trial cancelled before it ever started
+        )
         .order_by(Trial.finish_seq)
     ).all()
     created = session.scalars(
@@ -295,7 +331,7 @@ def _set_curve(s: _Study, trial_id: int, curve: dict[int, float]) -> None:
 
 
 def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
-    trial_id = s.trial_ids[trial.number]
+    trial_id = s.trial_ids[_number(trial)]
     _set_system_attrs(s, trial_id, trial.system_attrs)
     out_of_memory = trial.failure_reason == "oom"
     if not out_of_memory:  # an OOM trial's curve is no pruning statistic
@@ -311,6 +347,11 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
         values = [curve[max(curve)]]
     s.storage.set_trial_state_values(trial_id, state, values)
     s.finish_seq = max(s.finish_seq, trial.finish_seq or 0)
+
+
+def _number(trial: Trial) -> int:
+    assert trial.number is not None  # only trials that started are in a study
+    return trial.number
 
 
 def _seen(s: _Study) -> set[Any]:

@@ -202,6 +202,30 @@ class TrialCounts(BaseModel):
     cancelled: int = 0
 
 
+class BudgetChange(Strict):
+    """New limits for a running or paused experiment, effective at the next claim."""
+
+    n_trials: StrictInt | None = Field(None, gt=0, le=100_000)
+    max_concurrent: StrictInt | None = Field(None, gt=0, le=10_000)
+
+
+class ExperimentChange(Strict):
+    budget: BudgetChange
+
+
+class TrialEnqueue(Strict):
+    """Params to try: every searched parameter, or some and the sampler picks the rest."""
+
+    params: dict[Key, Scalar] = Field(default_factory=dict, max_length=100)
+
+
+class Importance(BaseModel):
+    metric: str
+    evaluator: str
+    trials: int  # completed trials it was computed from
+    importances: dict[str, float]  # parameter -> share of the objective's variance, largest first
+
+
 class ExperimentRead(BaseModel):
     id: int
     name: str
@@ -236,7 +260,7 @@ class MetricRead(BaseModel):
 class TrialRead(BaseModel):
     id: int
     experiment_id: int
-    number: int
+    number: int | None  # None while an enqueued trial waits for its first start
     state: str
     params: dict[str, Any]
     value: float | None

@@ -284,6 +284,37 @@ def space_size(search_space: dict[str, Any]) -> int | None:
     return size if size <= MAX_FINITE else None
 
 
+def value_problem(p: dict[str, Any], value: Any) -> str | None:
+    """Why `value` is not a value of parameter `p`, or None when it is."""
+    if p["type"] == "categorical":
+        if any(type(c) is type(value) and c == value for c in p["choices"]):
+            return None
+        return f"must be one of {p['choices']}"
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return "must be a number"
+    if p["type"] == "int" and not isinstance(value, int):
+        return "must be an integer"
+    if not p["low"] <= value <= p["high"]:
+        return f"must be within [{p['low']}, {p['high']}]"
+    step = p.get("step")
+    if step and p["type"] == "float":
+        k = (value - p["low"]) / step
+        if abs(k - round(k)) > 1e-8:
+            return f"must be {p['low']} plus a multiple of {step}"
+    if step and p["type"] == "int" and (value - p["low"]) % step:
+        return f"must be {p['low']} plus a multiple of {step}"
+    return None
+
+
+def run_once_size(spec: dict[str, Any]) -> int | None:
+    """The space's size when each configuration runs once at most: always for a grid, and
+    for any finite space unless the spec allows repeats."""
+    sampler = spec["sampler"]
+    if not spec["search_space"] or (sampler.get("allow_repeats") and sampler["name"] != "grid"):
+        return None  # nothing searched: the same configuration n_trials times is the point
+    return space_size(spec["search_space"])
+
+
 def config_key(params: dict[str, Any]) -> tuple[tuple[str, str, Any], ...]:
     """What makes two configurations the same (floats compared to 12 significant digits)."""
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from models import catalog
-from service import optimizer
+from service import optimizer, search
 from service.errors import InvalidSpec
 from service.schemas import CategoricalParam, Condition, ExperimentCreate, FloatParam, IntParam
 
@@ -42,6 +42,35 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
     normalized = spec.model_dump(mode="json")
     optimizer.check_spec(normalized)
     return normalized
+
+
+def check_enqueued(spec: dict[str, Any], params: dict[str, Any]) -> None:
+    """Params given for an enqueued trial are searched ones, with values the space holds,
+    and each exists given the others (a conditional one comes with its parent)."""
+    space = spec["search_space"]
+    for name, value in params.items():
+        field = f"params.{name}"
+        if name not in space:
+            raise InvalidSpec(f"{name!r} is not searched; searched: {list(space)}", field=field)
+        problem = search.value_problem(space[name], value)
+        if problem:
+            raise InvalidSpec(f"{name} {problem} (got {value!r})", field=field)
+    given: dict[str, Any] = {}
+    for name, p in space.items():
+        if name not in params:
+            continue
+        if not search.is_active(p, given):
+            raise InvalidSpec(
+                f"{name!r} exists only when its condition on {p['when']['param']!r} holds; "
+                f"give {p['when']['param']!r} a value for which it does",
+                field=f"params.{name}",
+            )
+        given[name] = params[name]
+    if spec["sampler"]["name"] == "grid" and set(params) != set(space):
+        raise InvalidSpec(
+            f"the grid sampler runs whole grid points: give every parameter {list(space)}",
+            field="params",
+        )
 
 
 def _known(field: str, name: str, known: dict[str, Any]) -> Any:

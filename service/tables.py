@@ -118,7 +118,8 @@ class Trial(Base):
     experiment_id: Mapped[int] = mapped_column(
         ForeignKey("sweep_experiments.id", ondelete="CASCADE")
     )
-    number: Mapped[int] = mapped_column(Integer)
+    # The trial's place in the study; an enqueued trial gets its number when it first starts.
+    number: Mapped[int | None] = mapped_column(Integer, nullable=True)
     state: Mapped[str] = mapped_column(String(16))
     params: Mapped[dict[str, Any]] = mapped_column(JSON)
     # What the sampler and pruner noted about the trial (Optuna's system attrs: a grid point,

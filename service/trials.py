@@ -14,7 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from models import catalog
-from service import experiments
+from service import experiments, search, specs
 from service.db import notify_on_commit
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.optimizer import Optimizer
@@ -263,11 +263,16 @@ def finish(
     if _too_many_errors(experiment, state, reason):
         why = f"{experiment.consecutive_errors} trials in a row failed with an error: {message}"
         end_experiment(session, experiment.id, ExperimentState.FAILED, why[:500])
-    elif _all_done(session, experiment):
+    else:
+        complete_if_done(session, experiment)
+    notify_on_commit(session)
+
+
+def complete_if_done(session: Session, experiment: Experiment) -> None:
+    if _all_done(session, experiment):
         experiments.transition(
             session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason
         )
-    notify_on_commit(session)
 
 
 def exhaust(session: Session, experiment: Experiment) -> None:
@@ -275,11 +280,46 @@ def exhaust(session: Session, experiment: Experiment) -> None:
     created, and the experiment completes now if none of them is left to finish."""
     experiment.n_trials = experiment.trial_count
     experiment.stop_reason = f"search space exhausted after {experiment.trial_count} trials"
-    if _all_done(session, experiment):
-        experiments.transition(
-            session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason
-        )
+    complete_if_done(session, experiment)
     notify_on_commit(session)
+
+
+def enqueue(session: Session, experiment_id: int, params: dict[str, Any]) -> Trial:
+    """Queue a trial with the given params; it runs before the sampler's next suggestion and
+    counts toward n_trials. It gets its number when it first starts."""
+    experiment = experiments.lock(session, experiment_id)
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        raise Conflict(f"experiment {experiment_id} is {experiment.state}")
+    specs.check_enqueued(experiment.spec, params)
+    planned = experiments.planned(session, experiment)
+    if planned >= experiment.n_trials:
+        raise Conflict(
+            f"the budget of {experiment.n_trials} trials is taken ({planned} created or "
+            f"queued); raise budget.n_trials with PATCH first"
+        )
+    if search.run_once_size(experiment.spec) is not None and _repeats(session, experiment, params):
+        raise Conflict("a trial with these params exists already, and repeats are not allowed")
+    trial = Trial(
+        experiment_id=experiment_id,
+        number=None,
+        state=TrialState.QUEUED,
+        params=params,
+        system_attrs={},
+        attempt=0,
+        retries=0,
+        last_epoch=0,
+        has_weights=False,
+    )
+    session.add(trial)
+    session.flush()
+    notify_on_commit(session)
+    return trial
+
+
+def _repeats(session: Session, experiment: Experiment, params: dict[str, Any]) -> bool:
+    key = search.config_key(params)
+    existing = session.scalars(select(Trial.params).where(Trial.experiment_id == experiment.id))
+    return any(search.config_key(p) == key for p in existing)
 
 
 def _too_many_errors(experiment: Experiment, state: TrialState, reason: str | None) -> bool:
@@ -349,7 +389,8 @@ def page(
         column = Trial.value.desc() if (order or best_first) == "desc" else Trial.value.asc()
         query = query.order_by(column.nulls_last(), Trial.number)
     else:
-        query = query.order_by(Trial.number.desc() if order == "desc" else Trial.number)
+        by_number = Trial.number.desc() if order == "desc" else Trial.number.asc()
+        query = query.order_by(by_number.nulls_last(), Trial.id)
     items = session.scalars(query.limit(limit).offset(offset)).all()
     return TrialPage(items=[read(t) for t in items], total=total, limit=limit, offset=offset)
 

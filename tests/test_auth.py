@@ -89,10 +89,13 @@ def test_every_route_has_a_decision_and_the_decisions_are_the_policy(
             ("GET", f"{API}/experiments"),
             ("GET", f"{API}/experiments/{{experiment_id}}"),
             ("GET", f"{API}/trials/{{trial_id}}"),
+            ("GET", f"{API}/experiments/{{experiment_id}}/importance"),
         },
         "control": {
             ("POST", f"{API}/experiments"),
             ("DELETE", f"{API}/experiments/{{experiment_id}}"),
+            ("PATCH", f"{API}/experiments/{{experiment_id}}"),
+            ("POST", f"{API}/experiments/{{experiment_id}}/trials"),
         },
         "run": {
             ("POST", f"{API}/workers/{{worker_id}}/claim"),
@@ -159,6 +162,8 @@ def request_for(method: str, path: str, scene: Scene, side: str) -> dict[str, An
     bodies: dict[tuple[str, str], dict[str, Any]] = {
         ("POST", f"{API}/experiments"): {"json": make_spec(project="a" if side == "own" else "b")},
         ("POST", f"{API}/workers"): {"json": {"name": "w2"}},
+        ("PATCH", f"{API}/experiments/{{experiment_id}}"): {"json": {"budget": {"n_trials": 9}}},
+        ("POST", f"{API}/experiments/{{experiment_id}}/trials"): {"json": {"params": {}}},
         ("POST", f"{API}/workers/{{worker_id}}/claim"): {
             "json": {"experiment_id": scene.experiment[side]}
         },

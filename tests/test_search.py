@@ -425,3 +425,121 @@ def test_repeats_run_the_whole_budget_when_the_spec_allows_them(client: TestClie
     assert len(configs) == 10 and len(set(configs)) < 10
     status = client.get(f"{API}/experiments/{experiment_id}").json()
     assert status["state"] == "completed" and status["stop_reason"] is None
+
+
+# --- enqueued trials, budget changes, importance -------------------------------------------
+
+
+def test_enqueued_configs_run_first_and_count_toward_n_trials(client: TestClient) -> None:
+    spec = small(MIXED, sampler={"name": "tpe", "seed": 4}, budget=budget(4, 1))
+    experiment_id = submit(client, spec)
+    url = f"{API}/experiments/{experiment_id}/trials"
+    full = {"lr": 0.01, "hidden_units": 32, "optimizer": "adam"}
+    queued = [client.post(url, json={"params": p}) for p in (full, {"optimizer": "sgd"})]
+    assert [r.status_code for r in queued] == [201, 201], queued[-1].text
+    assert [(t["state"], t["number"]) for t in trials_of(client, experiment_id)] == [
+        ("queued", None),
+        ("queued", None),
+    ]
+    budget_url = f"{API}/experiments/{experiment_id}"
+    assert client.patch(budget_url, json={"budget": {"n_trials": 3}}).status_code == 200
+    assert client.post(url, json={"params": full}).status_code == 201  # the third of three
+    taken = client.post(url, json={"params": full})
+    assert taken.status_code == 409 and "budget" in taken.json()["error"]["message"]
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    started = [finish_quickly(client, worker) for _ in range(4)]
+    assert [t["number"] if t else None for t in started] == [0, 1, 2, None]
+    first, second, third = started[:3]
+    assert first is not None and second is not None and third is not None
+    assert first["params"] == full and third["params"] == full  # repeats: a continuous space
+    assert second["params"]["optimizer"] == "sgd"
+    assert set(second["params"]) == set(MIXED)  # the sampler filled in the rest
+    status = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert status["state"] == "completed" and status["counts"]["completed"] == 3
+    assert client.post(url, json={"params": {}}).status_code == 409  # it has ended
+
+
+def test_enqueued_params_are_checked_and_nothing_is_queued_on_error(client: TestClient) -> None:
+    experiment_id = submit(client, small(CONDITIONAL, fixed={"epochs": 1}))
+    url = f"{API}/experiments/{experiment_id}/trials"
+    cases = [
+        ({"lr": 0.1}, "params.lr", "not searched"),
+        ({"hidden_layers": 9}, "params.hidden_layers", "within [1, 3]"),
+        ({"hidden_layers": 2.5}, "params.hidden_layers", "integer"),
+        ({"optimizer": "nadam"}, "params.optimizer", "one of"),
+        ({"momentum": 0.9}, "params.momentum", "condition"),
+        ({"optimizer": "sgd", "momentum": 0.9}, "params.momentum", "condition"),
+    ]
+    for params, field, words in cases:
+        response = client.post(url, json={"params": params})
+        assert response.status_code == 422, response.text
+        error = response.json()["error"]
+        assert error["field"] == field and words in error["message"], error
+    assert trials_of(client, experiment_id) == []
+    fine = client.post(url, json={"params": {"optimizer": "momentum", "momentum": 0.9}})
+    assert fine.status_code == 201, fine.text
+    finite = f"{API}/experiments/{submit(client, small(CATEGORICAL))}/trials"
+    config = {"params": {"optimizer": "sgd", "activation": "relu"}}
+    assert client.post(finite, json=config).status_code == 201
+    assert client.post(finite, json=config).status_code == 409  # each configuration once
+    grid = submit(client, small(FINITE, sampler={"name": "grid"}))
+    partial = client.post(f"{API}/experiments/{grid}/trials", json={"params": {"lr": 0.003}})
+    assert partial.status_code == 422 and partial.json()["error"]["field"] == "params"
+
+
+def test_budget_changes_take_effect_at_the_next_claim(client: TestClient) -> None:
+    experiment_id = submit(client, small(NUMBERS, budget=budget(3, 1)))
+    url = f"{API}/experiments/{experiment_id}"
+    worker_a = client.post(f"{API}/workers", json={"name": "a"}).json()["id"]
+    worker_b = client.post(f"{API}/workers", json={"name": "b"}).json()["id"]
+    held = remember(client.post(f"{API}/workers/{worker_a}/claim", json={}).json())
+    assert held is not None
+    assert client.post(f"{API}/workers/{worker_b}/claim", json={}).status_code == 204
+
+    raised = client.patch(url, json={"budget": {"max_concurrent": 2}})
+    assert raised.status_code == 200 and raised.json()["max_concurrent"] == 2
+    assert client.post(f"{API}/workers/{worker_b}/claim", json={}).status_code == 200
+
+    too_low = client.patch(url, json={"budget": {"n_trials": 1}})
+    assert too_low.status_code == 422
+    assert too_low.json()["error"]["field"] == "budget.n_trials"
+    for bad in ({"budget": {"n_trials": 0}}, {"budget": {}, "name": "x"}, {}):
+        assert client.patch(url, json=bad).status_code == 422, bad
+    assert client.get(url).json()["n_trials"] == 3  # nothing changed
+
+    lowered = client.patch(url, json={"budget": {"n_trials": 2}}).json()
+    assert lowered["n_trials"] == 2 and lowered["spec"]["budget"]["n_trials"] == 2
+    for worker in (worker_a, worker_b):
+        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+        assert trial is not None  # each gets back the trial it holds
+        client.post(
+            f"{API}/trials/{trial['trial_id']}/complete",
+            headers=attempt_headers(trial["trial_id"]),
+            json={"value": 0.5},
+        )
+    assert client.get(url).json()["state"] == "completed"
+    assert client.patch(url, json={"budget": {"n_trials": 5}}).status_code == 409
+
+
+@pytest.mark.parametrize("evaluator", ["fanova", "mean_decrease_impurity", "ped_anova"])
+def test_importance_finds_the_parameter_that_matters(client: TestClient, evaluator: str) -> None:
+    spec = small(NUMBERS, sampler={"name": "random", "seed": 0}, budget=budget(20, 1))
+    experiment_id = submit(client, spec)
+    url = f"{API}/experiments/{experiment_id}/importance"
+    assert client.get(url).status_code == 409  # nothing completed yet
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    for _ in range(20):
+        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+        assert trial is not None
+        value = -abs(math.log10(trial["params"]["lr"]) + 2)  # lr alone decides
+        client.post(
+            f"{API}/trials/{trial['trial_id']}/complete",
+            headers=attempt_headers(trial["trial_id"]),
+            json={"value": value},
+        )
+    response = client.get(url, params={"evaluator": evaluator})
+    assert response.status_code == 200, response.text
+    result = response.json()
+    assert result["trials"] == 20 and set(result["importances"]) == {"lr", "hidden_units"}
+    assert result["importances"]["lr"] > result["importances"]["hidden_units"]
+    assert client.get(url, params={"evaluator": "shap"}).status_code == 422

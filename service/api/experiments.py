@@ -17,10 +17,14 @@ from service.api.deps import (
 from service.schemas import (
     MAX_INT,
     BestTrials,
+    ExperimentChange,
     ExperimentCreate,
     ExperimentPage,
     ExperimentRead,
+    Importance,
+    TrialEnqueue,
     TrialPage,
+    TrialRead,
 )
 from service.states import ExperimentState, TrialState
 from service.tables import Experiment
@@ -59,6 +63,16 @@ def list_experiments(
 def get_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """An experiment's spec, state, trial counts and best value."""
     return experiments.status(session, experiment)
+
+
+@router.patch("/{experiment_id}", dependencies=[CONTROL])
+def change_experiment(
+    experiment: ExperimentDep, change: ExperimentChange, session: SessionDep
+) -> ExperimentRead:
+    """Raise or lower budget.n_trials and budget.max_concurrent; the next claim goes by them."""
+    changed = experiments.change_budget(session, experiment.id, change.budget)
+    trials.complete_if_done(session, changed)
+    return experiments.status(session, changed)
 
 
 @router.post("/{experiment_id}/pause", dependencies=[CONTROL])
@@ -116,6 +130,24 @@ def list_trials(
         limit=limit,
         offset=offset,
     )
+
+
+@router.post("/{experiment_id}/trials", status_code=status.HTTP_201_CREATED, dependencies=[CONTROL])
+def enqueue_trial(experiment: ExperimentDep, body: TrialEnqueue, session: SessionDep) -> TrialRead:
+    """Queue a trial with fixed params (all or some; the sampler picks the rest). Queued
+    trials run before the sampler's suggestions and count toward n_trials."""
+    return trials.read(trials.enqueue(session, experiment.id, body.params))
+
+
+@router.get("/{experiment_id}/importance", dependencies=[READ])
+def parameter_importance(
+    experiment: ExperimentDep,
+    session: SessionDep,
+    optimizer: OptimizerDep,
+    evaluator: Literal["fanova", "mean_decrease_impurity", "ped_anova"] = "fanova",
+) -> Importance:
+    """How much each parameter explains the objective, over the completed trials."""
+    return optimizer.importance(session, experiment, evaluator)
 
 
 @router.get("/{experiment_id}/best", dependencies=[READ])
