@@ -85,7 +85,9 @@ def check_spec(spec: dict[str, Any], n_objectives: int = 1) -> None:
     search.check(spec, n_objectives)
     try:  # one real ask on a scratch study: what fails here would fail every claim
         study = optuna.create_study(
-            sampler=search.make_sampler(spec), pruner=search.make_pruner(spec["pruner"])
+            sampler=search.make_sampler(spec),
+            pruner=search.make_pruner(spec["pruner"]),
+            directions=_directions(spec),
         )
         _suggest_all(study.ask(), search.distributions(spec["search_space"]), spec)
     except Exception as exc:
@@ -227,7 +229,9 @@ class Optimizer:
                 )
             try:
                 importances = optuna.importance.get_param_importances(
-                    s.study, evaluator=IMPORTANCE_EVALUATORS[evaluator]()
+                    s.study,
+                    evaluator=IMPORTANCE_EVALUATORS[evaluator](),
+                    target=(lambda t: t.values[0]) if len(s.study.directions) > 1 else None,
                 )
             except (ValueError, RuntimeError) as exc:  # e.g. no parameter common to all
                 raise Conflict(f"importance cannot be computed: {exc}") from exc
@@ -252,7 +256,7 @@ def _new_study(experiment: Experiment) -> _Study:
         study_name=f"experiment-{experiment.id}",
         sampler=search.make_sampler(experiment.spec),
         pruner=search.make_pruner(experiment.spec["pruner"]),
-        direction=StudyDirection[experiment.direction.upper()],
+        directions=_directions(experiment.spec),
     )
     return _Study(
         study=study,
@@ -338,15 +342,25 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
         _set_curve(s, trial_id, curve)
     state = FINAL_STATES[TrialState(trial.state)]
     values: list[float] | None = None
-    if out_of_memory:  # an infeasible point to move away from, not ignored
+    several = len(s.study.directions) > 1
+    if out_of_memory and not several:  # an infeasible point to move away from, not ignored
         s.storage.set_trial_system_attr(trial_id, OUT_OF_MEMORY, 1.0)
         state, values = OptunaState.COMPLETE, [trial.last_objective or 0.0]
+    elif out_of_memory:
+        state = OptunaState.FAIL
+    elif state == OptunaState.COMPLETE and several and trial.values is not None:
+        values = list(trial.values)
     elif state == OptunaState.COMPLETE and trial.value is not None:
         values = [trial.value]
     elif state == OptunaState.PRUNED and curve:
         values = [curve[max(curve)]]
     s.storage.set_trial_state_values(trial_id, state, values)
     s.finish_seq = max(s.finish_seq, trial.finish_seq or 0)
+
+
+def _directions(spec: dict[str, Any]) -> list[StudyDirection]:
+    objectives = spec.get("objectives") or [spec["objective"]]
+    return [StudyDirection[o["direction"].upper()] for o in objectives]
 
 
 def _number(trial: Trial) -> int:

@@ -149,7 +149,7 @@ class SamplerSpec(Strict):
 
 
 class PrunerSpec(Strict):
-    name: Name = "median"
+    name: Name
     options: dict[Key, Scalar] = Field(default_factory=dict, max_length=20)
     # The pruner the patient pruner wraps (it waits for `patience` epochs without progress).
     wrapped: WrappedPruner | None = None
@@ -180,11 +180,14 @@ class ExperimentCreate(Strict):
     ) = None
     model: Name
     dataset: DatasetSpec
-    objective: Objective
+    # One objective, or several (a multi-objective sweep: GET .../best is the Pareto front).
+    objective: Objective | None = None
+    objectives: list[Objective] | None = Field(None, min_length=1, max_length=4)
     search_space: dict[Key, ParamSpec] = Field(default_factory=dict, max_length=100)
     fixed: dict[Key, Scalar] = Field(default_factory=dict, max_length=100)
     sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec(seed=None))
-    pruner: PrunerSpec = Field(default_factory=lambda: PrunerSpec())
+    # Default: service.search.DEFAULT_PRUNER with one objective, none with several.
+    pruner: PrunerSpec | None = None
     budget: Budget
 
     @field_validator("dataset", mode="before")
@@ -263,7 +266,8 @@ class TrialRead(BaseModel):
     number: int | None  # None while an enqueued trial waits for its first start
     state: str
     params: dict[str, Any]
-    value: float | None
+    value: float | None  # the (first) objective's value
+    values: list[float] | None  # every objective's value, in spec order
     best_epoch: int | None
     last_epoch: int
     attempt: int
@@ -293,6 +297,9 @@ class TrialPage(BaseModel):
 class BestTrials(BaseModel):
     metric: str
     direction: str
+    objectives: list[dict[str, str]]
+    # With several objectives: the Pareto front (no trial in it is beaten on every objective).
+    pareto_front: bool
     trials: list[TrialRead]
 
 

@@ -7,6 +7,7 @@ which space before anything is stored. service.optimizer runs the studies.
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import itertools
 import math
@@ -183,6 +184,17 @@ _PRUNER_CLASSES: dict[str, Callable[..., optuna.pruners.BasePruner]] = {
     "threshold": optuna.pruners.ThresholdPruner,
     "wilcoxon": optuna.pruners.WilcoxonPruner,
 }
+# What a spec without a pruner gets (measured in benchmarks/pruning.py).
+DEFAULT_PRUNER: dict[str, Any] = {"name": "median", "options": {}}
+
+
+def default_pruner(n_objectives: int) -> dict[str, Any]:
+    """Pruning needs a single objective."""
+    if n_objectives > 1:
+        return {"name": "none", "options": {}, "wrapped": None}
+    return {"wrapped": None, **copy.deepcopy(DEFAULT_PRUNER)}
+
+
 REQUIRED_PRUNER_OPTIONS = {"percentile": ("percentile",), "patient": ("patience",)}
 
 
@@ -341,6 +353,23 @@ def unseen_configuration(
                 return params
     left = [c for c in configurations(search_space) if config_key(c) not in seen]
     return rng.choice(left) if left else None
+
+
+def pareto_front(points: list[list[float]], directions: list[str]) -> list[int]:
+    """Indices of the points no other point dominates (as good on every objective and
+    better on one), in input order. Exact duplicates are all kept."""
+    signs = [1.0 if d == "minimize" else -1.0 for d in directions]
+    costs = [[s * v for s, v in zip(signs, p, strict=True)] for p in points]
+    order = sorted(range(len(costs)), key=lambda i: costs[i])
+    front: list[int] = []
+    for i in order:  # lexicographic order: no later point dominates an earlier one
+        if not any(_dominates(costs[j], costs[i]) for j in front):
+            front.append(i)
+    return sorted(front)
+
+
+def _dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b, strict=True)) and a != b
 
 
 # --- validation ----------------------------------------------------------------------------

@@ -11,7 +11,14 @@ from typing import Any
 from models import catalog
 from service import optimizer, search
 from service.errors import InvalidSpec
-from service.schemas import CategoricalParam, Condition, ExperimentCreate, FloatParam, IntParam
+from service.schemas import (
+    CategoricalParam,
+    Condition,
+    ExperimentCreate,
+    FloatParam,
+    IntParam,
+    Objective,
+)
 
 
 def normalize(spec: ExperimentCreate) -> dict[str, Any]:
@@ -24,13 +31,7 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
             field="dataset.name",
         )
     _check_dataset_options(dataset, spec.dataset.options)
-    metrics = catalog.objective_metrics(dataset.task)
-    if spec.objective.metric not in metrics:
-        raise InvalidSpec(
-            f"dataset {dataset.name!r} ({dataset.task}) does not report "
-            f"{spec.objective.metric!r}; it reports {list(metrics)}",
-            field="objective.metric",
-        )
+    objectives = _objectives(spec, dataset)
     for name, param in spec.search_space.items():
         _check_param(model, name, param)
         if param.when is not None:
@@ -40,8 +41,39 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
             raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
         _check_value(model, name, value, f"fixed.{name}")
     normalized = spec.model_dump(mode="json")
-    optimizer.check_spec(normalized)
+    # Both spelled out: "objective" is the first, which picks the epoch and drives pruning.
+    normalized["objectives"] = [o.model_dump(mode="json") for o in objectives]
+    normalized["objective"] = normalized["objectives"][0]
+    if spec.pruner is None:
+        normalized["pruner"] = search.default_pruner(len(objectives))
+    optimizer.check_spec(normalized, len(objectives))
     return normalized
+
+
+def objectives(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    """A stored spec's objectives (specs stored before there could be several have one)."""
+    return list(spec.get("objectives") or [spec["objective"]])
+
+
+def _objectives(spec: ExperimentCreate, dataset: catalog.DatasetInfo) -> list[Objective]:
+    if spec.objective is not None and spec.objectives is not None:
+        raise InvalidSpec("give objective or objectives, not both", field="objectives")
+    if spec.objective is None and spec.objectives is None:
+        raise InvalidSpec("an objective is required", field="objective")
+    chosen = [spec.objective] if spec.objective is not None else spec.objectives or []
+    where = "objective" if spec.objective is not None else "objectives"
+    metrics = catalog.objective_metrics(dataset.task)
+    for i, objective in enumerate(chosen):
+        field = f"{where}.metric" if where == "objective" else f"objectives[{i}].metric"
+        if objective.metric not in metrics:
+            raise InvalidSpec(
+                f"dataset {dataset.name!r} ({dataset.task}) does not report "
+                f"{objective.metric!r}; it reports {list(metrics)}",
+                field=field,
+            )
+        if objective.metric in [o.metric for o in chosen[:i]]:
+            raise InvalidSpec(f"{objective.metric!r} is an objective twice", field=field)
+    return chosen
 
 
 def check_enqueued(spec: dict[str, Any], params: dict[str, Any]) -> None:

@@ -126,6 +126,8 @@ class Trial(Base):
     # rungs passed, a CMA-ES state), so a study rebuilt from SQL decides as the first did.
     system_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Every objective's value, in spec order (the first is `value`).
+    values: Mapped[list[float] | None] = mapped_column(JSON, nullable=True)
     best_epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # Epochs reported so far and the objective at the last one (a pruned trial's value).
     last_epoch: Mapped[int] = mapped_column(Integer, default=0)

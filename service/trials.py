@@ -114,12 +114,13 @@ def report(
     if body.epoch != trial.last_epoch + 1:
         raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
     experiment = experiments.get(session, trial.experiment_id)
-    objective = body.metrics.get(experiment.metric)
-    if objective is None:
-        raise InvalidSpec(
-            f"the report lacks the objective metric {experiment.metric!r}",
-            field=f"metrics.{experiment.metric}",
-        )
+    for wanted in specs.objectives(experiment.spec):
+        if wanted["metric"] not in body.metrics:
+            raise InvalidSpec(
+                f"the report lacks the objective metric {wanted['metric']!r}",
+                field=f"metrics.{wanted['metric']}",
+            )
+    objective = body.metrics[experiment.metric]
     session.add(
         TrialMetric(trial_id=trial.id, epoch=body.epoch, objective=objective, values=body.metrics)
     )
@@ -180,7 +181,17 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
             f"trial {trial_id}: epoch {body.epoch} was never reported "
             f"(last reported: {trial.last_epoch})"
         )
-    finish(session, trial, TrialState.COMPLETED, value=body.value, best_epoch=body.epoch)
+    wanted = specs.objectives(experiments.get(session, trial.experiment_id).spec)
+    if len(wanted) == 1:
+        finish(session, trial, TrialState.COMPLETED, value=body.value, best_epoch=body.epoch)
+        return trial
+    # Several objectives: each one's value at the epoch the first objective chose.
+    epoch = body.epoch or trial.last_epoch
+    metrics = session.get(TrialMetric, (trial.id, epoch))
+    if metrics is None:
+        raise Conflict(f"trial {trial_id} reported no epoch; its objectives have no values")
+    values = [float(metrics.values[o["metric"]]) for o in wanted]
+    finish(session, trial, TrialState.COMPLETED, value=values[0], values=values, best_epoch=epoch)
     return trial
 
 
@@ -240,6 +251,7 @@ def finish(
     state: TrialState,
     *,
     value: float | None = None,
+    values: list[float] | None = None,
     best_epoch: int | None = None,
     reason: str | None = None,
     message: str | None = None,
@@ -251,6 +263,7 @@ def finish(
     trial.finish_seq = experiment.finish_seq
     trial.finished_at = utcnow()
     trial.value = value
+    trial.values = values if values is not None else None if value is None else [value]
     trial.best_epoch = best_epoch
     trial.failure_reason = reason
     trial.failure_message = message
@@ -396,7 +409,30 @@ def page(
 
 
 def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
-    """The k completed trials with the best objective values, best first."""
+    """The k completed trials with the best objective values, best first; with several
+    objectives, the whole Pareto front (best first by the first objective)."""
+    wanted = specs.objectives(experiment.spec)
+    if len(wanted) > 1:
+        completed = session.scalars(
+            select(Trial).where(
+                Trial.experiment_id == experiment.id,
+                Trial.state == TrialState.COMPLETED,
+                Trial.values.is_not(None),
+            )
+        ).all()
+        directions = [o["direction"] for o in wanted]
+        front = search.pareto_front([t.values or [] for t in completed], directions)
+        ranked = sorted(
+            (completed[i] for i in front),
+            key=lambda t: (-(t.value or 0.0) if directions[0] == "maximize" else t.value, t.id),
+        )
+        return BestTrials(
+            metric=experiment.metric,
+            direction=experiment.direction,
+            objectives=[{"metric": o["metric"], "direction": o["direction"]} for o in wanted],
+            pareto_front=True,
+            trials=[read(t) for t in ranked],
+        )
     result = page(
         session,
         experiment=experiment,
@@ -406,7 +442,13 @@ def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
         limit=k,
         offset=0,
     )
-    return BestTrials(metric=experiment.metric, direction=experiment.direction, trials=result.items)
+    return BestTrials(
+        metric=experiment.metric,
+        direction=experiment.direction,
+        objectives=[{"metric": experiment.metric, "direction": experiment.direction}],
+        pareto_front=False,
+        trials=result.items,
+    )
 
 
 def weights(session: Session, trial: Trial) -> bytes:

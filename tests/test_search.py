@@ -543,3 +543,79 @@ def test_importance_finds_the_parameter_that_matters(client: TestClient, evaluat
     assert result["trials"] == 20 and set(result["importances"]) == {"lr", "hidden_units"}
     assert result["importances"]["lr"] > result["importances"]["hidden_units"]
     assert client.get(url, params={"evaluator": "shap"}).status_code == 422
+
+
+# --- several objectives --------------------------------------------------------------------
+
+TWO_OBJECTIVES = [
+    {"metric": "val_accuracy", "direction": "maximize"},
+    {"metric": "n_params", "direction": "minimize"},
+]
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    """a beats b: accuracy as high or higher and parameters as few or fewer, one strictly."""
+    return a[0] >= b[0] and a[1] <= b[1] and a != b
+
+
+@pytest.mark.parametrize("sampler", ["nsga2", "tpe"])
+def test_a_multi_objective_sweep_returns_the_pareto_front(client: TestClient, sampler: str) -> None:
+    options = {"population_size": 4} if sampler == "nsga2" else {"n_startup_trials": 3}
+    spec = small(
+        {
+            "hidden_units": {"type": "int", "low": 4, "high": 64, "log": True},
+            "lr": {"type": "float", "low": 1e-3, "high": 0.05, "log": True},
+        },
+        objective=None,
+        objectives=TWO_OBJECTIVES,
+        sampler={"name": sampler, "seed": 1, "options": options},
+        budget=budget(8, 1),
+    )
+    experiment_id = submit(client, spec)
+    assert train(client) == 8
+
+    trials = trials_of(client, experiment_id)
+    assert all(t["state"] == "completed" and len(t["values"]) == 2 for t in trials)
+    for t in trials:  # the values are the metrics of the epoch the first objective chose
+        detail = client.get(f"{API}/trials/{t['id']}").json()
+        [chosen] = [m for m in detail["metrics"] if m["epoch"] == t["best_epoch"]]
+        assert t["values"] == [chosen["values"]["val_accuracy"], chosen["values"]["n_params"]]
+        assert t["value"] == t["values"][0]
+    best = client.get(f"{API}/experiments/{experiment_id}/best").json()
+    assert best["pareto_front"] is True and best["objectives"] == TWO_OBJECTIVES
+    front = [t["values"] for t in best["trials"]]
+    assert front and all(not dominates(a, b) for a in front for b in front)
+    others = [t["values"] for t in trials if t["id"] not in {f["id"] for f in best["trials"]}]
+    assert all(any(dominates(f, o) for f in front) for o in others)
+    importance = client.get(f"{API}/experiments/{experiment_id}/importance")
+    assert importance.status_code == 200, importance.text  # of the first objective
+
+
+def test_multi_objective_specs_are_checked(client: TestClient) -> None:
+    cases = [
+        ({"sampler": {"name": "cmaes"}}, "sampler.name"),
+        ({"pruner": {"name": "median"}}, "pruner.name"),
+        ({"objectives": [TWO_OBJECTIVES[0], TWO_OBJECTIVES[0]]}, "objectives[1].metric"),
+        (
+            {"objectives": [TWO_OBJECTIVES[0], {"metric": "f1", "direction": "maximize"}]},
+            "objectives[1].metric",
+        ),
+        ({"objective": TWO_OBJECTIVES[0]}, "objectives"),
+    ]
+    for overrides, field in cases:
+        spec = small(NUMBERS, **{"objective": None, "objectives": TWO_OBJECTIVES, **overrides})
+        response = client.post(f"{API}/experiments", json=spec)
+        assert response.status_code == 422, response.text
+        assert response.json()["error"]["field"] == field, response.json()
+    neither = small(NUMBERS, objective=None)
+    assert client.post(f"{API}/experiments", json=neither).json()["error"]["field"] == "objective"
+    assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+def test_a_spec_without_a_pruner_gets_the_default_for_its_objectives(client: TestClient) -> None:
+    single = small(NUMBERS)
+    del single["pruner"]
+    several = {**single, "objective": None, "objectives": TWO_OBJECTIVES}
+    stored = [client.post(f"{API}/experiments", json=s).json()["spec"] for s in (single, several)]
+    assert stored[0]["pruner"]["name"] != "none"
+    assert stored[1]["pruner"]["name"] == "none"

@@ -1,4 +1,5 @@
-"""What the sampler and pruner noted about each trial; enqueued trials wait without a number
+"""What the sampler and pruner noted about each trial; enqueued trials wait without a number;
+every objective's value
 
 Revision ID: 0005
 Revises: 0004
@@ -25,6 +26,7 @@ def upgrade() -> None:
             sa.Column("system_attrs", sa.JSON(), server_default="{}", nullable=False)
         )
         batch_op.alter_column("number", existing_type=sa.Integer(), nullable=True)
+        batch_op.add_column(sa.Column("values", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
@@ -32,5 +34,6 @@ def downgrade() -> None:
     with op.batch_alter_table(
         "sweep_trials", schema=None, table_kwargs={"sqlite_autoincrement": True}
     ) as batch_op:
+        batch_op.drop_column("values")
         batch_op.alter_column("number", existing_type=sa.Integer(), nullable=False)
         batch_op.drop_column("system_attrs")
