@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
 import torch
+import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
@@ -619,3 +621,9 @@ def test_a_spec_without_a_pruner_gets_the_default_for_its_objectives(client: Tes
     stored = [client.post(f"{API}/experiments", json=s).json()["spec"] for s in (single, several)]
     assert stored[0]["pruner"]["name"] != "none"
     assert stored[1]["pruner"]["name"] == "none"
+
+
+def test_every_example_spec_is_accepted(client: TestClient) -> None:
+    for path in sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml")):
+        response = client.post(f"{API}/experiments", json=yaml.safe_load(path.read_text()))
+        assert response.status_code == 201, (path.name, response.text)
