@@ -147,6 +147,8 @@ class Optimizer:
             except _Stale:  # a trial was rewound by another process: start from SQL again
                 study = self._studies[experiment.id] = _new_study(experiment)
                 _catch_up(session, study, experiment.id)
+            for key, value in experiment.study_attrs.items():  # as the last ask left them
+                study.storage.set_study_system_attr(study.study_id, key, value)
             yield study
 
     def forget(self, experiment_id: int) -> None:
@@ -183,6 +185,9 @@ class Optimizer:
             s.trial_ids[number] = trial._trial_id
             s.trial_count += 1
             attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))
+            study_attrs = s.storage.get_study_system_attrs(s.study_id)
+            if study_attrs != experiment.study_attrs:  # the caller holds the experiment's lock
+                experiment.study_attrs = copy.deepcopy(study_attrs)
             if unique and search.config_key(params) in seen:
                 rng = random.Random(number if seed is None else seed + number)
                 space = s.spec["search_space"]

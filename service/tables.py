@@ -82,6 +82,9 @@ class Experiment(Base):
     deadline_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     # Why it ended, when not simply by finishing its budget.
     stop_reason: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # What the sampler keeps on the study (a QMC sequence position, NSGA-II's parents), so
+    # every API process and every rebuilt study continues from the same state.
+    study_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     best_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

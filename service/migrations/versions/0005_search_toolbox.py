@@ -1,5 +1,5 @@
-"""What the sampler and pruner noted about each trial; enqueued trials wait without a number;
-every objective's value
+"""What the sampler and pruner noted about each trial and study; enqueued trials wait without
+a number; every objective's value
 
 Revision ID: 0005
 Revises: 0004
@@ -18,6 +18,10 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("sweep_experiments", schema=None) as batch_op:
+        batch_op.add_column(
+            sa.Column("study_attrs", sa.JSON(), server_default="{}", nullable=False)
+        )
     # SQLite rebuilds the table for the nullable change: keep its ids never reused.
     with op.batch_alter_table(
         "sweep_trials", schema=None, table_kwargs={"sqlite_autoincrement": True}
@@ -37,3 +41,5 @@ def downgrade() -> None:
         batch_op.drop_column("values")
         batch_op.alter_column("number", existing_type=sa.Integer(), nullable=False)
         batch_op.drop_column("system_attrs")
+    with op.batch_alter_table("sweep_experiments", schema=None) as batch_op:
+        batch_op.drop_column("study_attrs")
