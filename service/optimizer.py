@@ -53,8 +53,8 @@ IMPORTANCE_EVALUATORS: dict[str, Callable[[], optuna.importance.BaseImportanceEv
     "mean_decrease_impurity": lambda: optuna.importance.MeanDecreaseImpurityImportanceEvaluator(
         seed=0
     ),
-    "ped_anova": optuna.importance.PedAnovaImportanceEvaluator,
-}
+    "ped_anova": lambda: optuna.importance.PedAnovaImportanceEvaluator(),
+}  # built on demand: optuna.importance loads scikit-learn
 # A violated constraint marks params that ran out of memory as infeasible: the system attr
 # Trial.set_constraint("memory", ...) writes, which constraint-aware samplers (TPE) read.
 OUT_OF_MEMORY = "constraints:memory"
