@@ -1,20 +1,30 @@
-"""Claim latency against history size, next to Optuna's own in-memory ask, in one run.
+"""Claim latency against history size, next to Optuna's own in-memory ask, in one run; and
+the memory the cached studies take, with and without a bound on how many are kept.
 
-    .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000] [--database-url URL]
+    .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000 5000] [--database-url URL]
+        [--memory-experiments 50 --memory-trials 1000 --memory-bound 10] [--skip-memory]
 
-For each history size it fills one experiment with that many finished trials through the real
-app, then times claims, and, for the same search space, TPE's ask on a plain in-memory Optuna
-study holding the same number of finished trials. It prints p50/p99 of both, the overhead
-(claim - ask), and the p50 of GET /healthz (one request with one database round trip: the
-floor any API call pays). By default the app runs in process on a SQLite file; --server URL
-times a running `sweep server` over real HTTP instead.
+Latency: for each history size, one experiment gets that many finished trials (written to SQL
+directly, as if a sweep had run), then claims are timed, each followed by an untimed
+completion. The first claims rebuild the study from SQL and are not timed. For the same search
+space, TPE's ask on a plain in-memory Optuna study holding the same finished trials is timed in
+the same run. It prints p50/p99 of both and the overhead (claim - ask), and the p50 of
+GET /healthz (one request with one database round trip: the floor any API call pays). The app
+runs in process on a SQLite file by default; --server URL times a running `sweep server` over
+real HTTP instead (latency only).
+
+Memory: in a fresh process per setting, an app caches the studies of N experiments of M
+finished trials each (one claim each), and the process's resident memory is read before and
+after: unbounded (SWEEP_MAX_CACHED_STUDIES above N) and bounded (--memory-bound).
 """
 
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import random
+import shutil
 import statistics
 import tempfile
 import time
@@ -22,9 +32,11 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx
 import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -33,7 +45,10 @@ with warnings.catch_warnings():
 from service import auth
 from service.app import create_app
 from service.config import Settings
+from service.db import Database
 from service.schemas import TokenCreate
+from service.states import TrialState
+from service.tables import Experiment, Trial
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},
@@ -42,7 +57,14 @@ SPACE = {
     "dropout": {"type": "float", "low": 0.0, "high": 0.5},
     "hidden_units": {"type": "int", "low": 32, "high": 256, "log": True},
 }
-TIMED = 50
+DISTRIBUTIONS = {
+    "lr": FloatDistribution(1e-4, 0.3, log=True),
+    "batch_size": CategoricalDistribution([16, 32, 64, 128]),
+    "optimizer": CategoricalDistribution(["sgd", "adam", "rmsprop"]),
+    "dropout": FloatDistribution(0.0, 0.5),
+    "hidden_units": IntDistribution(32, 256, log=True),
+}
+TIMED, WARM_UP = 50, 3
 
 
 def spec(n_trials: int) -> dict[str, object]:
@@ -56,6 +78,50 @@ def spec(n_trials: int) -> dict[str, object]:
         "pruner": {"name": "none"},
         "budget": {"n_trials": n_trials, "max_concurrent": 1},
     }
+
+
+def history(n: int, seed: int) -> list[tuple[dict[str, Any], float]]:
+    """n finished trials' params and values, the same for the service and for Optuna."""
+    rng = random.Random(seed)
+    return [
+        (
+            {
+                "lr": 10 ** rng.uniform(-4, -0.53),
+                "batch_size": rng.choice([16, 32, 64, 128]),
+                "optimizer": rng.choice(["sgd", "adam", "rmsprop"]),
+                "dropout": rng.uniform(0, 0.5),
+                "hidden_units": rng.randint(32, 256),
+            },
+            rng.random(),
+        )
+        for _ in range(n)
+    ]
+
+
+def fill(db: Database, experiment_id: int, trials: list[tuple[dict[str, Any], float]]) -> None:
+    """Write finished trials straight to SQL, numbered and sequenced as a sweep leaves them."""
+    with db.transaction() as session:
+        experiment = session.get(Experiment, experiment_id)
+        assert experiment is not None
+        for number, (params, value) in enumerate(trials):
+            session.add(
+                Trial(
+                    experiment_id=experiment_id,
+                    number=number,
+                    state=TrialState.COMPLETED,
+                    params=params,
+                    system_attrs={},
+                    value=value,
+                    values=[value],
+                    last_epoch=1,
+                    finish_seq=number + 1,
+                    attempt=1,
+                    retries=0,
+                    has_weights=False,
+                )
+            )
+        experiment.trial_count = experiment.finish_seq = len(trials)
+        experiment.n_trials = len(trials) + WARM_UP + TIMED
 
 
 def percentiles(samples: list[float]) -> tuple[float, float]:
@@ -72,14 +138,12 @@ def healthz_p50(client: httpx.Client) -> float:
     return statistics.median(timings) * 1e3
 
 
-def claim_latencies(client: httpx.Client, history: int) -> list[float]:
-    client.post("/api/v1/experiments", json=spec(history + TIMED))
-    worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
+def claim_latencies(client: httpx.Client, worker: int) -> list[float]:
     rng, timings = random.Random(0), []
-    for i in range(history + TIMED):
+    for i in range(WARM_UP + TIMED):
         started = time.perf_counter()
         response = client.post(f"/api/v1/workers/{worker}/claim", json={})
-        if i >= history:
+        if i >= WARM_UP:
             timings.append(time.perf_counter() - started)
         trial = response.raise_for_status().json()
         client.post(
@@ -90,31 +154,122 @@ def claim_latencies(client: httpx.Client, history: int) -> list[float]:
     return timings
 
 
-def ask_latencies(history: int) -> list[float]:
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+def ask_latencies(trials: list[tuple[dict[str, Any], float]]) -> list[float]:
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.TPESampler(seed=1))
+    study.add_trials(
+        optuna.trial.create_trial(params=params, distributions=DISTRIBUTIONS, value=value)
+        for params, value in trials
+    )
     rng, timings = random.Random(0), []
-
-    def suggest(trial: optuna.Trial) -> None:
-        trial.suggest_float("lr", 1e-4, 0.3, log=True)
-        trial.suggest_categorical("batch_size", [16, 32, 64, 128])
-        trial.suggest_categorical("optimizer", ["sgd", "adam", "rmsprop"])
-        trial.suggest_float("dropout", 0.0, 0.5)
-        trial.suggest_int("hidden_units", 32, 256, log=True)
-
-    for i in range(history + TIMED):
+    for i in range(WARM_UP + TIMED):
         started = time.perf_counter()
-        trial = study.ask()
-        suggest(trial)
-        if i >= history:
+        trial = study.ask(fixed_distributions=DISTRIBUTIONS)
+        if i >= WARM_UP:
             timings.append(time.perf_counter() - started)
         study.tell(trial, rng.random())
     return timings
 
 
+def latency(args: argparse.Namespace) -> None:
+    print(
+        f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
+        f"{'overhead p50':>13} {'p99':>8} {'healthz p50':>12}   (ms)",
+        flush=True,
+    )
+    for size in args.sizes:
+        trials = history(size, seed=size)
+        with tempfile.TemporaryDirectory() as tmp, connect(args, Path(tmp)) as (client, db):
+            experiment_id = client.post("/api/v1/experiments", json=spec(size)).json()["id"]
+            if db is None:  # a remote server: its history comes from real claims
+                raise SystemExit("--server needs the history filled through its database")
+            fill(db, experiment_id, trials)
+            worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
+            claim50, claim99 = percentiles(claim_latencies(client, worker))
+            floor = healthz_p50(client)
+        ask50, ask99 = percentiles(ask_latencies(trials))
+        print(
+            f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ask50:>9.2f} {ask99:>8.2f} "
+            f"{claim50 - ask50:>13.2f} {claim99 - ask99:>8.2f} {floor:>12.2f}",
+            flush=True,
+        )
+
+
+def resident_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def cache_memory(database_url: str, experiments: int, bound: int, out: Any) -> None:
+    """In a fresh process: claim once in each experiment and report the memory it took."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    settings = Settings(database_url=database_url, max_cached_studies=bound)
+    with TestClient(create_app(settings)) as client:
+        authorize(client)
+        worker = client.post("/api/v1/workers", json={"name": "mem"}).json()["id"]
+        before = resident_mib()
+        started = time.perf_counter()
+        for experiment_id in range(1, experiments + 1):
+            response = client.post(
+                f"/api/v1/workers/{worker}/claim", json={"experiment_id": experiment_id}
+            )
+            trial = response.raise_for_status().json()
+            client.post(
+                f"/api/v1/trials/{trial['trial_id']}/release",
+                headers={"X-Attempt-Token": trial["token"]},
+            ).raise_for_status()
+        seconds = time.perf_counter() - started
+        cached = client.app.state.optimizer.cached()  # type: ignore[attr-defined]
+        out.put((resident_mib() - before, cached, seconds))
+
+
+def memory(args: argparse.Namespace) -> None:
+    n, m = args.memory_experiments, args.memory_trials
+    print(f"\nMemory: {n} experiments x {m} finished trials, one claim each", flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        url = f"sqlite:///{Path(tmp) / 'memory.db'}"
+        with TestClient(create_app(Settings(database_url=url))) as client:
+            authorize(client)
+            db = client.app.state.db  # type: ignore[attr-defined]
+            for i in range(n):
+                experiment_id = client.post("/api/v1/experiments", json=spec(m)).json()["id"]
+                fill(db, experiment_id, history(m, seed=i))
+        print(f"{'cache bound':>12} {'studies held':>13} {'RSS growth MiB':>15} {'s':>6}")
+        context = multiprocessing.get_context("spawn")
+        for bound in (n * 2, args.memory_bound):
+            copy = Path(tmp) / f"memory-{bound}.db"  # each run starts from the same rows
+            shutil.copy(Path(tmp) / "memory.db", copy)
+            out = context.Queue()
+            child = context.Process(target=cache_memory, args=(f"sqlite:///{copy}", n, bound, out))
+            child.start()
+            grown, cached, seconds = out.get()
+            child.join()
+            print(f"{bound:>12} {cached:>13} {grown:>15.1f} {seconds:>6.1f}", flush=True)
+
+
+def authorize(client: TestClient) -> None:
+    with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+        secret, _ = auth.create(session, body=TokenCreate(role="admin"))
+    client.headers["Authorization"] = f"Bearer {secret}"
+
+
+@contextmanager
+def connect(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[httpx.Client, Database | None]]:
+    if args.server:
+        headers = {"Authorization": f"Bearer {args.token}"}
+        with httpx.Client(base_url=args.server, timeout=60, headers=headers) as client:
+            yield client, None
+        return
+    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
+    with TestClient(create_app(Settings(database_url=url))) as client:
+        authorize(client)
+        yield client, client.app.state.db  # type: ignore[attr-defined]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
     parser.add_argument("--database-url", default="", help="in-process app's database")
     parser.add_argument("--server", default="", help="time this running server instead")
     parser.add_argument(
@@ -122,35 +277,17 @@ def main() -> None:
         default=os.environ.get("SWEEP_TOKEN", ""),
         help="an admin token for --server (default: SWEEP_TOKEN)",
     )
+    parser.add_argument("--memory-experiments", type=int, default=50)
+    parser.add_argument("--memory-trials", type=int, default=1000)
+    parser.add_argument("--memory-bound", type=int, default=10)
+    parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--skip-latency", action="store_true")
     args = parser.parse_args()
-    print(
-        f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
-        f"{'overhead p50':>13} {'healthz p50':>12}   (ms)"
-    )
-    for size in args.sizes:
-        with tempfile.TemporaryDirectory() as tmp, connect(args, Path(tmp)) as client:
-            claim50, claim99 = percentiles(claim_latencies(client, size))
-            floor = healthz_p50(client)
-        ask50, ask99 = percentiles(ask_latencies(size))
-        print(
-            f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ask50:>9.2f} {ask99:>8.2f} "
-            f"{claim50 - ask50:>13.2f} {floor:>12.2f}"
-        )
-
-
-@contextmanager
-def connect(args: argparse.Namespace, tmp: Path) -> Iterator[httpx.Client]:
-    if args.server:
-        headers = {"Authorization": f"Bearer {args.token}"}
-        with httpx.Client(base_url=args.server, timeout=60, headers=headers) as client:
-            yield client
-        return
-    url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    with TestClient(create_app(Settings(database_url=url))) as client:
-        with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
-            secret, _ = auth.create(session, body=TokenCreate(role="admin"))
-        client.headers["Authorization"] = f"Bearer {secret}"
-        yield client
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if not args.skip_latency:
+        latency(args)
+    if not args.skip_memory:
+        memory(args)
 
 
 if __name__ == "__main__":

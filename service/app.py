@@ -37,7 +37,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         db = Database.connect(settings.resolved_database_url())
         db.migrate()
         app.state.db = db
-        app.state.optimizer = Optimizer()
+        app.state.optimizer = Optimizer(max_studies=settings.max_cached_studies)
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)

@@ -33,6 +33,9 @@ class Settings(BaseSettings):
     max_request_bytes: int = 256 * 1024
     # Submissions a token may make in a minute (per API process).
     max_submissions_per_minute: int = 60
+    # Experiments whose in-memory study an API process keeps; the least recently used beyond
+    # this are dropped and rebuilt from SQL when next needed.
+    max_cached_studies: int = 100
     # Largest weights file a worker may upload.
     max_weights_bytes: int = 512 * 1024 * 1024
 

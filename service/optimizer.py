@@ -19,6 +19,7 @@ import copy
 import math
 import random
 import threading
+from collections import OrderedDict
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -121,10 +122,12 @@ class _Study:
 
 
 class Optimizer:
-    """The per-process cache of studies. Thread-safe: one lock per experiment."""
+    """The per-process cache of studies, bounded: the least recently used beyond `max_studies`
+    are dropped (SQL has everything to rebuild them). Thread-safe: one lock per experiment."""
 
-    def __init__(self) -> None:
-        self._studies: dict[int, _Study] = {}
+    def __init__(self, max_studies: int = 100) -> None:
+        self.max_studies = max_studies
+        self._studies: OrderedDict[int, _Study] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
 
@@ -138,18 +141,36 @@ class Optimizer:
         with self._guard:
             lock = self._locks.setdefault(experiment.id, threading.Lock())
         with lock:
-            study = self._studies.get(experiment.id)
-            if study is None:
-                study = self._studies[experiment.id] = _new_study(experiment)
+            study = self._cached(experiment)
             on_rollback(session, lambda: self.forget(experiment.id))
             try:
                 _catch_up(session, study, experiment.id)
             except _Stale:  # a trial was rewound by another process: start from SQL again
-                study = self._studies[experiment.id] = _new_study(experiment)
+                self.forget(experiment.id)
+                study = self._cached(experiment)
                 _catch_up(session, study, experiment.id)
             for key, value in experiment.study_attrs.items():  # as the last ask left them
                 study.storage.set_study_system_attr(study.study_id, key, value)
             yield study
+
+    def _cached(self, experiment: Experiment) -> _Study:
+        """The experiment's study, built if need be, as the most recently used; the least
+        recently used beyond the bound are dropped."""
+        with self._guard:
+            study = self._studies.get(experiment.id)
+            if study is not None:
+                self._studies.move_to_end(experiment.id)
+                return study
+        study = _new_study(experiment)  # outside the guard: other experiments go on meanwhile
+        with self._guard:
+            self._studies[experiment.id] = study
+            while len(self._studies) > self.max_studies:
+                self._studies.popitem(last=False)
+        return study
+
+    def cached(self) -> int:
+        """How many studies this process holds."""
+        return len(self._studies)
 
     def forget(self, experiment_id: int) -> None:
         with self._guard:

@@ -109,3 +109,27 @@ def test_suggestions_survive_a_restart(settings: Settings, sampler: str) -> None
     assert status["counts"]["pruned"] >= 1  # pruned trials are part of the history too
     # A genetic algorithm passes values on from parents; the others suggest anew each time.
     assert len({p["lr"] for p in straight}) >= (10 if sampler == "nsga2" else 14)
+
+
+def test_studies_dropped_from_a_full_cache_rebuild_to_the_same_suggestions(
+    settings: Settings,
+) -> None:
+    def interleaved(client: TestClient) -> list[list[dict[str, Any]]]:
+        worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        ids = [client.post(f"{API}/experiments", json=SPEC).json()["id"] for _ in range(3)]
+        suggested: list[list[dict[str, Any]]] = [[] for _ in ids]
+        for experiment_id in ids:
+            client.post(f"{API}/experiments/{experiment_id}/pause")
+        for _ in range(4):  # a trial of each experiment in turn
+            for i, experiment_id in enumerate(ids):
+                client.post(f"{API}/experiments/{experiment_id}/resume")
+                suggested[i] += run(client, worker, 1)
+                client.post(f"{API}/experiments/{experiment_id}/pause")
+        return suggested
+
+    with app_on(settings) as client:
+        unbounded = interleaved(client)
+    bounded = settings.model_copy(update={"max_cached_studies": 1})
+    with app_on(bounded) as client:
+        assert interleaved(client) == unbounded
+        assert client.app.state.optimizer.cached() == 1  # type: ignore[attr-defined]
