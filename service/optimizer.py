@@ -19,8 +19,8 @@ import copy
 import math
 import random
 import threading
-from collections import OrderedDict
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
