@@ -6,6 +6,7 @@ The worker commands import torch lazily, so a server host runs `sweep server` wi
 from __future__ import annotations
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -118,8 +119,35 @@ def worker(
         float | None, typer.Option(help="exit after this many seconds without work")
     ] = None,
     threads: Annotated[int | None, typer.Option(help="torch CPU threads")] = None,
+    devices: Annotated[
+        str | None,
+        typer.Option(help="all, or a list like cuda:0,cuda:1: one process per trial slot"),
+    ] = None,
+    trials_per_device: Annotated[
+        int, typer.Option(min=1, help="trials at once on each of --devices")
+    ] = 1,
 ) -> None:
-    """Run a worker: claim trials from the server and train them."""
+    """Run a worker: claim trials from the server and train them. With --devices (or
+    --trials-per-device above 1), run a pool of worker processes on this host instead."""
+    if devices is not None or trials_per_device > 1:
+        from worker.pool import Pool, resolve_devices
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        passed = [] if max_trials is None else ["--max-trials", str(max_trials)]
+        if exit_when_idle is not None:
+            passed += ["--exit-when-idle", str(exit_when_idle)]
+        pool = Pool(
+            server,
+            devices=resolve_devices(devices or (device or "all")),
+            per_device=trials_per_device,
+            token=_Options.token,
+            threads=threads,
+            name=name,
+            worker_args=passed,
+        )
+        pool.install_signal_handlers()
+        pool.run()
+        return
     from worker.main import run_worker  # torch is needed here only, not on a server host
 
     run_worker(

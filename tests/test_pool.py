@@ -1,0 +1,75 @@
+"""Several trials per host: a pool of worker processes, one trial each, crashes kept apart."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from service.client import SweepClient
+from tests.factories import budget, make_spec
+from tests.processes import ServerProcess
+from tests.test_end_to_end import assert_metrics_intact, wait_for_end
+
+
+def children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in found.split()]
+
+
+@pytest.mark.timeout(300)
+def test_a_pool_runs_trials_side_by_side_and_outlives_a_crashed_process(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server = ServerProcess(
+        sqlite_url,
+        tmp_path / "logs",
+        env={"SWEEP_LEASE_SECONDS": "3", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
+    )
+    server.start()
+    request.addfinalizer(server.stop)
+    client = SweepClient(server.url, token=server.admin_token)
+    request.addfinalizer(client.close)
+    spec = make_spec(
+        fixed={"epochs": 6, "checkpoint_every": 2}, pruner={"name": "none"}, budget=budget(8, 2)
+    )
+    experiment_id = client.submit(spec)["id"]
+    log = (tmp_path / "pool.log").open("wb")
+    pool = subprocess.Popen(
+        [
+            sys.executable,
+            *("-m", "service.cli", "worker", "--server", server.url),
+            *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "3"),
+        ],
+        env={**os.environ, "SWEEP_TOKEN": server.worker_token},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while client.experiment(experiment_id)["counts"]["running"] < 2:
+            assert time.monotonic() < deadline, "the pool never ran two trials at once"
+            time.sleep(0.1)
+        first, _ = sorted(children(pool.pid))
+        os.kill(first, signal.SIGKILL)  # one trial's process dies; its neighbour goes on
+        experiment = wait_for_end(client, experiment_id, timeout=240)
+        pool.wait(timeout=60)
+    finally:
+        if pool.poll() is None:
+            pool.send_signal(signal.SIGTERM)
+            pool.wait(timeout=60)
+        log.close()
+
+    output = (tmp_path / "pool.log").read_text()
+    assert pool.returncode == 0, output[-3000:]
+    assert "exited with -9; starting it again" in output
+    assert experiment["state"] == "completed" and experiment["counts"]["completed"] == 8
+    details = assert_metrics_intact(client, experiment_id)
+    assert max(t["attempt"] for t in details) == 2  # the killed trial ran again, once
+    names = sorted(w["name"].rsplit("-", 2)[-2:] for w in client.workers())
+    assert names == [["cpu", "0"], ["cpu", "0"], ["cpu", "1"]]  # two slots, one started again
