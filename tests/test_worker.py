@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import random
+import threading
+import time
 from typing import Any
 
 import httpx
@@ -10,10 +13,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
+from models import catalog
+from models.datasets import load_dataset
 from tests.factories import budget, make_spec
 from worker.client import ServiceClient, TrialGone
 from worker.loop import Worker, WorkerOptions
+from worker.outbox import Outbox
 from worker.retry import RetryPolicy
+from worker.train import Pruned, TrialConfig, to_device, train_trial
 
 API = "/api/v1"
 QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
@@ -152,3 +159,65 @@ def test_a_trial_whose_experiment_was_deleted_does_not_stop_the_worker(
         client.delete(f"{API}/experiments/{experiment_id}")
         worker.run_trial(assignment)  # reports (or the failure) now get 404: no exception
         assert client.get(f"{API}/trials/{assignment['trial_id']}").status_code == 404
+
+
+def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_goes() -> None:
+    first_answer = threading.Event()
+    sent: list[str] = []
+
+    def slow_at_first(request: httpx.Request) -> httpx.Response:
+        if not sent:
+            first_answer.wait(10)
+        sent.append(request.url.path.rsplit("/", 1)[1] + str(request.url.params.get("epoch", "")))
+        if request.url.path.endswith("/reports"):
+            epoch = json.loads(request.content)["epoch"]
+            return httpx.Response(200, json={"action": "prune" if epoch == 4 else "continue"})
+        return httpx.Response(200)
+
+    http = httpx.Client(transport=httpx.MockTransport(slow_at_first), base_url="http://sweep")
+    with Outbox(ServiceClient("", http=http), 7, "token") as outbox:
+        started = time.monotonic()
+        for epoch in (1, 2, 3):
+            outbox.report(epoch, {"val_accuracy": 0.5})
+            outbox.checkpoint(epoch, b"state")
+        assert time.monotonic() - started < 1 and sent == []  # nothing answered yet
+        first_answer.set()
+        outbox.drain()
+        # Checkpoints 1 and 2 were still waiting when a newer one came: the service keeps
+        # only the newest, so they are not sent.
+        assert sent == ["reports", "reports", "reports", "checkpoint3"]
+        outbox.report(4, {"val_accuracy": 0.1})
+        outbox.checkpoint(4, b"state")
+        outbox.drain()
+    assert outbox.verdict == ("prune", "prune")
+    assert sent[4:] == ["reports"]  # nothing after the answer that ended the trial
+
+
+def test_an_answer_that_ends_the_trial_stops_training_at_the_next_batch() -> None:
+    data = to_device(load_dataset("digits"), torch.device("cpu"))  # 1437 samples: 23 batches
+    hparams = catalog.resolve_hyperparameters("mlp", {"batch_size": 64, "epochs": 5})
+    config = TrialConfig("mlp", {}, hparams, "val_accuracy", "maximize", "best", 0)
+    batches, reported = [], []
+
+    def check() -> None:
+        batches.append(1)
+        if len(batches) == 30:  # the answer to epoch 1's report came during epoch 2
+            raise Pruned("pruned")
+
+    with pytest.raises(Pruned):
+        train_trial(config, data, torch.device("cpu"), lambda e, m: reported.append(e), check=check)
+    assert reported == [1] and len(batches) == 30
+
+
+def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -> None:
+    pruner = {"name": "threshold", "options": {"lower": 2.0}}  # val_accuracy is always lower
+    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1}, pruner=pruner)
+    paths: list[str] = []
+    client.event_hooks["request"].append(lambda request: paths.append(request.url.path))
+    options = WorkerOptions(
+        name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5
+    )
+    assert Worker(ServiceClient("", http=client), options).run() == 1
+    [trial] = trials_of(client, experiment_id)
+    assert (trial["state"], trial["last_epoch"], trial["has_weights"]) == ("pruned", 1, False)
+    assert not [p for p in paths if p.endswith(("/weights", "/complete"))]

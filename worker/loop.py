@@ -136,12 +136,19 @@ class Worker:
         except Interrupted:  # shutting down: checkpointed; the trial goes back to the queue
             return (self.client.release,)
         except Diverged as exc:
-            return (self.client.fail, "diverged", str(exc))
+            ending: Ending = (self.client.fail, "diverged", str(exc))
         except Exception as exc:
             log.exception("trial %d failed", trial_id)
             message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
-            return (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
-        return (self._finish, result)
+            ending = (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
+        else:
+            ending = (self._finish, result)
+        # Training did not wait for the answers to the last reports: one may end the trial.
+        outbox.drain()
+        if outbox.verdict is not None:
+            log.info("trial %d stopped: %s", trial_id, outbox.verdict[1])
+            return None
+        return ending
 
     def _tell(self, call: Callable[..., None], trial_id: int, token: str, *args: Any) -> None:
         """Report a trial's end; if the service refuses or stays away, log it and go on."""
@@ -169,18 +176,29 @@ class Worker:
         if assignment["resume_epoch"] > 0:
             resume = self.client.download_checkpoint(trial_id, token)
 
-        def report(epoch: int, metrics: dict[str, float]) -> None:
-            outbox.report(epoch, metrics)
+        def check() -> None:
+            """End the trial once the service said so: in answer to a report (which may come
+            while the next epoch trains) or to a heartbeat."""
             if outbox.verdict is not None:
                 action, why = outbox.verdict
                 raise Pruned(why) if action == "prune" else Stopped(why)
             if beat.stop_reason:
                 raise Stopped(beat.stop_reason)
 
+        def report(epoch: int, metrics: dict[str, float]) -> None:
+            outbox.report(epoch, metrics)
+            check()
+
         every = int(assignment["config"]["checkpoint_every"])
         checkpoints = _Checkpoints(every, outbox, self.stop)
         return train_trial(
-            config, data, self.options.device, report, checkpoints=checkpoints, resume=resume
+            config,
+            data,
+            self.options.device,
+            report,
+            checkpoints=checkpoints,
+            resume=resume,
+            check=check,
         )
 
     def _finish(self, trial_id: int, token: str, result: TrialResult) -> None:

@@ -1,10 +1,12 @@
 """Delivers an attempt's reports and checkpoints in order, from a background thread.
 
-Training never waits on the network for long: each report waits a moment for its answer (so
-pruning stays prompt when the service is up) and otherwise training goes on while the
-outbox keeps retrying. When the service comes back, everything is delivered in the order it
-was produced, so the trial's curve has neither gaps nor duplicates (the service records a
-repeated report once).
+Training never waits on the network: a report is queued and the next epoch starts at once.
+The first answer that ends the trial (prune, stop) is kept in `verdict`, which the trainer
+checks before every batch, so pruning stays prompt without a round trip per epoch. While the
+service is away the outbox keeps retrying; when it comes back, everything is delivered in the
+order it was produced, so the trial's curve has neither gaps nor duplicates (the service
+records a repeated report once). A checkpoint still queued when a newer one arrives is not
+sent: the service keeps only the newest.
 """
 
 from __future__ import annotations
@@ -19,7 +21,6 @@ from typing import Any
 from worker.client import ServiceClient, TrialGone
 
 log = logging.getLogger("sweep.worker")
-ANSWER_WAIT = 2.0  # seconds a report waits for its answer before training goes on
 
 
 class Outbox:
@@ -27,6 +28,7 @@ class Outbox:
         self.client, self.trial_id, self.token = client, trial_id, token
         # The first answer that ends the trial: ("prune" | "stop", reason).
         self.verdict: tuple[str, str] | None = None
+        self._newest_checkpoint = 0  # epoch of the last checkpoint queued
         self._items: queue.Queue[tuple[Callable[[], Any], threading.Event] | None] = queue.Queue()
         self._thread = threading.Thread(
             target=self._deliver, name=f"outbox-{trial_id}", daemon=True
@@ -47,13 +49,14 @@ class Outbox:
         self._thread.join()
 
     def report(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Queue an epoch's report and wait briefly for its answer (see `verdict`)."""
-        done = self._send(lambda: self._report(epoch, metrics))
-        done.wait(ANSWER_WAIT)
+        """Queue an epoch's report; its answer lands in `verdict` if it ends the trial."""
+        self._send(lambda: self._report(epoch, metrics))
 
     def checkpoint(self, epoch: int, data: bytes) -> None:
-        """Queue a checkpoint; it is delivered after the reports queued before it."""
-        self._send(lambda: self.client.upload_checkpoint(self.trial_id, self.token, epoch, data))
+        """Queue a checkpoint; it is delivered after the reports queued before it, unless a
+        newer one is queued before its turn comes."""
+        self._newest_checkpoint = epoch
+        self._send(lambda: self._checkpoint(epoch, data))
 
     def drain(self) -> None:
         """Wait until everything queued was delivered (or the trial ended on the service)."""
@@ -68,6 +71,10 @@ class Outbox:
         answer = self.client.report(self.trial_id, self.token, epoch, metrics)
         if answer["action"] != "continue":
             self.verdict = (answer["action"], answer.get("reason") or answer["action"])
+
+    def _checkpoint(self, epoch: int, data: bytes) -> None:
+        if epoch == self._newest_checkpoint:  # else the service would replace it soon anyway
+            self.client.upload_checkpoint(self.trial_id, self.token, epoch, data)
 
     def _deliver(self) -> None:
         while (item := self._items.get()) is not None:

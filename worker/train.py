@@ -3,7 +3,8 @@
 The worker loop loads a dataset once (`to_device`) and calls `train_trial` for each trial it
 claims. After every epoch `train_trial` hands the metrics to `report`, which talks to the
 service and raises `Pruned` or `Stopped` when the trial should end early, the way an Optuna
-objective raises `optuna.TrialPruned()`.
+objective raises `optuna.TrialPruned()`. The service's answer to a report may come while the
+next epoch trains; `check`, called before every batch, raises as soon as it does.
 """
 
 from __future__ import annotations
@@ -91,6 +92,12 @@ class TrialResult:
 
 # (epoch from 1, metrics) -> None; may raise Pruned or Stopped
 Report = Callable[[int, dict[str, float]], None]
+# () -> None, before every batch; may raise Pruned or Stopped
+Check = Callable[[], None]
+
+
+def _go_on() -> None:
+    """The Check of a trial that only its reports can end."""
 
 
 class Checkpoints(Protocol):
@@ -161,6 +168,7 @@ def train_trial(
     *,
     checkpoints: Checkpoints | None = None,
     resume: bytes | None = None,
+    check: Check = _go_on,
 ) -> TrialResult:
     """Train one trial, reporting each epoch, and return the kept epoch's result.
 
@@ -170,7 +178,7 @@ def train_trial(
 
     Raises:
         Diverged: a training or validation loss was not finite.
-        Pruned, Stopped: raised by `report`; they propagate unchanged.
+        Pruned, Stopped: raised by `report` or `check`; they propagate unchanged.
         ValueError: the objective metric is not one the dataset's task reports.
     """
     hp = config.hparams
@@ -188,7 +196,7 @@ def train_trial(
     done, train_seconds = state.restore(resume, device) if resume is not None else (0, 0.0)
     epochs = int(hp["epochs"])
     for epoch in range(done + 1, epochs + 1):
-        metrics = _run_epoch(model, data, optimizer, loss_fn, hp, generator, epoch)
+        metrics = _run_epoch(model, data, optimizer, loss_fn, hp, generator, epoch, check)
         if scheduler is not None:
             scheduler.step()
         train_seconds += metrics["epoch_seconds"]
@@ -220,12 +228,13 @@ def _run_epoch(
     hp: dict[str, Any],
     generator: torch.Generator,
     epoch: int,
+    check: Check,
 ) -> dict[str, float]:
     """One pass over the training split, then evaluation: the epoch's own metrics (the
     caller adds those that span epochs). epoch_seconds times the training pass alone."""
     lr = float(optimizer.param_groups[0]["lr"])
     started = time.perf_counter()
-    train_loss = _train_one_epoch(model, data, optimizer, loss_fn, hp, generator)
+    train_loss = _train_one_epoch(model, data, optimizer, loss_fn, hp, generator, check)
     if not math.isfinite(train_loss):
         raise Diverged(f"non-finite loss at epoch {epoch}")
     seconds = time.perf_counter() - started  # train_loss was read back, so the device is done
@@ -244,6 +253,7 @@ def _train_one_epoch(
     loss_fn: nn.Module,
     hp: dict[str, Any],
     generator: torch.Generator,
+    check: Check,
 ) -> float:
     """Mean training loss over the epoch's batches (non-finite if any batch's loss was)."""
     model.train()
@@ -254,6 +264,7 @@ def _train_one_epoch(
     total = torch.zeros((), device=data.X_train.device)
     bounds = _batch_bounds(n, int(hp["batch_size"]))
     for start, end in bounds:
+        check()  # the service may have ended the trial since the last report was sent
         idx = order[start:end]
         loss = loss_fn(model(data.X_train[idx]), data.y_train[idx])
         # Summed on the device: no sync per batch. A non-finite batch loss makes the sum
