@@ -48,6 +48,7 @@ from models.registry import build_model
 from worker.train import DeviceData, TrialConfig, to_device
 
 CPU = torch.device("cpu")
+DEVICE = CPU  # --device; the DataLoader loop moves each batch there, as such loops do
 SEED = 0
 
 
@@ -92,6 +93,7 @@ class Loop:
         torch.manual_seed(SEED)
         hparams = catalog.resolve_hyperparameters(case.model, {})
         model = build_model(case.model, case.data.input_shape, case.data.n_outputs, hparams)
+        model.to(DEVICE)
         return cls(model, torch.optim.Adam(model.parameters(), lr=1e-3))
 
     def step(self, X: torch.Tensor, y: torch.Tensor) -> None:
@@ -103,7 +105,7 @@ class Loop:
 
 def hand_epoch(loop: Loop, X: torch.Tensor, y: torch.Tensor, batch_size: int) -> None:
     loop.model.train()
-    order = torch.randperm(len(X))
+    order = torch.randperm(len(X), device=X.device)
     for start in range(0, len(X), batch_size):
         idx = order[start : start + batch_size]
         loop.step(X[idx], y[idx])
@@ -112,12 +114,14 @@ def hand_epoch(loop: Loop, X: torch.Tensor, y: torch.Tensor, batch_size: int) ->
 def dataloader_epoch(loop: Loop, loader: DataLoader[Any]) -> None:
     loop.model.train()
     for xb, yb in loader:
-        loop.step(xb, yb)
+        loop.step(xb.to(DEVICE, non_blocking=True), yb.to(DEVICE, non_blocking=True))
 
 
 def timed(function: Callable[[], Any]) -> float:
     started = time.perf_counter()
     function()
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
     return time.perf_counter() - started
 
 
@@ -168,7 +172,8 @@ def run_trial(clock: Clock, case: Case, batch_size: int, epochs: int, t: Timings
     config = TrialConfig(case.model, spec, hparams, "val_accuracy", "maximize", "best", 0)
     X, y = case.data.X_train, case.data.y_train
     hand, other = Loop.fresh(case), Loop.fresh(case)
-    loader = DataLoader(TensorDataset(X, y), batch_size=batch_size, shuffle=True)
+    host = TensorDataset(X.cpu(), y.cpu())
+    loader = DataLoader(host, batch_size=batch_size, shuffle=True, pin_memory=DEVICE.type == "cuda")
     epoch_seconds: dict[str, list[float]] = {"worker": [], "hand": [], "dataloader": []}
     left_callback = [0.0]
 
@@ -184,7 +189,7 @@ def run_trial(clock: Clock, case: Case, batch_size: int, epochs: int, t: Timings
 
     clock.calls = {}
     left_callback[0] = time.perf_counter()
-    train.train_trial(config, case.data, CPU, report, check=worker_check)
+    train.train_trial(config, case.data, DEVICE, report, check=worker_check)
     # The first epoch of each builds, allocates and warms up: not counted.
     for name, seconds in epoch_seconds.items():
         t.add(name, seconds[1:])
@@ -240,13 +245,14 @@ def row(threads: int, case: Case, batch_size: int, t: Timings) -> str:
 def load_case(name: str, synthetic_samples: int) -> Case:
     model, dataset = name.split("/")
     options = {"n_samples": synthetic_samples} if dataset == "synthetic" else {}
-    data = to_device(load_dataset(dataset, options), CPU)
+    data = to_device(load_dataset(dataset, options), DEVICE)
     return Case(model, dataset, options, data)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 256])
     parser.add_argument(
         "--cases", nargs="+", default=["mlp/digits", "cnn/digits_image", "mlp/synthetic"]
@@ -257,6 +263,8 @@ def main() -> None:
     )
     parser.add_argument("--synthetic-samples", type=int, default=100_000)
     args = parser.parse_args()
+    global DEVICE
+    DEVICE = torch.device(args.device)
     clock = Clock()
     cases = [load_case(name, args.synthetic_samples) for name in args.cases]
     print(
