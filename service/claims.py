@@ -265,8 +265,15 @@ def _claimable(experiment_id: int | None, project: str | None) -> Select[Experim
 def _lock_claimable(
     session: Session, experiment_id: int | None, project: str | None
 ) -> Experiment | None:
-    query = _claimable(experiment_id, project).with_for_update(skip_locked=True, of=Experiment)
-    experiment = session.scalars(query.execution_options(populate_existing=True)).one_or_none()
+    """The claimable experiment, its row locked. One no other claim holds is taken at once;
+    when every one with work is held (claims racing for the same experiment), the claim
+    queues for the first rather than going away empty-handed."""
+    query = _claimable(experiment_id, project).execution_options(populate_existing=True)
+    free = query.with_for_update(skip_locked=True, key_share=True, of=Experiment)
+    experiment = session.scalars(free).one_or_none()
+    if experiment is None and session.scalars(_claimable(experiment_id, project)).first():
+        queued = query.with_for_update(key_share=True, of=Experiment)
+        experiment = session.scalars(queued).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
     if experiment is None or trials.running(session, experiment.id) >= experiment.max_concurrent:
         return None

@@ -96,11 +96,16 @@ def get(session: Session, experiment_id: int) -> Experiment:
 
 
 def lock(session: Session, experiment_id: int) -> Experiment:
-    """The experiment with its row locked until the transaction ends (waits for the lock)."""
+    """The experiment with its row locked until the transaction ends (waits for the lock).
+
+    FOR NO KEY UPDATE: it does not conflict with the key-share locks that inserting or
+    updating a trial takes on its experiment (the foreign key), so a transaction that touched
+    a trial and then locks its experiment never deadlocks with another doing the same.
+    """
     experiment = session.scalars(
         select(Experiment)
         .where(Experiment.id == experiment_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if experiment is None:
@@ -114,7 +119,7 @@ def lock_all(session: Session, experiment_ids: set[int]) -> Sequence[Experiment]
         select(Experiment)
         .where(Experiment.id.in_(experiment_ids))
         .order_by(Experiment.id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).all()
 
@@ -201,6 +206,8 @@ def remove(session: Session, experiment_id: int, on_deleted: Callable[[], None])
         .order_by(Trial.id)
         .with_for_update()
     )
-    lock(session, experiment_id)
+    session.execute(
+        select(Experiment.id).where(Experiment.id == experiment_id).with_for_update()
+    )  # a plain FOR UPDATE: deleting the row changes its key
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
     after_commit(session, on_deleted)

@@ -56,7 +56,7 @@ def _lock(session: Session, trial_id: int) -> Trial:
     trial = session.scalars(
         select(Trial)
         .where(Trial.id == trial_id)
-        .with_for_update()
+        .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if trial is None:
