@@ -126,6 +126,9 @@ def worker(
     trials_per_device: Annotated[
         int, typer.Option(min=1, help="trials at once on each of --devices")
     ] = 1,
+    exit_on_oom: Annotated[
+        bool, typer.Option(hidden=True, help="exit 3 after a trial ran out of memory (pools)")
+    ] = False,
 ) -> None:
     """Run a worker: claim trials from the server and train them. With --devices (or
     --trials-per-device above 1), run a pool of worker processes on this host instead."""
@@ -150,7 +153,7 @@ def worker(
         return
     from worker.main import run_worker  # torch is needed here only, not on a server host
 
-    run_worker(
+    ran = run_worker(
         server,
         token=_Options.token,
         device=device,
@@ -158,7 +161,12 @@ def worker(
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
         threads=threads,
+        exit_on_oom=exit_on_oom,
     )
+    if exit_on_oom and ran.ran_out_of_memory:
+        from worker.pool import EXIT_OUT_OF_MEMORY
+
+        raise typer.Exit(EXIT_OUT_OF_MEMORY)
 
 
 @app.command()

@@ -69,6 +69,20 @@ class SweepClient:
             self._request("GET", f"/experiments/{experiment_id}/best", params={"k": k}).json()
         )
 
+    def enqueue(self, experiment_id: int, params: dict[str, Any]) -> dict[str, Any]:
+        """Queue a trial with these params (all searched ones, or some)."""
+        path = f"/experiments/{experiment_id}/trials"
+        return dict(self._request("POST", path, json={"params": params}).json())
+
+    def change_budget(self, experiment_id: int, **budget: int) -> dict[str, Any]:
+        """n_trials and/or max_concurrent, effective at the next claim."""
+        body = {"budget": budget}
+        return dict(self._request("PATCH", f"/experiments/{experiment_id}", json=body).json())
+
+    def importance(self, experiment_id: int, evaluator: str = "fanova") -> dict[str, Any]:
+        path = f"/experiments/{experiment_id}/importance"
+        return dict(self._request("GET", path, params={"evaluator": evaluator}).json())
+
     def trial(self, trial_id: int) -> dict[str, Any]:
         return dict(self._request("GET", f"/trials/{trial_id}").json())
 

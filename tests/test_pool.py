@@ -73,3 +73,54 @@ def test_a_pool_runs_trials_side_by_side_and_outlives_a_crashed_process(
     assert max(t["attempt"] for t in details) == 2  # the killed trial ran again, once
     names = sorted(w["name"].rsplit("-", 2)[-2:] for w in client.workers())
     assert names == [["cpu", "0"], ["cpu", "0"], ["cpu", "1"]]  # two slots, one started again
+
+
+@pytest.mark.timeout(300)
+def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server = ServerProcess(sqlite_url, tmp_path / "logs")
+    server.start()
+    request.addfinalizer(server.stop)
+    client = SweepClient(server.url, token=server.admin_token)
+    request.addfinalizer(client.close)
+    spec = make_spec(
+        search_space={
+            "hidden_units": {"type": "categorical", "choices": [32, 8192]},
+            "hidden_layers": {"type": "int", "low": 1, "high": 16},
+            "lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True},
+        },
+        fixed={"epochs": 2},
+        pruner={"name": "none"},
+        budget=budget(4, 2),
+    )
+    experiment_id = client.submit(spec)["id"]
+    # 16 layers of 8192 units want 4 GiB of weights: more than the pool's 3 GiB address space.
+    configs = [(8192, 16, 0.01), (32, 1, 0.01), (32, 1, 0.02), (32, 1, 0.03)]
+    for units, layers, lr in configs:
+        params = {"hidden_units": units, "hidden_layers": layers, "lr": lr}
+        client.enqueue(experiment_id, params)
+    log = tmp_path / "pool.log"
+    with log.open("wb") as out:
+        pool = subprocess.run(
+            [
+                *("prlimit", f"--as={3 * 2**30}", sys.executable),
+                *("-m", "service.cli", "worker", "--server", server.url),
+                *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "3"),
+            ],
+            env={**os.environ, "SWEEP_TOKEN": server.worker_token},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            timeout=240,
+        )
+    output = log.read_text()
+    assert pool.returncode == 0, output[-3000:]
+    assert "ran out of memory: 1 trials at once on cpu from now on" in output, output[-3000:]
+    trials = client.trials(experiment_id)["items"]
+    assert [(t["params"]["hidden_units"], t["state"], t["failure_reason"]) for t in trials] == [
+        (8192, "failed", "oom"),
+        (32, "completed", None),
+        (32, "completed", None),
+        (32, "completed", None),
+    ]
+    assert client.experiment(experiment_id)["state"] == "completed"

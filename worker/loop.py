@@ -11,7 +11,8 @@ import threading
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,6 +53,10 @@ class WorkerOptions:
     wait_seconds: float = 5.0
     max_trials: int | None = None  # exit after this many trials
     exit_when_idle: float | None = None  # exit after this many seconds without work
+    # In a pool: exit after a trial ran out of memory, so the pool runs one trial fewer here.
+    exit_on_oom: bool = False
+    # On a GPU, claim only when free memory holds this times the largest peak seen so far.
+    memory_headroom: float = 1.25
 
 
 class Worker:
@@ -61,6 +66,8 @@ class Worker:
         self.stop = client.stop  # set by SIGTERM; also cuts the client's retry waits short
         self._data: OrderedDict[str, DeviceData] = OrderedDict()
         self.trials_run = 0
+        self.peak_bytes = 0  # the most device memory one of its trials took (CUDA)
+        self.ran_out_of_memory = False
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current epoch (busy) or the current claim (idle).
@@ -80,6 +87,10 @@ class Worker:
         )
         idle_since = time.monotonic()
         while not self.stop.is_set() and not self._enough_trials():
+            if self.ran_out_of_memory and self.options.exit_on_oom:
+                log.warning("a trial ran out of memory: leaving the device to the others")
+                break
+            self._wait_for_memory()
             assignment = self._claim(worker_id)
             if assignment is None:
                 if self._idle_too_long(idle_since):
@@ -91,6 +102,33 @@ class Worker:
             self.run_trial(assignment)
             idle_since = time.monotonic()
         return self.trials_run
+
+    def _wait_for_memory(self) -> None:
+        """On a GPU shared with other trials, wait until it has room for another trial the
+        size of the largest this worker has run."""
+        device = self.options.device
+        if device.type != "cuda" or not self.peak_bytes:
+            return
+        needed = self.peak_bytes * self.options.memory_headroom
+        while not self.stop.is_set():
+            free, _ = torch.cuda.mem_get_info(device)
+            if free >= needed:
+                return
+            log.info(
+                "waiting for %.0f MiB free on %s (%.0f now)", needed / 2**20, device, free / 2**20
+            )
+            self.stop.wait(1.0)
+
+    @contextmanager
+    def _measuring_memory(self) -> Iterator[None]:
+        """Keep the peak device memory of a trial that trained to its end (CUDA)."""
+        device = self.options.device
+        if device.type != "cuda":
+            yield
+            return
+        torch.cuda.reset_peak_memory_stats(device)
+        yield
+        self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device))
 
     def _claim(self, worker_id: int) -> dict[str, Any] | None:
         """The next trial, or None; a server error is logged and waited out, not fatal."""
@@ -129,7 +167,8 @@ class Worker:
         """Train, and say which call ends the trial on the service (None: it already ended)."""
         trial_id = assignment["trial_id"]
         try:
-            result = self._train(assignment, beat, outbox)
+            with self._measuring_memory():
+                result = self._train(assignment, beat, outbox)
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
             return None
@@ -140,6 +179,7 @@ class Worker:
         except Exception as exc:
             log.exception("trial %d failed", trial_id)
             message = f"{type(exc).__name__}: {exc}\n{traceback.format_exc(limit=5)}"
+            self.ran_out_of_memory = self.ran_out_of_memory or _out_of_memory(exc)
             ending = (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
         else:
             ending = (self._finish, result)

@@ -21,8 +21,9 @@ def run_worker(
     max_trials: int | None = None,
     exit_when_idle: float | None = None,
     threads: int | None = None,
-) -> int:
-    """Run trials from `server` until SIGTERM; returns how many trials ran."""
+    exit_on_oom: bool = False,
+) -> Worker:
+    """Run trials from `server` until SIGTERM; returns the worker, with what it did."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
     if threads:
@@ -32,7 +33,9 @@ def run_worker(
         device=pick_device(device),
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
+        exit_on_oom=exit_on_oom,
     )
     runner = Worker(ServiceClient(server, token=token), options)
     runner.install_signal_handlers()
-    return runner.run()
+    runner.run()
+    return runner

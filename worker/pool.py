@@ -3,6 +3,10 @@ in its own process, so a crash or an out-of-memory error takes down one trial, n
 neighbours. A process that dies is started again (with backoff); one that exits cleanly (idle,
 or its trial limit reached) is done. SIGTERM or SIGINT is passed on to every process, which
 checkpoints and gives its trial back, and the pool exits when they have.
+
+Packing follows memory: on a GPU each process claims only when the device has room for the
+largest trial it has run, and a process whose trial ran out of memory exits with
+EXIT_OUT_OF_MEMORY, after which the pool runs one process fewer on that device (never none).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from types import FrameType
 log = logging.getLogger("sweep.pool")
 
 MAX_BACKOFF = 30.0
+EXIT_OUT_OF_MEMORY = 3
 
 
 def resolve_devices(devices: str) -> list[str]:
@@ -109,10 +114,24 @@ class Pool:
         if code == 0:
             slot.done = True
             return
+        if code == EXIT_OUT_OF_MEMORY and self._live_on(slot.device) > 1:
+            slot.done = True
+            left = self._live_on(slot.device)
+            log.warning(
+                "%s ran out of memory: %d trials at once on %s from now on",
+                slot.name,
+                left,
+                slot.device,
+            )
+            return
         slot.restarts += 1
         delay = min(MAX_BACKOFF, 2.0 ** min(slot.restarts - 1, 5))
         slot.next_start = time.monotonic() + delay
         log.warning("%s exited with %d; starting it again in %.0f s", slot.name, code, delay)
+
+    def _live_on(self, device: str) -> int:
+        """Slots of the device still in use (this one included)."""
+        return sum(1 for s in self.slots if s.device == device and not s.done)
 
     def _start(self, slot: _Slot) -> subprocess.Popen[bytes]:
         command = [
@@ -128,6 +147,7 @@ class Pool:
             str(self.threads),
             "--name",
             slot.name,
+            "--exit-on-oom",
             *self.worker_args,
         ]
         env = dict(os.environ)
