@@ -41,7 +41,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,7 +59,9 @@ import psycopg
 
 from service import search
 from service.config import Settings
-from service.tokens import create_in_database
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from tests.processes import ServerProcess
 
 API = "/api/v1"
 PG_ADMIN = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -293,7 +294,7 @@ class SweepSide:
     name = "sweep"
     client = staticmethod(sweep_client)
 
-    def __init__(self, server: SweepServer, database: str) -> None:
+    def __init__(self, server: ServerProcess, database: str) -> None:
         self.server, self.database = server, database
         self.admin = httpx.Client(
             base_url=server.url + API,
@@ -322,6 +323,7 @@ class SweepSide:
         return SweepJob(server.url, server.worker_token, experiment["id"], args.claim_wait)
 
     def server_pids(self) -> list[int]:
+        assert self.server.process is not None
         return [self.server.process.pid, *descendants(self.server.process.pid)]
 
     def done(self, job: OptunaJob | SweepJob) -> None:
@@ -329,52 +331,21 @@ class SweepSide:
         _ok(self.admin.post(f"/experiments/{job.experiment_id}/cancel"))
 
 
-@dataclass
-class SweepServer:
-    url: str
-    process: subprocess.Popen[bytes]
-    admin_token: str
-    worker_token: str
-
-
 @contextmanager
-def sweep_server(database_url: str, workers: int, log: Path) -> Iterator[SweepServer]:
-    """A real `sweep server` on a free port, with real tokens made in its database."""
-    settings = Settings(database_url=database_url)
-    admin = create_in_database(role="admin", name="bench", settings=settings)
-    worker = create_in_database(role="worker", name="bench-workers", settings=settings)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "service.cli", "server", "--port", str(port)]
-    command += ["--workers", str(workers), "--log-level", "warning"]
-    env = {**os.environ, "SWEEP_DATABASE_URL": database_url}
-    with log.open("wb") as out:
-        process = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT)
-    server = SweepServer(f"http://127.0.0.1:{port}", process, admin, worker)
+def sweep_server(database_url: str, workers: int, log_dir: Path) -> Iterator[ServerProcess]:
+    """A real `sweep server` on a free port, with real tokens made in its database, polling
+    for other processes' work at the default pace."""
+    server = ServerProcess(
+        database_url,
+        log_dir,
+        env={"SWEEP_CLAIM_POLL_SECONDS": str(Settings().claim_poll_seconds)},
+        args=["--workers", str(workers)],
+    )
+    server.start()
     try:
-        _wait_healthy(server, log)
         yield server
-    except BaseException:
-        print(f"sweep server's log ends:\n{log.read_text()[-6000:]}", file=sys.stderr)
-        raise
     finally:
-        process.terminate()
-        process.wait(timeout=30)
-
-
-def _wait_healthy(server: SweepServer, log: Path) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            raise RuntimeError(f"sweep server exited:\n{log.read_text()}")
-        try:
-            if httpx.get(f"{server.url}{API}/healthz", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError("sweep server did not become healthy")
+        server.stop()
 
 
 @contextmanager
@@ -661,7 +632,7 @@ def main() -> None:
         fresh_database(admin, args.pg) as (optuna_db, optuna_url),
         fresh_database(admin, args.pg) as (sweep_db, sweep_url),
         tempfile.TemporaryDirectory() as tmp,
-        sweep_server(sweep_url, args.server_workers, Path(tmp) / "server.log") as server,
+        sweep_server(sweep_url, args.server_workers, Path(tmp) / "logs") as server,
     ):
         sweep = SweepSide(server, sweep_db)
         everything = (OptunaSide(optuna_url, optuna_db), sweep)

@@ -11,7 +11,9 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
+from service.client import SweepClient
 from service.config import Settings
 from service.tokens import create_in_database
 
@@ -39,9 +41,11 @@ class ServerProcess:
         log_dir: Path,
         port: int | None = None,
         env: dict[str, str] | None = None,
+        args: list[str] | None = None,
     ) -> None:
         self.database_url = database_url
         self.extra_env = env or {}
+        self.extra_args = args or []
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_dir = log_dir
@@ -69,6 +73,7 @@ class ServerProcess:
             str(self.port),
             "--log-level",
             "warning",
+            *self.extra_args,
         ]
         self.process = spawn(command, self.log_dir / f"server-{self.starts}.log", env)
         self._wait_healthy(timeout)
@@ -101,6 +106,21 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+def serve(
+    request: pytest.FixtureRequest,
+    database_url: str,
+    log_dir: Path,
+    env: dict[str, str] | None = None,
+) -> tuple[ServerProcess, SweepClient]:
+    """A started `sweep server`, stopped after the test, and an admin client for it."""
+    server = ServerProcess(database_url, log_dir, env=env)
+    server.start()
+    request.addfinalizer(server.stop)
+    client = SweepClient(server.url, token=server.admin_token)
+    request.addfinalizer(client.close)
+    return server, client
 
 
 def start_worker(

@@ -15,7 +15,7 @@ import torch
 from models.registry import build_for_trial
 from service.client import SweepClient
 from tests.factories import budget, make_spec
-from tests.processes import ServerProcess, start_worker, stop_workers
+from tests.processes import ServerProcess, serve, start_worker, stop_workers
 from worker.train import evaluate, to_device
 
 N_TRIALS = 20
@@ -113,15 +113,12 @@ def test_server_killed_mid_sweep_loses_nothing(
     sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     # Down for twice the lease: the workers keep training and are not robbed of their trials.
-    server = ServerProcess(
+    server, client = serve(
+        request,
         sqlite_url,
         tmp_path / "logs",
         env={"SWEEP_LEASE_SECONDS": "2", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
     )
-    server.start()
-    request.addfinalizer(server.stop)
-    client = SweepClient(server.url, token=server.admin_token)
-    request.addfinalizer(client.close)
     spec = make_spec(fixed={"epochs": 8}, budget=budget(12, 2))
     experiment_id = client.submit(spec)["id"]
     workers = [start_worker(server, tmp_path / "logs", f"w{i}") for i in range(2)]

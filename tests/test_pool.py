@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from service.client import SweepClient
 from tests.factories import budget, make_spec
-from tests.processes import ServerProcess
+from tests.processes import serve
 from tests.test_end_to_end import assert_metrics_intact, wait_for_end
 
 
@@ -26,15 +25,12 @@ def children(pid: int) -> list[int]:
 def test_a_pool_runs_trials_side_by_side_and_outlives_a_crashed_process(
     sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    server = ServerProcess(
+    server, client = serve(
+        request,
         sqlite_url,
         tmp_path / "logs",
         env={"SWEEP_LEASE_SECONDS": "3", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
     )
-    server.start()
-    request.addfinalizer(server.stop)
-    client = SweepClient(server.url, token=server.admin_token)
-    request.addfinalizer(client.close)
     spec = make_spec(
         fixed={"epochs": 6, "checkpoint_every": 2}, pruner={"name": "none"}, budget=budget(8, 2)
     )
@@ -79,11 +75,7 @@ def test_a_pool_runs_trials_side_by_side_and_outlives_a_crashed_process(
 def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
     sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    server = ServerProcess(sqlite_url, tmp_path / "logs")
-    server.start()
-    request.addfinalizer(server.stop)
-    client = SweepClient(server.url, token=server.admin_token)
-    request.addfinalizer(client.close)
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
     spec = make_spec(
         search_space={
             "hidden_units": {"type": "categorical", "choices": [32, 8192]},
