@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -301,14 +302,19 @@ CONDITIONAL = {
 }
 
 
-def finish_quickly(client: TestClient, worker: int, value: float = 0.5) -> dict[str, Any] | None:
-    """Claim a trial and complete it at once; None when there is nothing to claim."""
+def finish_quickly(
+    client: TestClient, worker: int, value: float | Callable[[dict[str, Any]], float] = 0.5
+) -> dict[str, Any] | None:
+    """Claim a trial and complete it at once with `value` (or value(params)); None when there
+    is nothing to claim."""
     response = client.post(f"{API}/workers/{worker}/claim", json={})
     if response.status_code == 204:
         return None
     trial = remember(response.json())
     assert trial is not None
     tid = trial["trial_id"]
+    if callable(value):
+        value = value(trial["params"])
     client.post(
         f"{API}/trials/{tid}/reports",
         headers=attempt_headers(tid),
@@ -395,18 +401,24 @@ CATEGORICAL = {
 }
 
 
+def run_to_the_end(client: TestClient, spec: dict[str, Any]) -> tuple[int, list[Any]]:
+    """Submit and finish every trial the experiment hands out; its id and their configs."""
+    experiment_id = submit(client, spec)
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    configs = []
+    while (trial := finish_quickly(client, worker)) is not None:
+        configs.append(tuple(sorted(trial["params"].items())))
+    return experiment_id, configs
+
+
 def test_a_finite_space_runs_each_configuration_once_then_completes(client: TestClient) -> None:
     spec = small(
         CATEGORICAL,
         sampler={"name": "tpe", "seed": 1, "options": {"n_startup_trials": 2}},
         budget=budget(10, 1),
     )
-    experiment_id = submit(client, spec)
-    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
-    configs = []
     # The same value for every trial: TPE alone would keep suggesting what it has seen.
-    while (trial := finish_quickly(client, worker)) is not None:
-        configs.append(tuple(sorted(trial["params"].items())))
+    experiment_id, configs = run_to_the_end(client, spec)
     assert len(configs) == 6 and len(set(configs)) == 6
     status = client.get(f"{API}/experiments/{experiment_id}").json()
     assert status["state"] == "completed" and status["n_trials"] == 6
@@ -419,11 +431,7 @@ def test_repeats_run_the_whole_budget_when_the_spec_allows_them(client: TestClie
         sampler={"name": "random", "seed": 1, "allow_repeats": True},
         budget=budget(10, 1),
     )
-    experiment_id = submit(client, spec)
-    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
-    configs = []
-    while (trial := finish_quickly(client, worker)) is not None:
-        configs.append(tuple(sorted(trial["params"].items())))
+    experiment_id, configs = run_to_the_end(client, spec)
     assert len(configs) == 10 and len(set(configs)) < 10
     status = client.get(f"{API}/experiments/{experiment_id}").json()
     assert status["state"] == "completed" and status["stop_reason"] is None
@@ -530,15 +538,8 @@ def test_importance_finds_the_parameter_that_matters(client: TestClient, evaluat
     url = f"{API}/experiments/{experiment_id}/importance"
     assert client.get(url).status_code == 409  # nothing completed yet
     worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
-    for _ in range(20):
-        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
-        assert trial is not None
-        value = -abs(math.log10(trial["params"]["lr"]) + 2)  # lr alone decides
-        client.post(
-            f"{API}/trials/{trial['trial_id']}/complete",
-            headers=attempt_headers(trial["trial_id"]),
-            json={"value": value},
-        )
+    for _ in range(20):  # lr alone decides
+        assert finish_quickly(client, worker, lambda p: -abs(math.log10(p["lr"]) + 2))
     response = client.get(url, params={"evaluator": evaluator})
     assert response.status_code == 200, response.text
     result = response.json()
