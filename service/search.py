@@ -14,7 +14,7 @@ import math
 import operator
 import random
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
@@ -59,14 +59,12 @@ class SamplerKind:
     """One sampler: its options and which spaces and studies it can serve."""
 
     options: dict[str, Hyperparameter]
+    # (spec, options with the seed) -> the sampler
+    build: Callable[[dict[str, Any], dict[str, Any]], optuna.samplers.BaseSampler]
     categorical: bool = True  # False: numbers only (it would sample categories at random)
     conditional: bool = False  # parameters that exist only under a condition
     finite_only: bool = False  # every parameter must have finitely many values
     multi_objective: bool = True
-    single_objective: bool = True
-    build: Callable[[dict[str, Any], dict[str, Any]], optuna.samplers.BaseSampler] = field(
-        default=lambda spec, options: optuna.samplers.RandomSampler(**options)
-    )
 
 
 def _grid(spec: dict[str, Any], options: dict[str, Any]) -> optuna.samplers.BaseSampler:

@@ -18,7 +18,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import FrameType
 
 log = logging.getLogger("sweep.pool")
@@ -52,7 +52,6 @@ class _Slot:
     restarts: int = 0
     next_start: float = 0.0
     done: bool = False
-    exits: list[int] = field(default_factory=list)
 
 
 class Pool:
@@ -96,9 +95,6 @@ class Pool:
         self._stop_all()
         return sum(slot.restarts for slot in self.slots)
 
-    def pids(self) -> list[int]:
-        return [s.process.pid for s in self.slots if s.process and s.process.poll() is None]
-
     def _tend(self, slot: _Slot) -> None:
         if slot.done:
             return
@@ -109,7 +105,6 @@ class Pool:
         code = slot.process.poll()
         if code is None:
             return
-        slot.exits.append(code)
         slot.process = None
         if code == 0:
             slot.done = True
