@@ -19,6 +19,7 @@ from worker.train import (
     DeviceData,
     Diverged,
     Pruned,
+    Snapshot,
     Stopped,
     TrialConfig,
     TrialResult,
@@ -418,14 +419,14 @@ class KeepCheckpoints:
     """Keeps every checkpoint; optionally ends the trial right after saving one epoch's."""
 
     def __init__(self, stop_after: int | None = None) -> None:
-        self.saved: dict[int, bytes] = {}
+        self.saved: dict[int, Snapshot] = {}
         self.stop_after = stop_after
 
     def due(self, epoch: int) -> bool:
         return True
 
-    def save(self, epoch: int, data: bytes) -> None:
-        self.saved[epoch] = data
+    def save(self, epoch: int, snapshot: Snapshot) -> None:
+        self.saved[epoch] = snapshot
         if epoch == self.stop_after:
             raise Stopped("preempted")
 
@@ -442,9 +443,8 @@ def test_a_resumed_trial_goes_on_exactly_as_if_never_interrupted(schedule: str) 
     with pytest.raises(Stopped):
         train_trial(config, digits, CPU, lambda e, m: first_part.append(m), checkpoints=interrupted)
     rest: list[tuple[int, dict[str, float]]] = []
-    resumed = train_trial(
-        config, digits, CPU, lambda e, m: rest.append((e, m)), resume=interrupted.saved[3]
-    )
+    checkpoint = interrupted.saved[3].to_bytes()
+    resumed = train_trial(config, digits, CPU, lambda e, m: rest.append((e, m)), resume=checkpoint)
 
     assert [e for e, _ in rest] == [4, 5, 6]
     resumed_metrics = first_part + [m for _, m in rest]
@@ -457,3 +457,21 @@ def test_a_resumed_trial_goes_on_exactly_as_if_never_interrupted(schedule: str) 
         whole.epoch,
         whole.state_dict,
     )
+
+
+def test_a_checkpoint_serialized_after_training_went_on_still_resumes_exactly() -> None:
+    # The outbox serializes a snapshot later, on its own thread: what it holds must not have
+    # moved with the model and optimizer since.
+    digits = device_data("digits")
+    config = make_config(epochs=5, lr_schedule="cosine", optimizer="adam", number=4)
+    straight: list[dict[str, float]] = []
+    kept = KeepCheckpoints()
+    whole = train_trial(config, digits, CPU, lambda e, m: straight.append(m), checkpoints=kept)
+
+    rest: list[dict[str, float]] = []
+    resumed = train_trial(
+        config, digits, CPU, lambda e, m: rest.append(m), resume=kept.saved[2].to_bytes()
+    )
+
+    assert [without_time(m) for m in rest] == [without_time(m) for m in straight[2:]]
+    assert resumed.state_dict == whole.state_dict

@@ -20,7 +20,7 @@ from worker.client import ServiceClient, TrialGone
 from worker.loop import Worker, WorkerOptions
 from worker.outbox import Outbox
 from worker.retry import RetryPolicy
-from worker.train import Pruned, TrialConfig, to_device, train_trial
+from worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
 
 API = "/api/v1"
 QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
@@ -179,7 +179,7 @@ def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_
         started = time.monotonic()
         for epoch in (1, 2, 3):
             outbox.report(epoch, {"val_accuracy": 0.5})
-            outbox.checkpoint(epoch, b"state")
+            outbox.checkpoint(epoch, Snapshot({"epoch": epoch}))
         assert time.monotonic() - started < 1 and sent == []  # nothing answered yet
         first_answer.set()
         outbox.drain()
@@ -187,7 +187,7 @@ def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_
         # only the newest, so they are not sent.
         assert sent == ["reports", "reports", "reports", "checkpoint3"]
         outbox.report(4, {"val_accuracy": 0.1})
-        outbox.checkpoint(4, b"state")
+        outbox.checkpoint(4, Snapshot({"epoch": 4}))
         outbox.drain()
     assert outbox.verdict == ("prune", "prune")
     assert sent[4:] == ["reports"]  # nothing after the answer that ended the trial

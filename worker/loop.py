@@ -26,6 +26,7 @@ from worker.train import (
     DeviceData,
     Diverged,
     Pruned,
+    Snapshot,
     Stopped,
     TrialConfig,
     TrialResult,
@@ -277,8 +278,8 @@ class _Checkpoints:
     def due(self, epoch: int) -> bool:
         return self.stop.is_set() or (self.every > 0 and epoch % self.every == 0)
 
-    def save(self, epoch: int, data: bytes) -> None:
-        self.outbox.checkpoint(epoch, data)
+    def save(self, epoch: int, snapshot: Snapshot) -> None:
+        self.outbox.checkpoint(epoch, snapshot)
         if self.stop.is_set():
             raise Interrupted()
 

@@ -6,7 +6,7 @@ checks before every batch, so pruning stays prompt without a round trip per epoc
 service is away the outbox keeps retrying; when it comes back, everything is delivered in the
 order it was produced, so the trial's curve has neither gaps nor duplicates (the service
 records a repeated report once). A checkpoint still queued when a newer one arrives is not
-sent: the service keeps only the newest.
+serialized or sent: the service keeps only the newest.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from types import TracebackType
 from typing import Any
 
 from worker.client import ServiceClient, TrialGone
+from worker.train import Snapshot
 
 log = logging.getLogger("sweep.worker")
 
@@ -52,11 +53,11 @@ class Outbox:
         """Queue an epoch's report; its answer lands in `verdict` if it ends the trial."""
         self._send(lambda: self._report(epoch, metrics))
 
-    def checkpoint(self, epoch: int, data: bytes) -> None:
-        """Queue a checkpoint; it is delivered after the reports queued before it, unless a
-        newer one is queued before its turn comes."""
+    def checkpoint(self, epoch: int, snapshot: Snapshot) -> None:
+        """Queue a checkpoint; it is serialized and delivered after the reports queued before
+        it, unless a newer one is queued before its turn comes."""
         self._newest_checkpoint = epoch
-        self._send(lambda: self._checkpoint(epoch, data))
+        self._send(lambda: self._checkpoint(epoch, snapshot))
 
     def drain(self) -> None:
         """Wait until everything queued was delivered (or the trial ended on the service)."""
@@ -72,9 +73,9 @@ class Outbox:
         if answer["action"] != "continue":
             self.verdict = (answer["action"], answer.get("reason") or answer["action"])
 
-    def _checkpoint(self, epoch: int, data: bytes) -> None:
+    def _checkpoint(self, epoch: int, snapshot: Snapshot) -> None:
         if epoch == self._newest_checkpoint:  # else the service would replace it soon anyway
-            self.client.upload_checkpoint(self.trial_id, self.token, epoch, data)
+            self.client.upload_checkpoint(self.trial_id, self.token, epoch, snapshot.to_bytes())
 
     def _deliver(self) -> None:
         while (item := self._items.get()) is not None:
