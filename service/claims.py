@@ -129,6 +129,7 @@ def claim(
         return None
     trial.worker_id = worker_id
     trial.token = secrets.token_hex(16)
+    trial.started_at = utcnow()
     trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
     session.flush()
     return _assignment(experiment, trial, lease_seconds, resume_epoch)

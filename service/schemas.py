@@ -278,6 +278,7 @@ class TrialRead(BaseModel):
     failure_message: str | None
     has_weights: bool
     created_at: datetime
+    started_at: datetime | None  # when its latest attempt started
     finished_at: datetime | None
 
 
@@ -292,6 +293,12 @@ class TrialPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class Me(BaseModel):
+    role: str
+    project: str | None  # None: every project
+    can_control: bool
 
 
 class BestTrials(BaseModel):
