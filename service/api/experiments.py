@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from service import experiments, trials
+from service import experiments, plots, trials
 from service.api.deps import (
     CONTROL,
     READ,
@@ -148,6 +148,31 @@ def parameter_importance(
 ) -> Importance:
     """How much each parameter explains the objective, over the completed trials."""
     return optimizer.importance(session, experiment, evaluator)
+
+
+@router.get("/{experiment_id}/plots", dependencies=[READ])
+def plots_not_ready(
+    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep
+) -> dict[str, str]:
+    """The plots that cannot be drawn yet (too few trials, one objective...), each with why."""
+    return plots.available(session, optimizer, experiment)
+
+
+@router.get(
+    "/{experiment_id}/plots/{kind}",
+    dependencies=[READ],
+    response_class=Response,
+    responses={200: {"content": {"application/json": {}}, "description": "a plotly figure"}},
+)
+def plot(
+    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep, kind: plots.PlotKind
+) -> Response:
+    """A plot of the experiment as a plotly figure (JSON): Optuna's optimization history,
+    intermediate values, parallel coordinates, parameter importance, slice, contour of the two
+    most important parameters, Pareto front; or a timeline of trials per worker."""
+    return Response(
+        plots.figure(session, optimizer, experiment, kind), media_type="application/json"
+    )
 
 
 @router.get("/{experiment_id}/best", dependencies=[READ])
