@@ -16,7 +16,7 @@ from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import claims, trials
+from service import claims, trials, web
 from service.api import ROUTERS
 from service.config import Settings
 from service.db import Database
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimit, settings=settings)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(web.router)
     _install_error_handlers(app)
     return app
 
