@@ -18,10 +18,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import claims, trials, web
 from service.api import ROUTERS
+from service.api import metrics as metrics_api
 from service.config import Settings
 from service.db import Database
 from service.errors import SweepError
 from service.limits import BodyLimit, SubmissionRate
+from service.metrics import Metrics
+from service.observe import Observe
 from service.optimizer import Optimizer
 
 API_PREFIX = "/api/v1"
@@ -31,13 +34,17 @@ log = logging.getLogger("sweep.service")
 
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    metrics = Metrics()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.connect(settings.resolved_database_url())
         db.migrate()
         app.state.db = db
-        app.state.optimizer = Optimizer(max_studies=settings.max_cached_studies)
+        app.state.optimizer = Optimizer(
+            max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
+        )
+        metrics.watch(db, settings.lease_seconds)
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)
@@ -45,10 +52,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("server can read, change and delete every experiment.")
             log.warning("!" * 72)
         stopping = asyncio.Event()
-        expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings))
+        expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings, metrics))
         yield
         stopping.set()
         await expiry  # lets a round in progress finish its transaction
+        metrics.unwatch()
         db.dispose()
 
     app = FastAPI(
@@ -59,15 +67,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)
+    app.state.metrics = metrics
     app.add_middleware(BodyLimit, settings=settings)
+    app.add_middleware(Observe, metrics=metrics)
     for router in ROUTERS:
         app.include_router(router, prefix=API_PREFIX)
+    app.include_router(metrics_api.router)
     app.include_router(web.router)
     _install_error_handlers(app)
     return app
 
 
-async def _expire_leases_until(stopping: asyncio.Event, db: Database, settings: Settings) -> None:
+async def _expire_leases_until(
+    stopping: asyncio.Event, db: Database, settings: Settings, metrics: Metrics
+) -> None:
     """Hand out again the trials whose workers stopped talking, and stop experiments past
     their timeout (in every API process; row locks keep them from doing it twice).
 
@@ -77,8 +90,10 @@ async def _expire_leases_until(stopping: asyncio.Event, db: Database, settings: 
 
     def expire() -> None:
         with db.transaction() as session:
-            while claims.expire_leases(session) == EXPIRY_BATCH:
-                pass
+            expired = EXPIRY_BATCH
+            while expired == EXPIRY_BATCH:
+                expired = claims.expire_leases(session)
+                metrics.lease_expiries.inc(expired)
             trials.end_overdue(session)
 
     def grant_grace() -> None:

@@ -6,7 +6,6 @@ The worker commands import torch lazily, so a server host runs `sweep server` wi
 from __future__ import annotations
 
 import json
-import logging
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -18,7 +17,9 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
+from service import logs
 from service.client import DEFAULT_SERVER, ApiError, SweepClient
+from service.config import Settings
 
 app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
 console = Console()
@@ -78,6 +79,8 @@ def server(
         port=port,
         workers=workers,
         log_level=log_level,
+        log_config=logs.config(Settings().log_format, log_level),  # SWEEP_LOG_FORMAT
+        access_log=False,  # Sweep's own (sweep.access) carries the request id
         timeout_graceful_shutdown=5,  # long-polled claims must not hold a shutdown
     )
 
@@ -129,13 +132,17 @@ def worker(
     exit_on_oom: Annotated[
         bool, typer.Option(hidden=True, help="exit 3 after a trial ran out of memory (pools)")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(help="serve Prometheus metrics on this port (a pool: port, port+1, ...)"),
+    ] = None,
 ) -> None:
     """Run a worker: claim trials from the server and train them. With --devices (or
     --trials-per-device above 1), run a pool of worker processes on this host instead."""
     if devices is not None or trials_per_device > 1:
         from worker.pool import Pool, resolve_devices
 
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        logs.configure()
         passed = [] if max_trials is None else ["--max-trials", str(max_trials)]
         if exit_when_idle is not None:
             passed += ["--exit-when-idle", str(exit_when_idle)]
@@ -147,6 +154,7 @@ def worker(
             threads=threads,
             name=name,
             worker_args=passed,
+            metrics_port=metrics_port,
         )
         pool.install_signal_handlers()
         pool.run()
@@ -162,6 +170,7 @@ def worker(
         exit_when_idle=exit_when_idle,
         threads=threads,
         exit_on_oom=exit_on_oom,
+        metrics_port=metrics_port,
     )
     if exit_on_oom and ran.ran_out_of_memory:
         from worker.pool import EXIT_OUT_OF_MEMORY

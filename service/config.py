@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_DATA_DIR = Path("sweep-data")
+
+
+LogFormat = Literal["text", "json"]
 
 
 class Settings(BaseSettings):
@@ -38,6 +42,8 @@ class Settings(BaseSettings):
     max_cached_studies: int = 100
     # Largest weights file a worker may upload.
     max_weights_bytes: int = 512 * 1024 * 1024
+    # Log lines as text or as JSON objects (server and workers).
+    log_format: LogFormat = "text"
 
     def resolved_database_url(self) -> str:
         if self.database_url:

@@ -19,6 +19,7 @@ import copy
 import math
 import random
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -125,8 +126,11 @@ class Optimizer:
     """The per-process cache of studies, bounded: the least recently used beyond `max_studies`
     are dropped (SQL has everything to rebuild them). Thread-safe: one lock per experiment."""
 
-    def __init__(self, max_studies: int = 100) -> None:
+    def __init__(
+        self, max_studies: int = 100, on_ask: Callable[[float], None] | None = None
+    ) -> None:
         self.max_studies = max_studies
+        self.on_ask = on_ask  # told the seconds each suggestion took
         self._studies: OrderedDict[int, _Study] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -201,8 +205,11 @@ class Optimizer:
                 reseed(s.study.sampler, seed + number)
             if fixed is not None:  # a waiting trial the next ask takes up
                 s.study.enqueue_trial(fixed)
+            started = time.perf_counter()
             trial = s.study.ask()
             params = _suggest_all(trial, s.dists, s.spec)
+            if self.on_ask is not None:
+                self.on_ask(time.perf_counter() - started)
             s.trial_ids[number] = trial._trial_id
             s.trial_count += 1
             attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))

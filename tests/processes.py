@@ -113,9 +113,10 @@ def serve(
     database_url: str,
     log_dir: Path,
     env: dict[str, str] | None = None,
+    args: list[str] | None = None,
 ) -> tuple[ServerProcess, SweepClient]:
     """A started `sweep server`, stopped after the test, and an admin client for it."""
-    server = ServerProcess(database_url, log_dir, env=env)
+    server = ServerProcess(database_url, log_dir, env=env, args=args)
     server.start()
     request.addfinalizer(server.stop)
     client = SweepClient(server.url, token=server.admin_token)
@@ -124,12 +125,16 @@ def serve(
 
 
 def start_worker(
-    server: ServerProcess, log_dir: Path, name: str, *args: str
+    server: ServerProcess,
+    log_dir: Path,
+    name: str,
+    *args: str,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
     """`sweep worker` in a subprocess, one torch thread (the test machine has two cores)."""
     log_dir.mkdir(parents=True, exist_ok=True)
     command = ["-m", "service.cli", "worker", "--server", server.url, "--threads", "1"]
-    env = {**os.environ, "SWEEP_TOKEN": server.worker_token}
+    env = {**os.environ, "SWEEP_TOKEN": server.worker_token, **(env or {})}
     return spawn([*command, "--name", name, *args], log_dir / f"{name}.log", env)
 
 

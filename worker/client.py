@@ -8,6 +8,7 @@ from typing import Any
 
 import httpx
 
+from service import logs
 from worker.retry import RetryPolicy
 
 API = "/api/v1"
@@ -113,6 +114,8 @@ class ServiceClient:
     ) -> httpx.Response:
         if token is not None:
             kwargs["headers"] = {**kwargs.get("headers", {}), "X-Attempt-Token": token}
+        if (request_id := logs.request_id.get()) is not None:
+            kwargs["headers"] = {**kwargs.get("headers", {}), "X-Request-ID": request_id}
         delays = self.retry.delays() if retry else iter(())
         while True:
             try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import threading
 from types import TracebackType
@@ -22,7 +23,13 @@ class Heartbeat:
         self.client, self.trial_id, self.token, self.interval = client, trial_id, token, interval
         self.stop_reason: str | None = None
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"heartbeat-{trial_id}", daemon=True)
+        # In the trial's context: its calls carry the trial's request id.
+        self._thread = threading.Thread(
+            target=contextvars.copy_context().run,
+            args=(self._run,),
+            name=f"heartbeat-{trial_id}",
+            daemon=True,
+        )
 
     def __enter__(self) -> Heartbeat:
         self._thread.start()

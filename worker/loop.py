@@ -19,8 +19,10 @@ from typing import Any
 import torch
 
 from models.datasets import load_dataset
+from service import logs
 from worker.client import ServiceClient, ServiceError, TrialGone
 from worker.heartbeat import Heartbeat
+from worker.metrics import WorkerMetrics
 from worker.outbox import Outbox
 from worker.train import (
     DeviceData,
@@ -58,6 +60,7 @@ class WorkerOptions:
     exit_on_oom: bool = False
     # On a GPU, claim only when free memory holds this times the largest peak seen so far.
     memory_headroom: float = 1.25
+    metrics_port: int | None = None  # serve Prometheus metrics on this port
 
 
 class Worker:
@@ -68,6 +71,8 @@ class Worker:
         self._data: OrderedDict[str, DeviceData] = OrderedDict()
         self.trials_run = 0
         self.peak_bytes = 0  # the most device memory one of its trials took (CUDA)
+        self.metrics = WorkerMetrics()
+        self.worker_id: int | None = None
         self.ran_out_of_memory = False
 
     def install_signal_handlers(self) -> None:
@@ -80,9 +85,12 @@ class Worker:
 
     def run(self) -> int:
         """Run trials until stopped, out of trials, or idle too long; returns trials run."""
-        worker_id = self.client.register(
+        if self.options.metrics_port is not None:
+            self.metrics.serve(self.options.metrics_port)
+        worker_id = self.worker_id = self.client.register(
             self.options.name, socket.gethostname(), str(self.options.device), os.getpid()
         )
+        logs.request_id.set(f"w{worker_id}")  # on its claims; each trial's calls say more
         log.info(
             "worker %s registered as #%d on %s", self.options.name, worker_id, self.options.device
         )
@@ -142,7 +150,17 @@ class Worker:
 
     def run_trial(self, assignment: dict[str, Any]) -> None:
         """Train one claimed trial and tell the service how it ended. Never raises for the
-        trial's own failures: a diverged or crashing trial must not take the worker down."""
+        trial's own failures: a diverged or crashing trial must not take the worker down.
+
+        Its calls and log lines carry the request id w<worker>-t<trial>-a<attempt>."""
+        trace = f"w{self.worker_id}-t{assignment['trial_id']}-a{assignment['attempt']}"
+        context = logs.request_id.set(trace)
+        try:
+            self._run_trial(assignment)
+        finally:
+            logs.request_id.reset(context)
+
+    def _run_trial(self, assignment: dict[str, Any]) -> None:
         trial_id, token = assignment["trial_id"], assignment["token"]
         log.info(
             "trial %d (#%d of experiment %d, attempt %d, from epoch %d): %s",
@@ -172,8 +190,10 @@ class Worker:
                 result = self._train(assignment, beat, outbox)
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
+            self._ended("stopped")
             return None
         except Interrupted:  # shutting down: checkpointed; the trial goes back to the queue
+            self._ended("released")
             return (self.client.release,)
         except Diverged as exc:
             ending: Ending = (self.client.fail, "diverged", str(exc))
@@ -188,8 +208,14 @@ class Worker:
         outbox.drain()
         if outbox.verdict is not None:
             log.info("trial %d stopped: %s", trial_id, outbox.verdict[1])
+            self._ended("stopped")
             return None
+        assert ending is not None
+        self._ended("completed" if ending[0] == self._finish else ending[1])
         return ending
+
+    def _ended(self, outcome: str) -> None:
+        self.metrics.trial_ended(outcome, self.options.device)
 
     def _tell(self, call: Callable[..., None], trial_id: int, token: str, *args: Any) -> None:
         """Report a trial's end; if the service refuses or stays away, log it and go on."""
@@ -228,6 +254,7 @@ class Worker:
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
             outbox.report(epoch, metrics)
+            self.metrics.epoch_seconds.observe(metrics["epoch_seconds"])
             check()
 
         every = int(assignment["config"]["checkpoint_every"])

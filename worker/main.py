@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
 import torch
 
+from service import logs
 from worker.client import ServiceClient
 from worker.loop import Worker, WorkerOptions, pick_device
 
@@ -22,10 +22,10 @@ def run_worker(
     exit_when_idle: float | None = None,
     threads: int | None = None,
     exit_on_oom: bool = False,
+    metrics_port: int | None = None,
 ) -> Worker:
     """Run trials from `server` until SIGTERM; returns the worker, with what it did."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request is noise
+    logs.configure()
     if threads:
         torch.set_num_threads(threads)
     options = WorkerOptions(
@@ -34,6 +34,7 @@ def run_worker(
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
         exit_on_oom=exit_on_oom,
+        metrics_port=metrics_port,
     )
     runner = Worker(ServiceClient(server, token=token), options)
     runner.install_signal_handlers()

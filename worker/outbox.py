@@ -11,6 +11,7 @@ serialized or sent: the service keeps only the newest.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import queue
 import threading
@@ -31,8 +32,12 @@ class Outbox:
         self.verdict: tuple[str, str] | None = None
         self._newest_checkpoint = 0  # epoch of the last checkpoint queued
         self._items: queue.Queue[tuple[Callable[[], Any], threading.Event] | None] = queue.Queue()
+        # In the trial's context: its calls carry the trial's request id.
         self._thread = threading.Thread(
-            target=self._deliver, name=f"outbox-{trial_id}", daemon=True
+            target=contextvars.copy_context().run,
+            args=(self._deliver,),
+            name=f"outbox-{trial_id}",
+            daemon=True,
         )
 
     def __enter__(self) -> Outbox:

@@ -65,11 +65,13 @@ class Pool:
         threads: int | None = None,
         name: str | None = None,
         worker_args: list[str] | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.server = server
         self.token = token
         self.threads = threads or threads_per_process(devices, per_device)
         self.worker_args = worker_args or []
+        self.metrics_port = metrics_port  # slot i serves metrics on metrics_port + i
         base = name or f"{socket.gethostname()}-{os.getpid()}"
         self.slots = [
             _Slot(name=f"{base}-{device}-{k}", device=device)
@@ -145,6 +147,8 @@ class Pool:
             "--exit-on-oom",
             *self.worker_args,
         ]
+        if self.metrics_port is not None:
+            command += ["--metrics-port", str(self.metrics_port + self.slots.index(slot))]
         env = dict(os.environ)
         if self.token:
             env["SWEEP_TOKEN"] = self.token

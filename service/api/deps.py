@@ -14,6 +14,7 @@ from service.auth import ADMINS, CONTROLLERS, READERS, RUNNERS, Caller, Role
 from service.config import Settings
 from service.db import Database
 from service.limits import SubmissionRate
+from service.metrics import Metrics
 from service.optimizer import Optimizer
 from service.schemas import MAX_INT
 from service.tables import Experiment, Trial
@@ -34,6 +35,11 @@ def get_settings(request: Request) -> Settings:
     return settings
 
 
+def get_metrics(request: Request) -> Metrics:
+    metrics: Metrics = request.app.state.metrics
+    return metrics
+
+
 def get_submissions(request: Request) -> SubmissionRate:
     submissions: SubmissionRate = request.app.state.submissions
     return submissions
@@ -41,6 +47,7 @@ def get_submissions(request: Request) -> SubmissionRate:
 
 DatabaseDep = Annotated[Database, Depends(get_db)]
 SubmissionsDep = Annotated[SubmissionRate, Depends(get_submissions)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OptimizerDep = Annotated[Optimizer, Depends(get_optimizer)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 

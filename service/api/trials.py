@@ -7,6 +7,7 @@ from service.api.deps import (
     READ,
     RUN,
     AttemptToken,
+    MetricsDep,
     OptimizerDep,
     SessionDep,
     SettingsDep,
@@ -56,9 +57,10 @@ def report_epoch(
     session: SessionDep,
     optimizer: OptimizerDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
-    return trials.report(
+    answer = trials.report(
         session,
         optimizer=optimizer,
         trial_id=trial_id,
@@ -66,6 +68,8 @@ def report_epoch(
         body=body,
         lease_seconds=settings.lease_seconds,
     )
+    metrics.reports.labels(answer.action).inc()
+    return answer
 
 
 @router.post("/{trial_id}/heartbeat", tags=["worker protocol"], dependencies=[RUN])

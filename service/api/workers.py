@@ -9,6 +9,7 @@ from service import claims, workers
 from service.api.deps import (
     ADMIN,
     DatabaseDep,
+    MetricsDep,
     OptimizerDep,
     Runner,
     SessionDep,
@@ -47,6 +48,7 @@ async def claim_trial(
     db: DatabaseDep,
     optimizer: OptimizerDep,
     settings: SettingsDep,
+    metrics: MetricsDep,
 ) -> Assignment | Response:
     """Start the next trial, waiting up to wait_seconds for one to become available."""
     deadline = time.monotonic() + min(body.wait_seconds, settings.max_claim_wait_seconds)
@@ -63,13 +65,16 @@ async def claim_trial(
             lease_seconds=settings.lease_seconds,
             look_first=look_first,
         )
-        assignment = await run_in_threadpool(attempt)
+        with metrics.claim_seconds.time():
+            assignment = await run_in_threadpool(attempt)
         remaining = deadline - time.monotonic()
         if assignment is not None:
+            metrics.claims.labels("trial").inc()
             return assignment
-        if remaining <= 0:
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
-        await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))
-        look_first = True
-        if await request.is_disconnected():  # the worker went away: hand it nothing
+        if remaining > 0:
+            await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))
+            look_first = True
+        # Out of time, or the worker went away: hand it nothing.
+        if remaining <= 0 or await request.is_disconnected():
+            metrics.claims.labels("none").inc()
             return Response(status_code=status.HTTP_204_NO_CONTENT)

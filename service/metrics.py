@@ -1,0 +1,134 @@
+"""Prometheus metrics of one API process (`GET /metrics`).
+
+Counters and histograms are kept by the process that served the calls (scrape every API
+process); the gauges of trials, experiments, queues and workers are read from SQL at scrape
+time, so every process reports the same totals.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import timedelta
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import func, select
+
+from service.db import Database
+from service.states import ExperimentState, TrialState
+from service.tables import Experiment, Trial, Worker, utcnow
+
+LIVE = (ExperimentState.RUNNING, ExperimentState.PAUSED)
+# Seconds: a claim or an ask takes milliseconds, a slow one up to a second or so.
+FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self._sql: _FromDatabase | None = None
+        r = self.registry
+        self.claims = Counter(
+            "sweep_claims", "Claims answered, by outcome (trial, none)", ["outcome"], registry=r
+        )
+        self.reports = Counter(
+            "sweep_reports",
+            "Epoch reports, by the answer (continue, prune, stop)",
+            ["action"],
+            registry=r,
+        )
+        self.claim_seconds = Histogram(
+            "sweep_claim_seconds",
+            "Time to look for and start a trial (one try of a claim)",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.ask_seconds = Histogram(
+            "sweep_sampler_ask_seconds",
+            "Time the sampler takes to suggest a trial's params",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.lease_expiries = Counter(
+            "sweep_lease_expiries",
+            "Running trials whose worker went silent for a lease",
+            registry=r,
+        )
+        self.http_seconds = Histogram(
+            "sweep_http_request_duration_seconds",
+            "HTTP requests by method, route and status",
+            ["method", "route", "status"],
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+
+    def watch(self, db: Database, lease_seconds: float) -> None:
+        """Report the gauges read from `db` (while the app runs)."""
+        self._sql = _FromDatabase(db, lease_seconds)
+        self.registry.register(self._sql)
+
+    def unwatch(self) -> None:
+        if self._sql is not None:
+            self.registry.unregister(self._sql)
+            self._sql = None
+
+
+class _FromDatabase(Collector):
+    """Gauges read from SQL when scraped."""
+
+    def __init__(self, db: Database, lease_seconds: float) -> None:
+        self.db, self.lease_seconds = db, lease_seconds
+
+    def collect(self) -> Iterator[Metric]:
+        trials = GaugeMetricFamily(
+            "sweep_trials",
+            "Trials of running and paused experiments, by state",
+            labels=["experiment", "state"],
+        )
+        queue = GaugeMetricFamily(
+            "sweep_queue_depth",
+            "Trials a worker could claim now: queued ones plus the budget not yet created",
+            labels=["experiment"],
+        )
+        experiments = GaugeMetricFamily(
+            "sweep_experiments", "Experiments by state", labels=["state"]
+        )
+        workers = GaugeMetricFamily("sweep_active_workers", "Workers heard from within a lease")
+        with self.db.transaction(write=False) as session:
+            by_state = dict.fromkeys(ExperimentState, 0) | dict(
+                session.execute(
+                    select(Experiment.state, func.count()).group_by(Experiment.state)
+                ).all()
+            )
+            live = session.execute(
+                select(Experiment.id, Experiment.state, Experiment.n_trials).where(
+                    Experiment.state.in_(LIVE)
+                )
+            ).all()
+            counts = session.execute(
+                select(Trial.experiment_id, Trial.state, func.count())
+                .join(Experiment, Experiment.id == Trial.experiment_id)
+                .where(Experiment.state.in_(LIVE))
+                .group_by(Trial.experiment_id, Trial.state)
+            ).all()
+            since = utcnow() - timedelta(seconds=self.lease_seconds)
+            active = session.scalar(
+                select(func.count()).select_from(Worker).where(Worker.last_seen_at >= since)
+            )
+        per_experiment: dict[int, dict[str, int]] = {
+            e.id: dict.fromkeys(TrialState, 0) for e in live
+        }
+        for experiment_id, state, n in counts:
+            per_experiment[experiment_id][state] = n
+        for experiment_id, state, n_trials in live:
+            states = per_experiment[experiment_id]
+            for trial_state, n in states.items():
+                trials.add_metric([str(experiment_id), str(trial_state)], n)
+            if state == ExperimentState.RUNNING:
+                unmade = max(0, n_trials - sum(states.values()))
+                queue.add_metric([str(experiment_id)], states[TrialState.QUEUED] + unmade)
+        for state, n in by_state.items():
+            experiments.add_metric([str(state)], n)
+        workers.add_metric([], active or 0)
+        yield from (trials, queue, experiments, workers)
