@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from service.client import SweepClient
@@ -72,6 +73,7 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     chromium: Any, sweep: tuple[ServerProcess, SweepClient, int]
 ) -> None:
     server, client, experiment_id = sweep
+    as_worker = {"Authorization": f"Bearer {server.worker_token}"}
     waiting = client.submit(make_spec(name="waiting-for-workers", budget=budget(4)))["id"]
     problems: list[str] = []
     context = chromium.new_context(viewport={"width": 1400, "height": 1000})
@@ -128,6 +130,15 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     page.locator("#action-pause").wait_for(timeout=WAIT_MS)
     assert client.experiment(waiting)["state"] == "running"
     assert "several objectives" in page.inner_text("#plot-pareto")
+    assert "no trial has started" in page.inner_text("#plot-timeline")
+
+    # The page follows the sweep without a reload: a worker claims a trial, the page shows it.
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers=as_worker) as worker:
+        worker_id = worker.post("/workers", json={"name": "watched"}).json()["id"]
+        claimed = worker.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 0})
+        assert claimed.status_code == 200, claimed.text
+    page.locator("#summary td:nth-child(3)", has_text="1").wait_for(timeout=WAIT_MS)
+    page.locator("#plot-timeline[data-drawn='true'] svg.main-svg").first.wait_for(timeout=WAIT_MS)
     assert problems == []
 
     # A viewer sees the experiment but gets no buttons it could not use.

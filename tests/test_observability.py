@@ -14,6 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
+from service.app import create_app
+from service.config import Settings
 from tests.factories import authorize, budget
 from tests.processes import free_port, serve, start_worker, stop_workers
 from tests.test_end_to_end import wait_for_end
@@ -73,6 +75,21 @@ def test_server_metrics_move_as_a_sweep_runs(client: TestClient) -> None:
     resumed = scrape(client.get("/metrics").text)
     assert value(resumed, "sweep_queue_depth", experiment=str(waiting)) == 5
     assert value(resumed, "sweep_active_workers") == 1
+
+
+def test_lease_expiries_are_counted(settings: Settings) -> None:
+    quick = settings.model_copy(update={"lease_seconds": 0.3, "lease_check_seconds": 0.1})
+    with TestClient(create_app(quick)) as client:
+        authorize(client)
+        submit(client, small(SPACE, budget=budget(2)))
+        worker = client.post(f"{API}/workers", json={"name": "gone"}).json()["id"]
+        assert client.post(f"{API}/workers/{worker}/claim", json={}).status_code == 200
+        deadline = time.monotonic() + 10
+        expired = 0.0
+        while expired == 0 and time.monotonic() < deadline:
+            time.sleep(0.1)
+            expired = value(scrape(client.get("/metrics").text), "sweep_lease_expiries_total")
+        assert expired == 1
 
 
 def test_metrics_need_a_reader_token(client: TestClient) -> None:
