@@ -74,6 +74,11 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
         cli.console.print(f"started {n_workers} workers (logs in {directory}/)")
         experiment = client.submit(cli.load_spec(spec_file or EXAMPLE))
         cli.console.print(f"submitted experiment {experiment['id']} ({experiment['name']})")
+        cli.console.print(
+            f"watch it live while it runs: {url}/dashboard/experiments/{experiment['id']} "
+            f"(token: {user_token})",
+            soft_wrap=True,
+        )
         experiment = cli.follow(client, experiment["id"], poll=0.5)
         cli.console.print(cli.status_table(experiment))
         best = client.best(experiment["id"], k=3)
