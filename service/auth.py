@@ -41,6 +41,7 @@ READERS = frozenset({Role.ADMIN, Role.USER, Role.VIEWER})
 CONTROLLERS = frozenset({Role.ADMIN, Role.USER})
 RUNNERS = frozenset({Role.ADMIN, Role.WORKER})
 ADMINS = frozenset({Role.ADMIN})
+EVERYONE = frozenset(Role)  # any valid token
 
 
 @dataclass(frozen=True)

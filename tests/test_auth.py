@@ -14,6 +14,7 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
 from service.api import ROUTERS
+from service.api import metrics as metrics_api
 from service.api.deps import Allow
 from service.app import create_app
 from service.auth import Role
@@ -51,11 +52,12 @@ def tokens(app_client: TestClient) -> dict[str, dict[str, str]]:
 def decisions(client: TestClient) -> dict[tuple[str, str], frozenset[Role]]:
     """Each API route's declared decision: the roles its Allow dependency lets in."""
     found: dict[tuple[str, str], frozenset[Role]] = {}
-    for route in (r for router in ROUTERS for r in router.routes):
+    mounted = [(API, router) for router in ROUTERS] + [("", metrics_api.router)]
+    for prefix, route in ((p, r) for p, router in mounted for r in router.routes):
         assert isinstance(route, APIRoute)
         allows = _allows(route.dependant)
         for method in route.methods:
-            key = (method, API + route.path)
+            key = (method, prefix + route.path)
             if key not in PUBLIC:
                 assert len(allows) == 1, f"{method} {route.path} has no single decision"
                 found[key] = allows[0]
@@ -90,7 +92,10 @@ def test_every_route_has_a_decision_and_the_decisions_are_the_policy(
             ("GET", f"{API}/experiments/{{experiment_id}}"),
             ("GET", f"{API}/trials/{{trial_id}}"),
             ("GET", f"{API}/experiments/{{experiment_id}}/importance"),
+            ("GET", f"{API}/experiments/{{experiment_id}}/plots/{{kind}}"),
+            ("GET", "/metrics"),
         },
+        "any token": {("GET", f"{API}/me")},
         "control": {
             ("POST", f"{API}/experiments"),
             ("DELETE", f"{API}/experiments/{{experiment_id}}"),
@@ -107,6 +112,7 @@ def test_every_route_has_a_decision_and_the_decisions_are_the_policy(
         "read": {"admin", "user", "viewer"},
         "control": {"admin", "user"},
         "run": {"admin", "worker"},
+        "any token": {"admin", "user", "viewer", "worker"},
     }
     for kind, routes in expected.items():
         for route in routes:

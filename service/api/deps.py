@@ -10,7 +10,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
 from service import auth, experiments, trials
-from service.auth import ADMINS, CONTROLLERS, READERS, RUNNERS, Caller, Role
+from service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
 from service.config import Settings
 from service.db import Database
 from service.limits import SubmissionRate
@@ -110,6 +110,7 @@ class Allow:
 
 # As route dependencies (the decision, when the route needs no caller) and as parameters.
 READ, CONTROL, RUN, ADMIN = (Depends(Allow(r)) for r in (READERS, CONTROLLERS, RUNNERS, ADMINS))
+ANY_TOKEN = Depends(Allow(EVERYONE))
 Reader = Annotated[Caller, Depends(Allow(READERS))]
 Controller = Annotated[Caller, Depends(Allow(CONTROLLERS))]
 Runner = Annotated[Caller, Depends(Allow(RUNNERS))]

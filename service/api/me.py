@@ -1,13 +1,13 @@
 from fastapi import APIRouter
 
-from service.api.deps import CallerDep
+from service.api.deps import ANY_TOKEN, CallerDep
 from service.auth import CONTROLLERS
 from service.schemas import Me
 
 router = APIRouter(tags=["tokens"])
 
 
-@router.get("/me")
+@router.get("/me", dependencies=[ANY_TOKEN])
 def whoami(caller: CallerDep) -> Me:
     """The role and project of the token in use, and whether it may pause, resume and cancel
     (for clients such as the dashboard that show only what the caller may do)."""
