@@ -171,6 +171,22 @@ class Budget(Strict):
     timeout_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
 
 
+class WarmStartTrial(Strict):
+    """A finished trial from elsewhere (an Optuna study, say) for the sampler to start from:
+    its params, and its value for each objective, in spec order."""
+
+    params: dict[Key, Scalar] = Field(max_length=100)
+    values: list[float] = Field(min_length=1, max_length=4)
+    state: Literal["completed", "pruned"] = "completed"
+
+    @field_validator("values")
+    @classmethod
+    def _finite(cls, values: list[float]) -> list[float]:
+        if not all(math.isfinite(v) for v in values):
+            raise ValueError("values must be finite numbers")
+        return values
+
+
 class ExperimentCreate(Strict):
     name: Name
     # Defaults to the caller's project ("default" for tokens that have none).
@@ -189,6 +205,9 @@ class ExperimentCreate(Strict):
     # Default: service.search.DEFAULT_PRUNER with one objective, none with several.
     pruner: PrunerSpec | None = None
     budget: Budget
+    # Trials to start from: they become the experiment's first trials (finished, no curves
+    # nor weights), and n_trials is raised by their count, so the budget buys new ones.
+    warm_start: list[WarmStartTrial] = Field(default_factory=list, max_length=10_000)
 
     @field_validator("dataset", mode="before")
     @classmethod
@@ -293,6 +312,25 @@ class TrialPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class OptunaTrial(BaseModel):
+    number: int
+    state: str  # optuna.trial.TrialState: RUNNING, COMPLETE, PRUNED, FAIL
+    params: dict[str, Any]
+    distributions: dict[str, str]  # optuna.distributions.distribution_to_json
+    values: list[float] | None
+    intermediate_values: dict[str, float]  # epoch -> the (first) objective
+    datetime_start: datetime | None
+    datetime_complete: datetime | None
+    user_attrs: dict[str, Any]
+
+
+class OptunaStudy(BaseModel):
+    study_name: str
+    directions: list[Literal["minimize", "maximize"]]
+    metric_names: list[str]
+    trials: list[OptunaTrial]
 
 
 class Me(BaseModel):

@@ -18,6 +18,7 @@ from service.schemas import (
     FloatParam,
     IntParam,
     Objective,
+    WarmStartTrial,
 )
 
 
@@ -40,13 +41,14 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
         if name in spec.search_space:
             raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
         _check_value(model, name, value, f"fixed.{name}")
-    normalized = spec.model_dump(mode="json")
+    normalized = spec.model_dump(mode="json", exclude={"warm_start"})
     # Both spelled out: "objective" is the first, which picks the epoch and drives pruning.
     normalized["objectives"] = [o.model_dump(mode="json") for o in objectives]
     normalized["objective"] = normalized["objectives"][0]
     if spec.pruner is None:
         normalized["pruner"] = search.default_pruner(len(objectives))
     optimizer.check_spec(normalized, len(objectives))
+    check_warm_start(normalized, spec.warm_start)
     return normalized
 
 
@@ -74,6 +76,22 @@ def _objectives(spec: ExperimentCreate, dataset: catalog.DatasetInfo) -> list[Ob
         if objective.metric in [o.metric for o in chosen[:i]]:
             raise InvalidSpec(f"{objective.metric!r} is an objective twice", field=field)
     return chosen
+
+
+def check_warm_start(spec: dict[str, Any], trials: list[WarmStartTrial]) -> None:
+    """Warm-start trials hold params the space holds, and a value per objective."""
+    if trials and spec["sampler"]["name"] == "grid":
+        message = "the grid sampler cannot start warm: it runs its own points"
+        raise InvalidSpec(message, field="warm_start")
+    n = len(objectives(spec))
+    for i, trial in enumerate(trials):
+        if len(trial.values) != n:
+            message = f"{len(trial.values)} value(s) for {n} objective(s)"
+            raise InvalidSpec(message, field=f"warm_start[{i}].values")
+        try:
+            check_enqueued({**spec, "sampler": {"name": "warm start"}}, trial.params)
+        except InvalidSpec as exc:
+            raise InvalidSpec(exc.message, field=f"warm_start[{i}].{exc.field}") from exc
 
 
 def check_enqueued(spec: dict[str, Any], params: dict[str, Any]) -> None:

@@ -28,6 +28,7 @@ from service.schemas import (
     TrialDetail,
     TrialPage,
     TrialRead,
+    WarmStartTrial,
 )
 from service.states import (
     ENDED_EXPERIMENT_STATES,
@@ -43,6 +44,9 @@ from service.tables import (
     TrialWeights,
     utcnow,
 )
+
+# The system attr of trials that came in finished (warm start), not run here.
+IMPORTED = "sweep:imported"
 
 
 def get(session: Session, trial_id: int) -> Trial:
@@ -295,6 +299,30 @@ def exhaust(session: Session, experiment: Experiment) -> None:
     experiment.stop_reason = f"search space exhausted after {experiment.trial_count} trials"
     complete_if_done(session, experiment)
     notify_on_commit(session)
+
+
+def warm_start(session: Session, experiment: Experiment, given: list[WarmStartTrial]) -> None:
+    """A new experiment's first trials, finished elsewhere (validated with its spec): the
+    sampler starts from them. They have no curves, weights or worker, and n_trials grows by
+    their count, so the budget still buys as many new trials."""
+    experiment.n_trials += len(given)
+    for number, finished in enumerate(given):
+        trial = Trial(
+            experiment_id=experiment.id,
+            number=number,
+            state=TrialState.RUNNING,
+            params=finished.params,
+            system_attrs={IMPORTED: True},
+            attempt=0,
+            retries=0,
+            last_epoch=0,
+            has_weights=False,
+        )
+        session.add(trial)
+        session.flush()
+        state = TrialState.COMPLETED if finished.state == "completed" else TrialState.PRUNED
+        finish(session, trial, state, value=finished.values[0], values=finished.values)
+    experiment.trial_count = len(given)
 
 
 def enqueue(session: Session, experiment_id: int, params: dict[str, Any]) -> Trial:

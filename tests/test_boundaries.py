@@ -43,11 +43,12 @@ def test_service_runs_without_torch() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
-def test_only_the_optimizer_its_toolbox_and_the_plots_import_optuna() -> None:
+def test_only_the_optuna_adapters_import_optuna() -> None:
     assert importers("service", "optuna") == {
         "service/optimizer.py",
         "service/search.py",
         "service/plots.py",
+        "service/interop.py",
     }
 
 

@@ -3,7 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from service import experiments, plots, trials
+from service import experiments, interop, plots, trials
 from service.api.deps import (
     CONTROL,
     READ,
@@ -22,6 +22,7 @@ from service.schemas import (
     ExperimentPage,
     ExperimentRead,
     Importance,
+    OptunaStudy,
     TrialEnqueue,
     TrialPage,
     TrialRead,
@@ -42,7 +43,9 @@ def create_experiment(
     """Submit an experiment; trials start as soon as a worker claims."""
     submissions.check(caller.token_id)
     project = caller.project_for(spec.project)
-    return experiments.status(session, experiments.create(session, spec=spec, project=project))
+    experiment = experiments.create(session, spec=spec, project=project)
+    trials.warm_start(session, experiment, spec.warm_start)
+    return experiments.status(session, experiment)
 
 
 @router.get("")
@@ -148,6 +151,15 @@ def parameter_importance(
 ) -> Importance:
     """How much each parameter explains the objective, over the completed trials."""
     return optimizer.importance(session, experiment, evaluator)
+
+
+@router.get("/{experiment_id}/study", dependencies=[READ])
+def optuna_study(
+    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep
+) -> OptunaStudy:
+    """Every trial as an Optuna study holds it (params with distributions, values, the
+    objective per epoch, state), for `optuna.trial.FrozenTrial`s on the client."""
+    return interop.study(session, optimizer, experiment)
 
 
 @router.get("/{experiment_id}/plots", dependencies=[READ])
