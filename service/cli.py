@@ -6,19 +6,16 @@ The worker commands import torch lazily, so a server host runs `sweep server` wi
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-import yaml
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from service import logs
-from service.client import DEFAULT_SERVER, ApiError, SweepClient
+from service.client import DEFAULT_SERVER, ApiError, BestTrials, Experiment, SweepClient
 from service.config import Settings
 
 app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
@@ -26,17 +23,6 @@ console = Console()
 
 ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
 FINISHED = ("completed", "cancelled")
-
-
-def load_spec(path: Path) -> dict[str, Any]:
-    """A spec from a YAML or JSON file (JSON is YAML too)."""
-    try:
-        spec = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise typer.BadParameter(f"{path} is not valid YAML/JSON: {exc}") from exc
-    if not isinstance(spec, dict):
-        raise typer.BadParameter(f"{path} must hold a mapping")
-    return spec
 
 
 class _Options:
@@ -182,7 +168,9 @@ def worker(
 def submit(spec_file: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
     """Submit an experiment spec (YAML or JSON); prints its id."""
     try:
-        experiment = _client(server).submit(load_spec(spec_file))
+        experiment = _client(server).submit(spec_file)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
     except ApiError as exc:
         raise _fail(exc) from exc
     console.print(f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted")
@@ -215,13 +203,15 @@ def status(
     """An experiment's state, trial counts per state and best value, with a progress bar."""
     client = _client(server)
     try:
-        experiment = follow(client, experiment_id) if watch else client.experiment(experiment_id)
+        experiment = (
+            client.wait(experiment_id, progress=True) if watch else client.experiment(experiment_id)
+        )
     except ApiError as exc:
         raise _fail(exc) from exc
     console.print(status_table(experiment))
 
 
-def status_table(e: dict[str, Any]) -> Table:
+def status_table(e: Experiment) -> Table:
     table = Table(title=f"experiment {e['id']}: {e['name']}", show_header=False)
     table.add_row("state", e["state"])
     table.add_row(
@@ -240,32 +230,6 @@ def status_table(e: dict[str, Any]) -> Table:
     return table
 
 
-def follow(client: SweepClient, experiment_id: int, poll: float = 1.0) -> dict[str, Any]:
-    """Show a progress bar until the experiment completes or is cancelled."""
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} trials"),
-        TextColumn("{task.fields[info]}"),
-        TimeElapsedColumn(),
-    )
-    with Progress(*columns, console=console) as progress:
-        experiment = client.experiment(experiment_id)
-        bar = progress.add_task(experiment["name"], total=experiment["n_trials"], info="")
-        while True:
-            counts = experiment["counts"]
-            finished = experiment["trials_created"] - counts["running"]
-            info = (
-                f"running {counts['running']}  pruned {counts['pruned']}  failed "
-                f"{counts['failed']}  best {_fmt(experiment['best_value'])}"
-            )
-            progress.update(bar, completed=finished, info=info)
-            if experiment["state"] in FINISHED:
-                return experiment
-            time.sleep(poll)
-            experiment = client.experiment(experiment_id)
-
-
 @app.command()
 def best(
     experiment_id: int,
@@ -280,7 +244,7 @@ def best(
     console.print(best_table(result))
 
 
-def best_table(result: dict[str, Any]) -> Table:
+def best_table(result: BestTrials) -> Table:
     table = Table(
         "rank",
         "trial",
@@ -326,6 +290,47 @@ def _control(action: str) -> None:
 
 for _action in ("pause", "resume", "cancel"):
     _control(_action)
+
+
+@app.command("export")
+def export_study(
+    experiment_id: int,
+    to: Annotated[str, typer.Option("--to", help="an Optuna storage URL: sqlite:///study.db")],
+    study: Annotated[str | None, typer.Option(help="study name (default: NAME-ID)")] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Write an experiment's finished trials as an Optuna study (for optuna.load_study and
+    optuna-dashboard)."""
+    import optuna
+
+    try:
+        written = _client(server).to_optuna_study(
+            experiment_id, storage=to, study_name=study, finished_only=True
+        )
+    except (ApiError, optuna.exceptions.DuplicatedStudyError) as exc:
+        raise _fail(exc) from exc
+    console.print(f"{len(written.trials)} trials written to study {written.study_name!r} at {to}")
+
+
+@app.command("import")
+def import_study(
+    spec_file: Path,
+    source: Annotated[str, typer.Option("--from", help="the Optuna storage URL")],
+    study: Annotated[str, typer.Option(help="the study's name")],
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Submit SPEC_FILE as a new experiment whose sampler starts from a finished Optuna
+    study's trials (completed and pruned ones); its budget buys n_trials new ones."""
+    try:
+        experiment = _client(server).import_optuna(spec_file, storage=source, study_name=study)
+    except (ValueError, KeyError) as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted, "
+        f"starting from {experiment['trials_created']} trials of study {study!r}"
+    )
 
 
 @app.command()

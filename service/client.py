@@ -1,13 +1,114 @@
-"""A small Python client for the user-facing API; the CLI is built on it."""
+"""The Python client of the Sweep API; the CLI is built on it.
+
+It needs httpx and PyYAML only: neither torch nor the server's dependencies. rich (for
+`wait(progress=True)`) and optuna (for `to_optuna_study`) are imported when used.
+
+    from service.client import SweepClient
+    client = SweepClient()                       # SWEEP_SERVER and SWEEP_TOKEN, or arguments
+    experiment = client.submit("examples/digits-mlp.yaml")
+    client.wait(experiment["id"], progress=True)
+    study = client.to_optuna_study(experiment["id"])   # optuna.visualization works on it
+"""
 
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, cast
 
 import httpx
 
+if TYPE_CHECKING:
+    import optuna
+
 DEFAULT_SERVER = "http://127.0.0.1:8642"
+API = "/api/v1"
+ENDED = ("completed", "cancelled", "failed")
+
+
+# -------------------------------------------------------------------------------------------
+# What the API answers (typed dicts: plain JSON at run time, checked by type checkers)
+
+
+class TrialCounts(TypedDict):
+    queued: int
+    running: int
+    completed: int
+    pruned: int
+    failed: int
+    cancelled: int
+
+
+class Experiment(TypedDict):
+    id: int
+    name: str
+    project: str
+    state: str  # running, paused, completed, cancelled, failed
+    spec: dict[str, Any]
+    n_trials: int
+    max_concurrent: int
+    trials_created: int
+    counts: TrialCounts
+    best_value: float | None
+    best_trial_id: int | None
+    stop_reason: str | None
+    created_at: str
+    updated_at: str
+    finished_at: str | None
+
+
+class Trial(TypedDict):
+    id: int
+    experiment_id: int
+    number: int | None
+    state: str  # queued, running, completed, pruned, failed, cancelled
+    params: dict[str, Any]
+    value: float | None
+    values: list[float] | None
+    best_epoch: int | None
+    last_epoch: int
+    attempt: int
+    retries: int
+    resumed_from: int
+    worker_id: int | None
+    failure_reason: str | None
+    failure_message: str | None
+    has_weights: bool
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class Metric(TypedDict):
+    epoch: int
+    values: dict[str, float | None]
+    created_at: str
+
+
+class TrialDetail(Trial):
+    config: dict[str, Any]
+    metrics: list[Metric]
+
+
+T = TypeVar("T")
+
+
+class Page(TypedDict, Generic[T]):
+    items: list[T]
+    total: int
+    limit: int
+    offset: int
+
+
+class BestTrials(TypedDict):
+    metric: str
+    direction: str
+    objectives: list[dict[str, str]]
+    pareto_front: bool
+    trials: list[Trial]
 
 
 class ApiError(Exception):
@@ -21,13 +122,40 @@ class ApiError(Exception):
         self.status = response.status_code
 
 
+def load_spec(path: str | Path) -> dict[str, Any]:
+    """A spec from a YAML or JSON file (JSON is YAML too)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        spec = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} must hold a mapping")
+    return spec
+
+
+# -------------------------------------------------------------------------------------------
+# The client
+
+
 class SweepClient:
     def __init__(
-        self, server: str = DEFAULT_SERVER, *, token: str | None = None, timeout: float = 30.0
+        self,
+        server: str | None = None,
+        *,
+        token: str | None = None,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
     ) -> None:
+        """`server` defaults to SWEEP_SERVER (else 127.0.0.1:8642), `token` to SWEEP_TOKEN;
+        `http` replaces the HTTP client (its base URL is the server's)."""
+        server = server or os.environ.get("SWEEP_SERVER") or DEFAULT_SERVER
+        token = token or os.environ.get("SWEEP_TOKEN")
         headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(
-            base_url=server.rstrip("/") + "/api/v1", timeout=timeout, headers=headers
+        self.http = http or httpx.Client(
+            base_url=server.rstrip("/"), timeout=timeout, headers=headers
         )
 
     def __enter__(self) -> SweepClient:
@@ -40,62 +168,258 @@ class SweepClient:
         self.http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, path, **kwargs)
+        response = self.http.request(method, API + path, **kwargs)
         if response.status_code >= 400:
             raise ApiError(response)
         return response
 
+    def _json(self, method: str, path: str, **kwargs: Any) -> Any:
+        return self._request(method, path, **kwargs).json()
+
     def health(self) -> dict[str, Any]:
-        return dict(self._request("GET", "/healthz").json())
+        return cast(dict[str, Any], self._json("GET", "/healthz"))
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return dict(self._request("POST", "/experiments", json=spec).json())
+    # Experiments
 
-    def experiments(self, state: str | None = None, limit: int = 50) -> dict[str, Any]:
-        params: dict[str, Any] = {"limit": limit} | ({"state": state} if state else {})
-        return dict(self._request("GET", "/experiments", params=params).json())
+    def submit(self, spec: dict[str, Any] | str | Path) -> Experiment:
+        """Create an experiment from a spec: a dict, or a YAML or JSON file."""
+        body = spec if isinstance(spec, dict) else load_spec(spec)
+        return cast(Experiment, self._json("POST", "/experiments", json=body))
 
-    def experiment(self, experiment_id: int) -> dict[str, Any]:
-        return dict(self._request("GET", f"/experiments/{experiment_id}").json())
+    def experiments(
+        self, state: str | None = None, limit: int = 50, offset: int = 0
+    ) -> Page[Experiment]:
+        """Newest first."""
+        params = _query(state=state, limit=limit, offset=offset)
+        return cast(Page[Experiment], self._json("GET", "/experiments", params=params))
 
-    def trials(self, experiment_id: int, **params: Any) -> dict[str, Any]:
-        query = {k: v for k, v in params.items() if v is not None}
-        return dict(
-            self._request("GET", f"/experiments/{experiment_id}/trials", params=query).json()
-        )
+    def experiment(self, experiment_id: int) -> Experiment:
+        return cast(Experiment, self._json("GET", f"/experiments/{experiment_id}"))
 
-    def best(self, experiment_id: int, k: int = 1) -> dict[str, Any]:
-        return dict(
-            self._request("GET", f"/experiments/{experiment_id}/best", params={"k": k}).json()
-        )
+    def wait(
+        self,
+        experiment_id: int,
+        *,
+        progress: bool = False,
+        poll: float = 1.0,
+        timeout: float | None = None,
+    ) -> Experiment:
+        """Until the experiment has ended (completed, cancelled or failed); with `progress`,
+        a progress bar of finished trials. TimeoutError after `timeout` seconds."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _ProgressBar() if progress else None
+        try:
+            while True:
+                experiment = self.experiment(experiment_id)
+                if bar is not None:
+                    bar.show(experiment)
+                if experiment["state"] in ENDED:
+                    return experiment
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise TimeoutError(f"experiment {experiment_id} is still {experiment['state']}")
+                time.sleep(poll)
+        finally:
+            if bar is not None:
+                bar.close()
 
-    def enqueue(self, experiment_id: int, params: dict[str, Any]) -> dict[str, Any]:
-        """Queue a trial with these params (all searched ones, or some)."""
-        path = f"/experiments/{experiment_id}/trials"
-        return dict(self._request("POST", path, json={"params": params}).json())
+    def pause(self, experiment_id: int) -> Experiment:
+        return self.control(experiment_id, "pause")
 
-    def change_budget(self, experiment_id: int, **budget: int) -> dict[str, Any]:
-        """n_trials and/or max_concurrent, effective at the next claim."""
-        body = {"budget": budget}
-        return dict(self._request("PATCH", f"/experiments/{experiment_id}", json=body).json())
+    def resume(self, experiment_id: int) -> Experiment:
+        return self.control(experiment_id, "resume")
 
-    def importance(self, experiment_id: int, evaluator: str = "fanova") -> dict[str, Any]:
-        path = f"/experiments/{experiment_id}/importance"
-        return dict(self._request("GET", path, params={"evaluator": evaluator}).json())
+    def cancel(self, experiment_id: int) -> Experiment:
+        """Running trials stop at their next report."""
+        return self.control(experiment_id, "cancel")
 
-    def trial(self, trial_id: int) -> dict[str, Any]:
-        return dict(self._request("GET", f"/trials/{trial_id}").json())
-
-    def workers(self, limit: int = 100) -> list[dict[str, Any]]:
-        return list(self._request("GET", "/workers", params={"limit": limit}).json())
-
-    def control(self, experiment_id: int, action: str) -> dict[str, Any]:
+    def control(self, experiment_id: int, action: str) -> Experiment:
         """pause, resume or cancel."""
-        return dict(self._request("POST", f"/experiments/{experiment_id}/{action}").json())
+        return cast(Experiment, self._json("POST", f"/experiments/{experiment_id}/{action}"))
 
     def delete(self, experiment_id: int) -> None:
         self._request("DELETE", f"/experiments/{experiment_id}")
 
-    def download_model(self, trial_id: int, path: Path) -> Path:
+    def change_budget(self, experiment_id: int, **budget: int) -> Experiment:
+        """n_trials and/or max_concurrent, effective at the next claim."""
+        body = {"budget": budget}
+        return cast(Experiment, self._json("PATCH", f"/experiments/{experiment_id}", json=body))
+
+    def enqueue(self, experiment_id: int, params: dict[str, Any]) -> Trial:
+        """Queue a trial with these params (all searched ones, or some)."""
+        path = f"/experiments/{experiment_id}/trials"
+        return cast(Trial, self._json("POST", path, json={"params": params}))
+
+    def importance(self, experiment_id: int, evaluator: str = "fanova") -> dict[str, Any]:
+        path = f"/experiments/{experiment_id}/importance"
+        return cast(dict[str, Any], self._json("GET", path, params={"evaluator": evaluator}))
+
+    # Trials
+
+    def trials(
+        self,
+        experiment_id: int,
+        *,
+        state: str | None = None,
+        sort: Literal["number", "objective"] | None = None,
+        order: Literal["asc", "desc"] | None = None,
+        limit: int | None = None,
+        offset: int | None = None,
+    ) -> Page[Trial]:
+        """One page of an experiment's trials; sort="objective" puts the best first."""
+        params = _query(state=state, sort=sort, order=order, limit=limit, offset=offset)
+        path = f"/experiments/{experiment_id}/trials"
+        return cast(Page[Trial], self._json("GET", path, params=params))
+
+    def all_trials(
+        self,
+        experiment_id: int,
+        *,
+        state: str | None = None,
+        sort: Literal["number", "objective"] | None = None,
+    ) -> Iterator[Trial]:
+        """Every trial, a page at a time."""
+        offset = 0
+        while True:
+            page = self.trials(experiment_id, state=state, sort=sort, limit=500, offset=offset)
+            yield from page["items"]
+            offset += len(page["items"])
+            if not page["items"] or offset >= page["total"]:
+                return
+
+    def best(self, experiment_id: int, k: int = 1) -> BestTrials:
+        """The k best completed trials; with several objectives, the Pareto front."""
+        path = f"/experiments/{experiment_id}/best"
+        return cast(BestTrials, self._json("GET", path, params={"k": k}))
+
+    def trial(self, trial_id: int) -> TrialDetail:
+        return cast(TrialDetail, self._json("GET", f"/trials/{trial_id}"))
+
+    def download_model(self, trial_id: int, path: str | Path) -> Path:
+        """The trial's weights (a torch state_dict) saved to `path`."""
+        path = Path(path)
         path.write_bytes(self._request("GET", f"/trials/{trial_id}/model").content)
         return path
+
+    def workers(self, limit: int = 100) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/workers", params={"limit": limit}))
+
+    # Optuna
+
+    def to_optuna_study(
+        self,
+        experiment_id: int,
+        *,
+        storage: str | None = None,
+        study_name: str | None = None,
+        finished_only: bool = False,
+    ) -> optuna.Study:
+        """The experiment as an Optuna study, in memory or written to `storage` (any Optuna
+        storage URL): every trial with its params and their distributions, values, the
+        objective per epoch as intermediate values, and state; Sweep's ids in user_attrs.
+        `finished_only` leaves out running trials (a written study should not keep trials
+        that never end)."""
+        import optuna
+        from optuna.distributions import json_to_distribution
+        from optuna.trial import FrozenTrial, TrialState
+
+        exported = self._json("GET", f"/experiments/{experiment_id}/study")
+        study = optuna.create_study(
+            storage=storage,
+            study_name=study_name or exported["study_name"],
+            directions=exported["directions"],
+        )
+        study.set_metric_names(exported["metric_names"])
+        trials = []
+        for t in exported["trials"]:
+            state = TrialState[t["state"]]
+            finished = state.is_finished()
+            if finished_only and not finished:
+                continue
+            values = t["values"]
+            trials.append(
+                FrozenTrial(
+                    number=t["number"],
+                    trial_id=t["number"],
+                    state=state,
+                    value=None,
+                    values=values,
+                    datetime_start=_datetime(t["datetime_start"]),
+                    datetime_complete=_datetime(t["datetime_complete"]) if finished else None,
+                    params=t["params"],
+                    distributions={
+                        name: json_to_distribution(d) for name, d in t["distributions"].items()
+                    },
+                    user_attrs=t["user_attrs"],
+                    system_attrs={},
+                    intermediate_values={int(k): v for k, v in t["intermediate_values"].items()},
+                )
+            )
+        study.add_trials(trials)
+        return study
+
+    def import_optuna(
+        self, spec: dict[str, Any] | str | Path, *, storage: str, study_name: str
+    ) -> Experiment:
+        """A new experiment (from `spec`) whose sampler starts from a finished Optuna study:
+        its completed and pruned trials become the experiment's first trials, and n_trials
+        new ones follow. The study's directions must be the spec's objectives'."""
+        import optuna
+        from optuna.trial import TrialState
+
+        body = spec if isinstance(spec, dict) else load_spec(spec)
+        source = optuna.load_study(study_name=study_name, storage=storage)
+        objectives = body.get("objectives") or [body.get("objective") or {}]
+        wanted = [str(o.get("direction", "maximize")) for o in objectives]
+        found = [d.name.lower() for d in source.directions]
+        if found != wanted:
+            raise ValueError(f"study {study_name!r} optimizes {found}; the spec {wanted}")
+        warm = []
+        for trial in source.get_trials(deepcopy=False):
+            values = trial.values
+            if trial.state == TrialState.PRUNED and values is None and trial.intermediate_values:
+                values = [trial.intermediate_values[max(trial.intermediate_values)]]
+            if trial.state in (TrialState.COMPLETE, TrialState.PRUNED) and values:
+                state = "completed" if trial.state == TrialState.COMPLETE else "pruned"
+                warm.append({"params": trial.params, "values": list(values), "state": state})
+        return self.submit({**body, "warm_start": warm})
+
+
+def _query(**params: Any) -> dict[str, Any]:
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def _datetime(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class _ProgressBar:
+    """Finished trials of n_trials, with running, pruned and failed counts and the best."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total} trials"),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+        )
+        self.progress.start()
+        self.task: Any = None
+
+    def show(self, experiment: Experiment) -> None:
+        counts = experiment["counts"]
+        finished = counts["completed"] + counts["pruned"] + counts["failed"] + counts["cancelled"]
+        best = experiment["best_value"]
+        info = (
+            f"running {counts['running']}  pruned {counts['pruned']}  failed {counts['failed']}"
+            f"  best {'-' if best is None else f'{best:.4f}'}"
+        )
+        total = experiment["n_trials"]
+        if self.task is None:
+            self.task = self.progress.add_task(experiment["name"], total=total, info="")
+        self.progress.update(self.task, total=total, completed=finished, info=info)
+
+    def close(self) -> None:
+        self.progress.stop()

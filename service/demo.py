@@ -72,14 +72,14 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
                 token=worker_token,
             )
         cli.console.print(f"started {n_workers} workers (logs in {directory}/)")
-        experiment = client.submit(cli.load_spec(spec_file or EXAMPLE))
+        experiment = client.submit(spec_file or EXAMPLE)
         cli.console.print(f"submitted experiment {experiment['id']} ({experiment['name']})")
         cli.console.print(
             f"watch it live while it runs: {url}/dashboard/experiments/{experiment['id']} "
             f"(token: {user_token})",
             soft_wrap=True,
         )
-        experiment = cli.follow(client, experiment["id"], poll=0.5)
+        experiment = client.wait(experiment["id"], progress=True, poll=0.5)
         cli.console.print(cli.status_table(experiment))
         best = client.best(experiment["id"], k=3)
         cli.console.print(cli.best_table(best))
