@@ -6,6 +6,7 @@ The worker commands import torch lazily, so a server host runs `sweep server` wi
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -15,14 +16,22 @@ from rich.progress_bar import ProgressBar
 from rich.table import Table
 
 from service import logs
-from service.client import DEFAULT_SERVER, ApiError, BestTrials, Experiment, SweepClient
+from service.client import (
+    DEFAULT_SERVER,
+    ENDED,
+    ApiError,
+    BestTrials,
+    Experiment,
+    SweepClient,
+    Trial,
+)
 from service.config import Settings
 
 app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
 console = Console()
 
+SPEC_TEMPLATE = Path(__file__).with_name("spec_template.yaml")
 ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
-FINISHED = ("completed", "cancelled")
 
 
 class _Options:
@@ -176,22 +185,121 @@ def submit(spec_file: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
     console.print(f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted")
 
 
-@app.command("list")
-def list_experiments(server: ServerOpt = DEFAULT_SERVER, state: str | None = None) -> None:
-    """List experiments."""
-    page = _client(server).experiments(state=state)
+@app.command()
+def init(
+    path: Annotated[Path, typer.Argument(help="where to write it")] = Path("sweep.yaml"),
+    force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+) -> None:
+    """Write a commented example spec to edit and submit."""
+    if path.exists() and not force:
+        raise _fail(FileExistsError(f"{path} exists; --force overwrites it"))
+    path.write_text(SPEC_TEMPLATE.read_text())
+    console.print(f"wrote {path}; edit it, then: sweep submit {path}")
+
+
+@app.command("ls")
+def list_experiments(
+    server: ServerOpt = DEFAULT_SERVER,
+    state: Annotated[str | None, typer.Option(help="running, paused, completed...")] = None,
+    limit: int = 50,
+) -> None:
+    """List experiments, newest first."""
+    try:
+        page = _client(server).experiments(state=state, limit=limit)
+    except ApiError as exc:
+        raise _fail(exc) from exc
     table = Table("id", "name", "state", "progress", "best", "created")
     for e in page["items"]:
-        done = e["trials_created"] - e["counts"]["running"]
         table.add_row(
             str(e["id"]),
             e["name"],
             e["state"],
-            f"{done}/{e['n_trials']}",
+            f"{_finished(e)}/{e['n_trials']}",
             _fmt(e["best_value"]),
             e["created_at"][:19],
         )
     console.print(table)
+
+
+app.command("list", hidden=True)(list_experiments)  # the name it had first
+
+
+@app.command()
+def trials(
+    experiment_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    state: Annotated[str | None, typer.Option(help="queued, running, completed...")] = None,
+    sort: Annotated[str, typer.Option(help="number or objective (best first)")] = "number",
+    limit: int = 100,
+) -> None:
+    """An experiment's trials as a table."""
+    try:
+        page = _client(server).trials(experiment_id, state=state, sort=sort, limit=limit)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(trials_table(page["items"], f"{page['total']} trial(s)"))
+
+
+def trials_table(items: list[Trial], title: str) -> Table:
+    table = Table("#", "id", "state", "value", "best epoch", "epochs", "attempt", "worker")
+    table.add_column("params")
+    table.title = title
+    for t in items:
+        table.add_row(
+            "-" if t["number"] is None else str(t["number"]),
+            str(t["id"]),
+            t["state"],
+            _fmt(t["value"]),
+            str(t["best_epoch"] or "-"),
+            str(t["last_epoch"]),
+            str(t["attempt"]),
+            str(t["worker_id"] or "-"),
+            _params(t["params"]),
+        )
+    return table
+
+
+@app.command()
+def watch(
+    experiment_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+) -> None:
+    """A live view of an experiment until it ends: its state and the running trials."""
+    from rich.console import Group
+    from rich.live import Live
+
+    client = _client(server)
+
+    def view() -> tuple[Group, bool]:
+        experiment = client.experiment(experiment_id)
+        running = client.trials(experiment_id, state="running", limit=50)["items"]
+        tables = Group(status_table(experiment), trials_table(running, "running"))
+        return tables, experiment["state"] in ENDED
+
+    try:
+        shown, ended = view()
+        with Live(shown, console=console, auto_refresh=False) as live:
+            while not ended:
+                time.sleep(interval)
+                shown, ended = view()
+                live.update(shown, refresh=True)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+
+
+@app.command()
+def migrate() -> None:
+    """Bring the schema of the database SWEEP_DATABASE_URL names up to date. The server does
+    this when it starts; run it before a new version serves, as an upgrade's first step."""
+    from service.db import Database
+
+    db = Database.connect(Settings().resolved_database_url())
+    try:
+        db.migrate()
+    finally:
+        db.dispose()
+    console.print("the database schema is up to date")
 
 
 @app.command()
@@ -218,7 +326,7 @@ def status_table(e: Experiment) -> Table:
         "objective", f"{e['spec']['objective']['direction']} {e['spec']['objective']['metric']}"
     )
     table.add_row("trials", f"{e['trials_created']} of {e['n_trials']} started")
-    finished = e["trials_created"] - e["counts"]["running"]
+    finished = _finished(e)
     table.add_row(
         f"{finished}/{e['n_trials']} done",
         ProgressBar(total=e["n_trials"], completed=finished, width=30),
@@ -362,6 +470,11 @@ def _params(params: dict[str, Any]) -> str:
     return "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )
+
+
+def _finished(e: Experiment) -> int:
+    c = e["counts"]
+    return c["completed"] + c["pruned"] + c["failed"] + c["cancelled"]
 
 
 def _fmt(value: float | None) -> str:

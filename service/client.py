@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Generic, Literal, TypedDict, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, cast
 
 import httpx
 
@@ -260,8 +260,8 @@ class SweepClient:
         experiment_id: int,
         *,
         state: str | None = None,
-        sort: Literal["number", "objective"] | None = None,
-        order: Literal["asc", "desc"] | None = None,
+        sort: str | None = None,  # number, or objective (best first)
+        order: str | None = None,  # asc or desc
         limit: int | None = None,
         offset: int | None = None,
     ) -> Page[Trial]:
@@ -275,7 +275,7 @@ class SweepClient:
         experiment_id: int,
         *,
         state: str | None = None,
-        sort: Literal["number", "objective"] | None = None,
+        sort: str | None = None,  # number, or objective (best first)
     ) -> Iterator[Trial]:
         """Every trial, a page at a time."""
         offset = 0

@@ -1,0 +1,45 @@
+"""The CLI's comforts, run as a user runs them: subprocesses against a real server."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.processes import serve
+
+CLI = [sys.executable, "-m", "service.cli"]
+
+
+def test_init_ls_trials_watch_and_migrate(
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    env = {**os.environ, "SWEEP_TOKEN": server.admin_token, "SWEEP_SERVER": server.url}
+
+    def sweep(*args: str, code: int = 0) -> str:
+        done = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+        assert done.returncode == code, done.stdout + done.stderr
+        return done.stdout
+
+    assert "wrote sweep.yaml" in sweep("init")
+    assert "exists" in sweep("init", code=1)
+    assert "# " in (tmp_path / "sweep.yaml").read_text()  # commented
+    assert "submitted" in sweep("submit", "sweep.yaml")  # the template is a valid spec
+    [experiment] = client.experiments()["items"]
+    assert experiment["name"] == "my-sweep" and experiment["n_trials"] == 30
+
+    listed = sweep("ls", "--state", "running")
+    assert "my-sweep" in listed and "0/30" in listed
+    client.enqueue(experiment["id"], {"lr": 0.01, "dropout": 0.1})
+    assert "1 trial(s)" in sweep("trials", str(experiment["id"]), "--state", "queued")
+    client.cancel(experiment["id"])
+    assert "cancelled" in sweep("watch", str(experiment["id"]))  # ended: shown once, returns
+
+    fresh = tmp_path / "fresh.db"
+    env["SWEEP_DATABASE_URL"] = f"sqlite:///{fresh}"
+    assert "up to date" in sweep("migrate")
+    assert fresh.exists()
