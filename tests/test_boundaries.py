@@ -44,11 +44,15 @@ def test_service_runs_without_torch() -> None:
 
 
 def test_only_the_optuna_adapters_import_optuna() -> None:
+    # On the server: suggestions and pruning, plots, the study export. On the user's side, the
+    # client and CLI build and read Optuna studies (to_optuna_study, export, import).
     assert importers("service", "optuna") == {
         "service/optimizer.py",
         "service/search.py",
         "service/plots.py",
         "service/interop.py",
+        "service/client.py",
+        "service/cli.py",
     }
 
 
