@@ -82,6 +82,7 @@ def load_dataset(
     options: dict[str, int | float] | None = None,
     val_fraction: float = 0.2,
     split_seed: int = 0,
+    standardize: bool = True,
 ) -> Dataset:
     """Load a bundled dataset and split it with a fixed seed.
 
@@ -91,18 +92,34 @@ def load_dataset(
     """
     if name not in catalog.DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(catalog.DATASETS)}")
-    task = catalog.DATASETS[name].task
     X, y = _raw(name, options or {})
+    shape = _IMAGE_SHAPES.get(name, (X.shape[1],))
+    return prepare(X, y, catalog.DATASETS[name].task, shape, val_fraction, split_seed, standardize)
+
+
+def prepare(
+    X: Array,
+    y: Array,
+    task: str,
+    shape: tuple[int, ...],
+    val_fraction: float = 0.2,
+    split_seed: int = 0,
+    standardize: bool = True,
+) -> Dataset:
+    """Split samples (stratified by class, but for regression) with a fixed seed, and scale
+    features (and regression targets) by the train split's statistics."""
+    X = X.reshape(len(X), -1)
     stratify = y if task != "regression" else None
     X_tr, X_va, y_tr, y_va = train_test_split(
         X, y, test_size=val_fraction, random_state=split_seed, stratify=stratify
     )
-    X_tr, X_va, _, _ = _standardize(X_tr.astype(np.float64), X_va.astype(np.float64))
+    X_tr, X_va = X_tr.astype(np.float64), X_va.astype(np.float64)
     y_mean, y_std = 0.0, 1.0
-    if task == "regression":
-        y_tr, y_va, mean, std = _standardize(y_tr.astype(np.float64), y_va.astype(np.float64))
-        y_mean, y_std = float(mean), float(std)
-    shape = _IMAGE_SHAPES.get(name, (X.shape[1],))
+    if standardize:
+        X_tr, X_va, _, _ = _standardize(X_tr, X_va)
+        if task == "regression":
+            y_tr, y_va, mean, std = _standardize(y_tr.astype(np.float64), y_va.astype(np.float64))
+            y_mean, y_std = float(mean), float(std)
     return Dataset(
         X_train=X_tr.astype(np.float32).reshape(-1, *shape),
         y_train=_targets(y_tr, task),

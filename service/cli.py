@@ -80,6 +80,58 @@ def server(
     )
 
 
+dataset_app = typer.Typer(
+    help="Your own datasets: CSV or NPZ files, validated and kept by the server."
+)
+app.add_typer(dataset_app, name="dataset")
+
+
+@dataset_app.command("upload")
+def dataset_upload(
+    file: Path,
+    name: Annotated[str, typer.Option(help="what specs call it")],
+    target: Annotated[str | None, typer.Option(help="a CSV's column to predict")] = None,
+    task: Annotated[
+        str | None, typer.Option(help="classification, binary or regression (default: inferred)")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Upload a CSV (with --target) or an NPZ (arrays X and y)."""
+    try:
+        d = _client(server).upload_dataset(file, name, target=target, task=task)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    classes = f", {len(d['classes'])} classes" if d["classes"] else ""
+    console.print(
+        f"dataset [bold]{d['name']}[/bold] in project {d['project']}: {d['task']}, "
+        f"{d['n_samples']} samples x {d['n_features']} features{classes} ({d['sha256'][:12]})"
+    )
+
+
+@dataset_app.command("ls")
+def dataset_list(server: ServerOpt = DEFAULT_SERVER) -> None:
+    """The datasets your token's project holds."""
+    try:
+        found = _client(server).datasets()
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    table = Table("project", "name", "task", "samples", "features", "classes", "uploaded")
+    for d in found:
+        classes = str(len(d["classes"])) if d["classes"] else "-"
+        table.add_row(
+            d["project"],
+            d["name"],
+            d["task"],
+            str(d["n_samples"]),
+            str(d["n_features"]),
+            classes,
+            d["created_at"][:19],
+        )
+    console.print(table)
+
+
 token_app = typer.Typer(help="API tokens (run on the server host, against its database).")
 app.add_typer(token_app, name="token")
 

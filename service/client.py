@@ -303,6 +303,32 @@ class SweepClient:
     def workers(self, limit: int = 100) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._json("GET", "/workers", params={"limit": limit}))
 
+    # Datasets
+
+    def upload_dataset(
+        self,
+        path: str | Path,
+        name: str,
+        *,
+        target: str | None = None,
+        task: str | None = None,
+        project: str | None = None,
+    ) -> dict[str, Any]:
+        """Upload a CSV (`target`: the column to predict) or an NPZ (arrays X and y), by the
+        file's suffix; specs of the project then name it as their dataset."""
+        path = Path(path)
+        file_format = path.suffix.lower().lstrip(".")
+        if file_format not in ("csv", "npz"):
+            raise ValueError(f"{path}: a .csv or .npz file is needed")
+        params = _query(format=file_format, target=target, task=task, project=project)
+        response = self._request(
+            "PUT", f"/datasets/{name}", params=params, content=path.read_bytes()
+        )
+        return cast(dict[str, Any], response.json())
+
+    def datasets(self) -> list[dict[str, Any]]:
+        return cast(list[dict[str, Any]], self._json("GET", "/datasets"))
+
     # Optuna
 
     def to_optuna_study(

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from service import specs
+from models import catalog
+from service import datasets, specs
 from service.db import after_commit, notify_on_commit
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.schemas import (
@@ -28,7 +29,11 @@ from service.tables import Experiment, Trial, utcnow
 
 
 def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
-    normalized = specs.normalize(spec)
+    uploaded = None
+    if spec.dataset.name not in catalog.DATASETS:
+        found = datasets.find(session, project, spec.dataset.name)
+        uploaded = datasets.for_spec(found) if found is not None else None
+    normalized = specs.normalize(spec, uploaded)
     experiment = Experiment(
         name=spec.name,
         project=project,

@@ -126,10 +126,13 @@ ParamSpec = Annotated[FloatParam | IntParam | CategoricalParam, Field(discrimina
 
 
 class DatasetSpec(Strict):
+    # A bundled dataset, or one uploaded to the experiment's project (PUT /datasets/{name}).
     name: Name
     options: dict[Key, Int | StrictFloat] = Field(default_factory=dict, max_length=20)
     val_fraction: float = Field(0.2, gt=0, lt=1)
     split_seed: StrictInt = Field(0, ge=0, le=2**32 - 1)
+    # Scale features (and regression targets) by the train split's mean and std.
+    standardize: StrictBool = True
 
 
 class Objective(Strict):
@@ -331,6 +334,22 @@ class OptunaStudy(BaseModel):
     directions: list[Literal["minimize", "maximize"]]
     metric_names: list[str]
     trials: list[OptunaTrial]
+
+
+class DatasetRead(BaseModel):
+    id: int
+    project: str
+    name: str
+    sha256: str  # of the arrays' content: what workers cache it by
+    format: str
+    task: str
+    n_samples: int
+    n_features: int
+    input_shape: list[int]
+    classes: list[Any] | None  # class labels in index order
+    target: str | None
+    size: int
+    created_at: datetime
 
 
 class Me(BaseModel):

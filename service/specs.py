@@ -6,6 +6,7 @@ the field, before anything is written.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from models import catalog
@@ -22,10 +23,28 @@ from service.schemas import (
 )
 
 
-def normalize(spec: ExperimentCreate) -> dict[str, Any]:
-    """The spec as stored: validated against the catalog, every default spelled out."""
+@dataclass(frozen=True)
+class Uploaded:
+    """A dataset uploaded to the experiment's project, as the spec sees it."""
+
+    info: catalog.DatasetInfo
+    fields: dict[str, Any]  # stored in the spec's dataset: what workers fetch it by
+
+
+def normalize(spec: ExperimentCreate, uploaded: Uploaded | None = None) -> dict[str, Any]:
+    """The spec as stored: validated against the catalog (or the uploaded dataset it names),
+    every default spelled out."""
     model = _known("model", spec.model, catalog.MODELS)
-    dataset = _known("dataset.name", spec.dataset.name, catalog.DATASETS)
+    if uploaded is not None:
+        dataset = uploaded.info
+    elif spec.dataset.name in catalog.DATASETS:
+        dataset = catalog.DATASETS[spec.dataset.name]
+    else:
+        raise InvalidSpec(
+            f"unknown dataset {spec.dataset.name!r}: neither bundled {sorted(catalog.DATASETS)} "
+            f"nor uploaded to the project (PUT /api/v1/datasets/{spec.dataset.name})",
+            field="dataset.name",
+        )
     if model.inputs == "image" and not dataset.image:
         raise InvalidSpec(
             f"model {model.name!r} needs image data; dataset {dataset.name!r} is not",
@@ -42,6 +61,8 @@ def normalize(spec: ExperimentCreate) -> dict[str, Any]:
             raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
         _check_value(model, name, value, f"fixed.{name}")
     normalized = spec.model_dump(mode="json", exclude={"warm_start"})
+    if uploaded is not None:
+        normalized["dataset"] |= uploaded.fields
     # Both spelled out: "objective" is the first, which picks the epoch and drives pruning.
     normalized["objectives"] = [o.model_dump(mode="json") for o in objectives]
     normalized["objective"] = normalized["objectives"][0]
@@ -144,7 +165,7 @@ def _check_dataset_options(dataset: catalog.DatasetInfo, options: dict[str, floa
             raise InvalidSpec(f"{key} must be an integer", field=field)
         if not option.low <= value <= option.high:
             raise InvalidSpec(f"{key} must be within [{option.low}, {option.high}]", field=field)
-    resolved = catalog.dataset_options(dataset.name, options)
+    resolved = {key: options.get(key, opt.default) for key, opt in dataset.options.items()}
     if "n_informative" in resolved and resolved["n_informative"] > resolved["n_features"]:
         raise InvalidSpec(
             "n_informative must be <= n_features", field="dataset.options.n_informative"

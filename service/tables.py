@@ -92,6 +92,39 @@ class Experiment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
+class Blob(Base):
+    """Content-addressed bytes: an uploaded dataset's arrays, by the hash of their content."""
+
+    __tablename__ = "sweep_blobs"
+
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class UserDataset(Base):
+    """A dataset a user uploaded (CSV or NPZ), validated and stored as arrays X and y."""
+
+    __tablename__ = "sweep_datasets"
+    __table_args__ = (UniqueConstraint("project", "name"), {"sqlite_autoincrement": True})
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(100))
+    name: Mapped[str] = mapped_column(String(64))
+    sha256: Mapped[str] = mapped_column(ForeignKey("sweep_blobs.sha256"))
+    format: Mapped[str] = mapped_column(String(8))  # what was uploaded: csv or npz
+    task: Mapped[str] = mapped_column(String(16))
+    n_samples: Mapped[int] = mapped_column(Integer)
+    n_features: Mapped[int] = mapped_column(Integer)
+    input_shape: Mapped[list[int]] = mapped_column(JSON)  # one sample's
+    # Class labels in index order (classification and binary); None for regression.
+    classes: Mapped[list[Any] | None] = mapped_column(JSON, nullable=True)
+    target: Mapped[str | None] = mapped_column(String(200), nullable=True)  # a CSV's column
+    size: Mapped[int] = mapped_column(Integer)  # bytes uploaded
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class Worker(Base):
     __tablename__ = "sweep_workers"
     __table_args__ = ({"sqlite_autoincrement": True},)

@@ -94,13 +94,16 @@ def test_every_route_has_a_decision_and_the_decisions_are_the_policy(
             ("GET", f"{API}/experiments/{{experiment_id}}/importance"),
             ("GET", f"{API}/experiments/{{experiment_id}}/plots/{{kind}}"),
             ("GET", "/metrics"),
+            ("GET", f"{API}/datasets"),
+            ("GET", f"{API}/datasets/{{name}}"),
         },
-        "any token": {("GET", f"{API}/me")},
+        "any token": {("GET", f"{API}/me"), ("GET", f"{API}/datasets/content/{{sha256}}")},
         "control": {
             ("POST", f"{API}/experiments"),
             ("DELETE", f"{API}/experiments/{{experiment_id}}"),
             ("PATCH", f"{API}/experiments/{{experiment_id}}"),
             ("POST", f"{API}/experiments/{{experiment_id}}/trials"),
+            ("PUT", f"{API}/datasets/{{name}}"),
         },
         "run": {
             ("POST", f"{API}/workers/{{worker_id}}/claim"),

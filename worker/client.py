@@ -87,6 +87,10 @@ class ServiceClient:
             params={"epoch": epoch},
         )
 
+    def download_dataset(self, sha256: str) -> bytes:
+        """An uploaded dataset's arrays (NPZ with X and y), by content hash."""
+        return self._call("GET", f"/datasets/content/{sha256}").content
+
     def download_checkpoint(self, trial_id: int, token: str) -> bytes:
         return self._call("GET", f"/trials/{trial_id}/checkpoint", token=token).content
 

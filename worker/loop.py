@@ -13,12 +13,15 @@ import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
-from models.datasets import load_dataset
+from models import arrays
+from models.datasets import load_dataset, prepare
 from service import logs
 from worker.client import ServiceClient, ServiceError, TrialGone
 from worker.heartbeat import Heartbeat
@@ -61,6 +64,8 @@ class WorkerOptions:
     # On a GPU, claim only when free memory holds this times the largest peak seen so far.
     memory_headroom: float = 1.25
     metrics_port: int | None = None  # serve Prometheus metrics on this port
+    # Where uploaded datasets are kept between runs, by content hash.
+    cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sweep")
 
 
 class Worker:
@@ -278,14 +283,33 @@ class Worker:
         """The dataset on the device, loaded once per worker and reused across trials."""
         key = json.dumps(spec, sort_keys=True)
         if key not in self._data:
-            dataset = load_dataset(
-                spec["name"], spec.get("options"), spec["val_fraction"], spec["split_seed"]
-            )
+            split = (spec["val_fraction"], spec["split_seed"], spec.get("standardize", True))
+            if "sha256" in spec:  # uploaded
+                X, y = self._uploaded(spec["sha256"])
+                shape = tuple(spec["input_shape"])
+                dataset = prepare(X, y, spec["task"], shape, *split)
+            else:
+                dataset = load_dataset(spec["name"], spec.get("options"), *split)
             self._data[key] = to_device(dataset, self.options.device)
             while len(self._data) > DATASETS_KEPT:
                 self._data.popitem(last=False)
         self._data.move_to_end(key)
         return self._data[key]
+
+    def _uploaded(self, sha256: str) -> tuple[np.ndarray, np.ndarray]:
+        """An uploaded dataset's arrays: from the cache, else downloaded once and checked."""
+        path = self.options.cache_dir / "datasets" / f"{sha256}.npz"
+        if path.exists():
+            return arrays.from_npz(path.read_bytes())
+        data = self.client.download_dataset(sha256)
+        X, y = arrays.from_npz(data)
+        if arrays.content_hash(X, y) != sha256:
+            raise ValueError(f"dataset {sha256} arrived damaged (its content hash differs)")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_suffix(f".{os.getpid()}.part")
+        partial.write_bytes(data)
+        partial.replace(path)  # whole or not at all, also beside other workers of the host
+        return X, y
 
     def _enough_trials(self) -> bool:
         return self.options.max_trials is not None and self.trials_run >= self.options.max_trials

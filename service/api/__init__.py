@@ -2,6 +2,8 @@
 
 from fastapi import APIRouter
 
-from service.api import experiments, health, me, tokens, trials, workers
+from service.api import datasets, experiments, health, me, tokens, trials, workers
 
-ROUTERS: list[APIRouter] = [m.router for m in (health, me, experiments, trials, workers, tokens)]
+ROUTERS: list[APIRouter] = [
+    m.router for m in (health, me, experiments, trials, workers, tokens, datasets)
+]

@@ -13,6 +13,7 @@ from service import auth, experiments, trials
 from service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
 from service.config import Settings
 from service.db import Database
+from service.errors import TooLarge
 from service.limits import SubmissionRate
 from service.metrics import Metrics
 from service.optimizer import Optimizer
@@ -68,6 +69,19 @@ ExperimentId = Annotated[int, Path(ge=1, le=MAX_INT)]
 TrialId = Annotated[int, Path(ge=1, le=MAX_INT)]
 WorkerId = Annotated[int, Path(ge=1, le=MAX_INT)]
 TokenId = Annotated[int, Path(ge=1, le=MAX_INT)]
+
+
+async def upload_body(request: Request, settings: SettingsDep) -> bytes:
+    """The raw request body, refused once it passes the configured size."""
+    data = bytearray()
+    async for chunk in request.stream():
+        data += chunk
+        if len(data) > settings.max_weights_bytes:
+            raise TooLarge(f"upload exceeds {settings.max_weights_bytes} bytes")
+    return bytes(data)
+
+
+Upload = Annotated[bytes, Depends(upload_body)]
 
 
 # The attempt a worker's call is about (from its claim); a stale one is refused with 409.

@@ -1,6 +1,6 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi import APIRouter, Query, Response
 
 from service import claims, trials
 from service.api.deps import (
@@ -12,9 +12,9 @@ from service.api.deps import (
     SessionDep,
     SettingsDep,
     TrialDep,
+    Upload,
     VisibleTrialId,
 )
-from service.errors import TooLarge
 from service.schemas import (
     CompleteIn,
     FailIn,
@@ -86,19 +86,6 @@ def heartbeat(
 def release(trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
     """Give the trial back (the worker is shutting down): it is queued for another attempt."""
     return trials.read(claims.release(session, trial_id=trial_id, token=token))
-
-
-async def upload_body(request: Request, settings: SettingsDep) -> bytes:
-    """The raw request body, refused once it passes the configured size."""
-    data = bytearray()
-    async for chunk in request.stream():
-        data += chunk
-        if len(data) > settings.max_weights_bytes:
-            raise TooLarge(f"upload exceeds {settings.max_weights_bytes} bytes")
-    return bytes(data)
-
-
-Upload = Annotated[bytes, Depends(upload_body)]
 
 
 @router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], dependencies=[RUN])

@@ -1,0 +1,65 @@
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Path, Query, Response, status
+
+from service import datasets
+from service.api.deps import ANY_TOKEN, CallerDep, Controller, Reader, SessionDep, Upload
+from service.schemas import DatasetRead
+
+router = APIRouter(prefix="/datasets", tags=["datasets"])
+
+DatasetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+Project = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
+
+
+@router.put("/{name}", status_code=status.HTTP_201_CREATED)
+def upload_dataset(
+    name: DatasetName,
+    data: Upload,
+    session: SessionDep,
+    caller: Controller,
+    format: Literal["csv", "npz"] = "csv",
+    target: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
+    task: Literal["classification", "binary", "regression"] | None = None,
+    project: Project = None,
+) -> DatasetRead:
+    """Upload a CSV (with `target`, the column to predict) or an NPZ (arrays X and y) as a
+    dataset specs of the project can name. The task is inferred from the target unless
+    given. Uploading the same data again is harmless; other data under a taken name is 409."""
+    dataset = datasets.upload(
+        session,
+        project=caller.project_for(project),
+        name=name,
+        data=data,
+        file_format=format,
+        target=target,
+        task=task,
+    )
+    return datasets.read(dataset)
+
+
+@router.get("")
+def list_datasets(session: SessionDep, caller: Reader) -> list[DatasetRead]:
+    """The datasets of the caller's project (an admin's: every project's)."""
+    return datasets.listing(session, caller.project)
+
+
+@router.get("/{name}")
+def get_dataset(
+    name: DatasetName, session: SessionDep, caller: Reader, project: Project = None
+) -> DatasetRead:
+    return datasets.read(datasets.get(session, caller.project or project or "default", name))
+
+
+@router.get(
+    "/content/{sha256}",
+    dependencies=[ANY_TOKEN],
+    response_class=Response,
+    responses={200: {"content": {"application/octet-stream": {}}}},
+)
+def dataset_content(
+    sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], session: SessionDep, caller: CallerDep
+) -> Response:
+    """A dataset's arrays (NPZ with X and y) by content hash, as workers fetch and cache it."""
+    data = datasets.blob(session, sha256, caller.project)
+    return Response(data, media_type="application/octet-stream")

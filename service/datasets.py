@@ -1,0 +1,255 @@
+"""Datasets users upload: a CSV with a target column, or an NPZ with arrays X and y.
+
+An upload is checked before anything is stored (shape, numbers only, nothing missing or
+infinite, classes with enough samples for a stratified split, size), then kept as arrays in a
+content-addressed blob: the same data uploaded twice is stored once, and workers cache it by
+that hash. Specs name a dataset of their project by its name.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import zipfile
+from typing import Any, cast
+
+import numpy as np
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from models import arrays, catalog
+from service.errors import Conflict, InvalidSpec, NotFound
+from service.schemas import DatasetRead
+from service.specs import Uploaded
+from service.tables import Blob, UserDataset
+
+MIN_SAMPLES = 10
+MAX_SAMPLES = 10_000_000
+MAX_FEATURES = 100_000
+MAX_CLASSES = 1_000
+# Whole numbers with at most this many distinct values are class labels, unless told otherwise.
+MAX_INFERRED_CLASSES = 100
+
+
+def upload(
+    session: Session,
+    *,
+    project: str,
+    name: str,
+    data: bytes,
+    file_format: str,
+    target: str | None,
+    task: str | None,
+) -> UserDataset:
+    """Validate and store a dataset; uploading the same data under its name again is a no-op,
+    other data under a taken name is a 409."""
+    if name in catalog.DATASETS:
+        raise Conflict(f"{name!r} is a bundled dataset; choose another name")
+    if file_format == "csv":
+        if not target:
+            raise InvalidSpec("a CSV needs target=COLUMN, the column to predict", field="target")
+        X, labels = _parse_csv(data, target)
+    else:
+        X, labels = _parse_npz(data)
+    task = task or _infer_task(labels)
+    y, classes = _targets(labels, task)
+    _check(X, y, task)
+    sha256 = arrays.content_hash(X, y)
+    existing = find(session, project, name)
+    if existing is not None:
+        if existing.sha256 == sha256 and existing.task == task:
+            return existing
+        raise Conflict(f"dataset {name!r} exists in project {project!r} with other data")
+    if session.get(Blob, sha256) is None:
+        stored = arrays.to_npz(X, y)
+        session.add(Blob(sha256=sha256, data=stored, size=len(stored)))
+    dataset = UserDataset(
+        project=project,
+        name=name,
+        sha256=sha256,
+        format=file_format,
+        task=task,
+        n_samples=len(X),
+        n_features=int(np.prod(X.shape[1:])),
+        input_shape=list(X.shape[1:]),
+        classes=classes,
+        target=target if file_format == "csv" else None,
+        size=len(data),
+    )
+    session.add(dataset)
+    session.flush()
+    return dataset
+
+
+def find(session: Session, project: str, name: str) -> UserDataset | None:
+    return session.scalars(
+        select(UserDataset).where(UserDataset.project == project, UserDataset.name == name)
+    ).first()
+
+
+def get(session: Session, project: str, name: str) -> UserDataset:
+    dataset = find(session, project, name)
+    if dataset is None:
+        raise NotFound(f"no dataset {name!r} in project {project!r}")
+    return dataset
+
+
+def listing(session: Session, project: str | None) -> list[DatasetRead]:
+    query = select(UserDataset).order_by(UserDataset.project, UserDataset.name)
+    if project is not None:
+        query = query.where(UserDataset.project == project)
+    return [read(d) for d in session.scalars(query)]
+
+
+def blob(session: Session, sha256: str, project: str | None) -> bytes:
+    """A dataset's arrays by hash, for a caller that sees a dataset holding them."""
+    query = select(UserDataset.id).where(UserDataset.sha256 == sha256)
+    if project is not None:
+        query = query.where(UserDataset.project == project)
+    stored = session.get(Blob, sha256) if session.scalars(query).first() else None
+    if stored is None:
+        raise NotFound(f"no dataset with content {sha256}")
+    return stored.data
+
+
+def for_spec(dataset: UserDataset) -> Uploaded:
+    """What spec validation needs to know of it, and what workers need to fetch it."""
+    task = cast(catalog.Task, dataset.task)
+    return Uploaded(
+        info=catalog.DatasetInfo(dataset.name, task, image=len(dataset.input_shape) == 3),
+        fields={"sha256": dataset.sha256, "task": task, "input_shape": dataset.input_shape},
+    )
+
+
+def read(dataset: UserDataset) -> DatasetRead:
+    return DatasetRead.model_validate(dataset, from_attributes=True)
+
+
+# -------------------------------------------------------------------------------------------
+# Parsing and checking
+
+
+def _parse_csv(data: bytes, target: str) -> tuple[np.ndarray, list[Any]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InvalidSpec(f"the CSV is not UTF-8 text: {exc}", field="body") from exc
+    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    if len(rows) < 2:
+        raise InvalidSpec("a CSV needs a header row and at least one data row", field="body")
+    header = [h.strip() for h in rows[0]]
+    if len(set(header)) != len(header) or "" in header:
+        raise InvalidSpec("the header needs distinct, non-empty column names", field="body")
+    if target not in header:
+        raise InvalidSpec(f"no column {target!r}; columns: {header}", field="target")
+    if len(header) < 2:
+        raise InvalidSpec("a CSV needs feature columns besides the target", field="body")
+    column = header.index(target)
+    features, labels = [], []
+    for line, row in enumerate(rows[1:], start=2):
+        if len(row) != len(header):
+            raise InvalidSpec(
+                f"line {line} has {len(row)} values; the header has {len(header)}", field="body"
+            )
+        values = []
+        for i, cell in enumerate(row):
+            if i == column:
+                labels.append(_label(cell.strip(), line))
+            else:
+                values.append(_number(cell.strip(), header[i], line))
+        features.append(values)
+        if len(features) > MAX_SAMPLES:
+            raise InvalidSpec(f"more than {MAX_SAMPLES} rows", field="body")
+    return np.asarray(features, dtype=np.float32), labels
+
+
+def _number(cell: str, name: str, line: int) -> float:
+    try:
+        value = float(cell)
+    except ValueError:
+        raise InvalidSpec(
+            f"column {name!r}, line {line}: {cell!r} is not a number (features must be numeric)",
+            field="body",
+        ) from None
+    if not math.isfinite(value):
+        raise InvalidSpec(f"column {name!r}, line {line}: {cell!r} is not finite", field="body")
+    return value
+
+
+def _label(cell: str, line: int) -> Any:
+    if cell == "":
+        raise InvalidSpec(f"the target is missing on line {line}", field="body")
+    try:
+        value = float(cell)
+    except ValueError:
+        return cell  # a class name
+    if not math.isfinite(value):
+        raise InvalidSpec(f"the target on line {line} is {cell!r}, not finite", field="body")
+    return int(value) if value.is_integer() else value
+
+
+def _parse_npz(data: bytes) -> tuple[np.ndarray, list[Any]]:
+    if not zipfile.is_zipfile(io.BytesIO(data)):  # np.load would take it for a pickle
+        raise InvalidSpec("not an NPZ file (numpy.savez writes one)", field="body")
+    try:
+        X, y = arrays.from_npz(data)
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise InvalidSpec(f"not an NPZ file: {exc}", field="body") from exc
+    except KeyError as exc:
+        raise InvalidSpec(f"an NPZ needs arrays X and y; missing {exc}", field="body") from exc
+    except ValueError as exc:  # object arrays, which would need unpickling
+        raise InvalidSpec(f"X and y must be numeric arrays: {exc}", field="body") from exc
+    if X.ndim not in (2, 3, 4) or y.ndim != 1 or len(X) != len(y):
+        raise InvalidSpec(
+            f"X must be (samples, features) or images (samples, [channels,] height, width) and "
+            f"y (samples,); got X {X.shape} and y {y.shape}",
+            field="body",
+        )
+    if X.dtype.kind not in "biuf" or y.dtype.kind not in "biuf":
+        raise InvalidSpec(f"X and y must be numbers; got {X.dtype} and {y.dtype}", field="body")
+    if X.ndim == 3:  # images without a channel axis
+        X = X[:, None]
+    if not np.isfinite(X).all() or not np.isfinite(y).all():
+        raise InvalidSpec("X and y must hold finite numbers (no NaN or infinity)", field="body")
+    labels = [int(v) if float(v).is_integer() else float(v) for v in y.tolist()]
+    return X.astype(np.float32), labels
+
+
+def _infer_task(labels: list[Any]) -> str:
+    if any(isinstance(v, str) for v in labels):
+        return "classification"
+    whole = all(isinstance(v, int) for v in labels)
+    return "classification" if whole and len(set(labels)) <= MAX_INFERRED_CLASSES else "regression"
+
+
+def _targets(labels: list[Any], task: str) -> tuple[np.ndarray, list[Any] | None]:
+    if task == "regression":
+        if any(isinstance(v, str) for v in labels):
+            raise InvalidSpec("a regression target must be numeric", field="task")
+        return np.asarray(labels, dtype=np.float32), None
+    classes = sorted(set(labels), key=lambda v: (isinstance(v, str), v))
+    if task == "binary" and len(classes) != 2:
+        raise InvalidSpec(f"a binary target has 2 classes; found {len(classes)}", field="task")
+    index = {c: i for i, c in enumerate(classes)}
+    dtype = np.int64 if task == "classification" else np.float32
+    return np.asarray([index[v] for v in labels], dtype=dtype), classes
+
+
+def _check(X: np.ndarray, y: np.ndarray, task: str) -> None:
+    if not MIN_SAMPLES <= len(X) <= MAX_SAMPLES:
+        raise InvalidSpec(f"{len(X)} samples; {MIN_SAMPLES} to {MAX_SAMPLES} needed", field="body")
+    if int(np.prod(X.shape[1:])) > MAX_FEATURES:
+        raise InvalidSpec(f"more than {MAX_FEATURES} features per sample", field="body")
+    if task == "regression":
+        return
+    counts = np.bincount(y.astype(np.int64))
+    if len(counts) < 2:
+        raise InvalidSpec("a classification target needs at least 2 classes", field="body")
+    if len(counts) > MAX_CLASSES:
+        raise InvalidSpec(f"{len(counts)} classes; at most {MAX_CLASSES}", field="body")
+    if counts.min() < 2:
+        raise InvalidSpec(
+            "every class needs 2 samples or more for a stratified train/validation split",
+            field="body",
+        )

@@ -1,0 +1,200 @@
+"""Users' own datasets: uploaded as CSV or NPZ, checked before anything is stored, named by
+specs, fetched once by workers and cached by content hash."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+from sklearn.datasets import load_wine
+
+from service.client import SweepClient
+from tests.factories import authorize, budget
+from tests.test_observability import scrape, value
+from tests.test_search import small, submit
+from worker.client import ServiceClient
+from worker.loop import Worker, WorkerOptions
+
+API = "/api/v1"
+SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
+CONTENT_ROUTE = f"{API}/datasets/content/{{sha256}}"
+
+
+def wine_csv() -> bytes:
+    """scikit-learn's wine as a CSV whose target holds class names."""
+    X, y = load_wine(return_X_y=True)
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow([f"f{i}" for i in range(X.shape[1])] + ["cultivar"])
+    for row, label in zip(X, y, strict=True):
+        writer.writerow([*row, f"cultivar_{'abc'[label]}"])
+    return out.getvalue().encode()
+
+
+def put(client: TestClient, name: str, data: bytes, **params: Any) -> Any:
+    return client.put(f"{API}/datasets/{name}", params=params, content=data)
+
+
+def run_worker(client: TestClient, cache: Path) -> int:
+    options = WorkerOptions(
+        name="w",
+        device=torch.device("cpu"),
+        wait_seconds=0.1,
+        exit_when_idle=0.3,
+        max_trials=1,
+        cache_dir=cache,
+    )
+    return Worker(ServiceClient("", http=client), options).run()
+
+
+def test_a_csv_becomes_a_dataset_specs_name_and_workers_cache(
+    client: TestClient, tmp_path: Path
+) -> None:
+    torch.set_num_threads(1)
+    uploaded = put(client, "wine-csv", wine_csv(), format="csv", target="cultivar")
+    assert uploaded.status_code == 201, uploaded.text
+    dataset = uploaded.json()
+    assert dataset["task"] == "classification"  # inferred from the labels
+    assert dataset["classes"] == ["cultivar_a", "cultivar_b", "cultivar_c"]
+    assert (dataset["n_samples"], dataset["n_features"]) == (178, 13)
+    again = put(client, "wine-csv", wine_csv(), format="csv", target="cultivar")
+    assert again.json()["id"] == dataset["id"]  # the same data again: nothing new
+
+    spec = small(SPACE, dataset={"name": "wine-csv", "split_seed": 3}, budget=budget(2))
+    experiment_id = submit(client, spec)
+    stored = client.get(f"{API}/experiments/{experiment_id}").json()["spec"]["dataset"]
+    assert stored["sha256"] == dataset["sha256"] and stored["standardize"] is True
+
+    assert run_worker(client, tmp_path) == 1  # the first worker downloads...
+    assert run_worker(client, tmp_path) == 1  # ...the second reads its host's cache
+    assert (tmp_path / "datasets" / f"{dataset['sha256']}.npz").exists()
+    downloads = value(
+        scrape(client.get("/metrics").text),
+        "sweep_http_request_duration_seconds_count",
+        method="GET",
+        route=CONTENT_ROUTE,
+        status="200",
+    )
+    assert downloads == 1
+    trials = client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"]
+    assert all(t["state"] == "completed" and t["value"] > 0.5 for t in trials)
+
+    taken = put(
+        client,
+        "wine-csv",
+        wine_csv().replace(b"cultivar_c", b"cultivar_b"),
+        format="csv",
+        target="cultivar",
+    )
+    assert taken.status_code == 409
+
+
+def test_an_npz_regression_dataset_trains(client: TestClient, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 5)).astype(np.float32)
+    y = (X @ np.array([1.0, -2.0, 0.5, 0.0, 3.0]) + 0.1 * rng.normal(size=200)).astype(np.float32)
+    buffer = io.BytesIO()
+    np.savez(buffer, X=X, y=y)
+    dataset = put(client, "linear", buffer.getvalue(), format="npz").json()
+    assert dataset["task"] == "regression" and dataset["classes"] is None
+    spec = small(
+        SPACE,
+        dataset="linear",
+        objective={"metric": "val_r2", "direction": "maximize"},
+        fixed={"epochs": 5, "hidden_layers": 1},
+        budget=budget(1),
+    )
+    experiment_id = submit(client, spec)
+    assert run_worker(client, tmp_path) == 1
+    [trial] = client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"]
+    assert trial["state"] == "completed" and trial["value"] > 0.5
+
+
+def npz(**arrays: Any) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+BAD_UPLOADS = [
+    ("no target", b"a,b\n1,2\n", {"format": "csv"}, "target", "needs target"),
+    ("unknown target", b"a,b\n1,2\n", {"target": "c"}, "target", "no column 'c'"),
+    ("words as features", b"a,y\n1,0\nParis,1\n", {"target": "y"}, "body", "'a', line 3"),
+    ("a missing value", b"a,y\n1,0\n,1\n", {"target": "y"}, "body", "'a', line 3"),
+    ("not finite", b"a,y\n1,0\ninf,1\n", {"target": "y"}, "body", "not finite"),
+    ("ragged rows", b"a,b,y\n1,2,0\n1,1\n", {"target": "y"}, "body", "line 3 has 2 values"),
+    ("not text", b"\xff\xfe\x00a", {"target": "y"}, "body", "not UTF-8"),
+    ("too few rows", b"a,y\n1,0\n2,1\n", {"target": "y"}, "body", "2 samples"),
+    (
+        "a class with one sample",
+        b"a,y\n" + b"".join(b"%d,%d\n" % (i, i % 2) for i in range(12)) + b"5,7\n",
+        {"target": "y"},
+        "body",
+        "2 samples or more",
+    ),
+    (
+        "binary with three classes",
+        b"a,y\n" + b"".join(b"%d,%d\n" % (i, i % 3) for i in range(12)),
+        {"target": "y", "task": "binary"},
+        "task",
+        "2 classes",
+    ),
+    ("not an npz", b"hello", {"format": "npz"}, "body", "not an NPZ"),
+    ("npz without y", npz(X=np.zeros((20, 2))), {"format": "npz"}, "body", "missing"),
+    (
+        "npz of objects",
+        npz(X=np.array([{"a": 1}] * 20, dtype=object), y=np.zeros(20)),
+        {"format": "npz"},
+        "body",
+        "numeric",
+    ),
+    (
+        "npz with NaN",
+        npz(X=np.full((20, 2), np.nan), y=np.arange(20) % 2),
+        {"format": "npz"},
+        "body",
+        "finite",
+    ),
+]
+
+
+@pytest.mark.parametrize(("case", "data", "params", "field", "says"), BAD_UPLOADS)
+def test_bad_uploads_are_refused_with_the_reason_and_store_nothing(
+    client: TestClient, case: str, data: bytes, params: dict[str, Any], field: str, says: str
+) -> None:
+    refused = put(client, "bad", data, **params)
+    assert refused.status_code == 422, (case, refused.text)
+    error = refused.json()["error"]
+    assert error["field"] == field and says in error["message"], (case, error)
+    assert client.get(f"{API}/datasets").json() == []
+
+
+def test_datasets_belong_to_a_project(client: TestClient) -> None:
+    bundled = put(client, "digits", wine_csv(), target="cultivar")
+    assert bundled.status_code == 409  # a bundled dataset's name
+    authorize(client, role="user", project="a")
+    sha = put(client, "wine-csv", wine_csv(), target="cultivar").json()["sha256"]
+    assert client.get(f"{API}/datasets/content/{sha}").status_code == 200
+    authorize(client, role="user", project="b")
+    assert client.get(f"{API}/datasets").json() == []
+    assert client.get(f"{API}/datasets/content/{sha}").status_code == 404
+    refused = client.post(f"{API}/experiments", json=small(SPACE, dataset="wine-csv"))
+    assert refused.status_code == 422 and refused.json()["error"]["field"] == "dataset.name"
+    assert "PUT /api/v1/datasets/wine-csv" in refused.json()["error"]["message"]
+
+
+def test_the_client_uploads_by_suffix(client: TestClient, tmp_path: Path) -> None:
+    path = tmp_path / "wine.csv"
+    path.write_bytes(wine_csv())
+    sweep = SweepClient(http=client)
+    assert sweep.upload_dataset(path, "my-wine", target="cultivar")["n_samples"] == 178
+    assert [d["name"] for d in sweep.datasets()] == ["my-wine"]
+    with pytest.raises(ValueError, match=r"\.csv or \.npz"):
+        sweep.upload_dataset(tmp_path / "wine.parquet", "x")
