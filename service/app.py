@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
         )
-        metrics.watch(db, settings.lease_seconds)
+        metrics.watch(db)
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)

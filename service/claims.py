@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from service import experiments, trials
+from service import experiments, trials, workers
 from service.db import Database, after_commit, notify_on_commit
 from service.errors import Conflict, NotFound
 from service.optimizer import Optimizer
@@ -54,10 +54,10 @@ def claim_possible(
     Raises what `claim` would: NotFound for an unknown worker or experiment, Conflict for a
     cancelled experiment.
     """
-    _check_claimant(session, worker_id, experiment_id, project)
+    worker = _check_claimant(session, worker_id, experiment_id, project)
     if _held(session, worker_id) is not None:
         return True
-    return session.scalars(_claimable(experiment_id, project)).first() is not None
+    return session.scalars(_claimable(worker, experiment_id, project)).first() is not None
 
 
 def try_claim(
@@ -112,7 +112,7 @@ def claim(
     if held is not None:
         owner = experiments.get(session, held.experiment_id)
         return _assignment(owner, held, lease_seconds, _checkpoint_epoch(session, held))
-    experiment = _lock_claimable(session, experiment_id, project)
+    experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
         return None
     trial = _next_queued(session, experiment.id)
@@ -238,8 +238,11 @@ def _held(session: Session, worker_id: int) -> Trial | None:
     ).first()
 
 
-def _claimable(experiment_id: int | None, project: str | None) -> Select[Experiment]:
-    """Running experiments with work left (budget or a queued trial) and a free slot."""
+def _claimable(
+    worker: Worker, experiment_id: int | None, project: str | None
+) -> Select[Experiment]:
+    """Running experiments with work left (budget or a queued trial) and a free slot, whose
+    requirements the worker meets (as service.workers.cannot_run says)."""
     running = (
         select(func.count())
         .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
@@ -252,6 +255,10 @@ def _claimable(experiment_id: int | None, project: str | None) -> Select[Experim
             Experiment.state == ExperimentState.RUNNING,
             (Experiment.trial_count < Experiment.n_trials) | queued,
             running < Experiment.max_concurrent,
+            Experiment.needs_device.is_(None)
+            | (Experiment.needs_device == workers.device_kind(worker)),
+            Experiment.needs_memory_gb.is_(None)
+            | (Experiment.needs_memory_gb <= (worker.device_memory_gb or 0)),
         )
         .order_by(Experiment.id)
         .limit(1)
@@ -264,15 +271,16 @@ def _claimable(experiment_id: int | None, project: str | None) -> Select[Experim
 
 
 def _lock_claimable(
-    session: Session, experiment_id: int | None, project: str | None
+    session: Session, worker: Worker, experiment_id: int | None, project: str | None
 ) -> Experiment | None:
     """The claimable experiment, its row locked. One no other claim holds is taken at once;
     when every one with work is held (claims racing for the same experiment), the claim
     queues for the first rather than going away empty-handed."""
-    query = _claimable(experiment_id, project).execution_options(populate_existing=True)
+    claimable = _claimable(worker, experiment_id, project)
+    query = claimable.execution_options(populate_existing=True)
     free = query.with_for_update(skip_locked=True, key_share=True, of=Experiment)
     experiment = session.scalars(free).one_or_none()
-    if experiment is None and session.scalars(_claimable(experiment_id, project)).first():
+    if experiment is None and session.scalars(claimable).first():
         queued = query.with_for_update(key_share=True, of=Experiment)
         experiment = session.scalars(queued).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.

@@ -9,7 +9,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from models import catalog
-from service import datasets, specs
+from service import datasets, specs, workers
 from service.db import after_commit, notify_on_commit
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.schemas import (
@@ -47,6 +47,8 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
         deadline_at=_deadline(spec.budget.timeout_s),
         trial_count=0,
         finish_seq=0,
+        needs_device=spec.requirements.device,
+        needs_memory_gb=spec.requirements.min_device_memory_gb,
     )
     session.add(experiment)
     session.flush()
@@ -141,7 +143,9 @@ def counts(session: Session, experiment_ids: Sequence[int]) -> dict[int, TrialCo
     return result
 
 
-def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
+def read(
+    experiment: Experiment, trial_counts: TrialCounts, waiting_for: str | None = None
+) -> ExperimentRead:
     return ExperimentRead(
         id=experiment.id,
         name=experiment.name,
@@ -155,6 +159,7 @@ def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
         best_value=experiment.best_value,
         best_trial_id=experiment.best_trial_id,
         stop_reason=experiment.stop_reason,
+        waiting_for=waiting_for,
         created_at=experiment.created_at,
         updated_at=experiment.updated_at,
         finished_at=experiment.finished_at,
@@ -162,7 +167,8 @@ def read(experiment: Experiment, trial_counts: TrialCounts) -> ExperimentRead:
 
 
 def status(session: Session, experiment: Experiment) -> ExperimentRead:
-    return read(experiment, counts(session, [experiment.id])[experiment.id])
+    why = workers.waiting_for(experiment, workers.live(session))
+    return read(experiment, counts(session, [experiment.id])[experiment.id], why)
 
 
 def page(
@@ -181,8 +187,12 @@ def page(
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
     items = session.scalars(query.order_by(Experiment.id.desc()).limit(limit).offset(offset)).all()
     all_counts = counts(session, [e.id for e in items])
+    live = workers.live(session)
     return ExperimentPage(
-        items=[read(e, all_counts[e.id]) for e in items], total=total, limit=limit, offset=offset
+        items=[read(e, all_counts[e.id], workers.waiting_for(e, live)) for e in items],
+        total=total,
+        limit=limit,
+        offset=offset,
     )
 
 

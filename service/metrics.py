@@ -8,16 +8,16 @@ time, so every process reports the same totals.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from datetime import timedelta
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
+from service import workers
 from service.db import Database
 from service.states import ExperimentState, TrialState
-from service.tables import Experiment, Trial, Worker, utcnow
+from service.tables import Experiment, Trial
 
 LIVE = (ExperimentState.RUNNING, ExperimentState.PAUSED)
 # Seconds: a claim or an ask takes milliseconds, a slow one up to a second or so.
@@ -63,9 +63,9 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, db: Database, lease_seconds: float) -> None:
+    def watch(self, db: Database) -> None:
         """Report the gauges read from `db` (while the app runs)."""
-        self._sql = _FromDatabase(db, lease_seconds)
+        self._sql = _FromDatabase(db)
         self.registry.register(self._sql)
 
     def unwatch(self) -> None:
@@ -77,8 +77,8 @@ class Metrics:
 class _FromDatabase(Collector):
     """Gauges read from SQL when scraped."""
 
-    def __init__(self, db: Database, lease_seconds: float) -> None:
-        self.db, self.lease_seconds = db, lease_seconds
+    def __init__(self, db: Database) -> None:
+        self.db = db
 
     def collect(self) -> Iterator[Metric]:
         trials = GaugeMetricFamily(
@@ -94,7 +94,9 @@ class _FromDatabase(Collector):
         experiments = GaugeMetricFamily(
             "sweep_experiments", "Experiments by state", labels=["state"]
         )
-        workers = GaugeMetricFamily("sweep_active_workers", "Workers heard from within a lease")
+        active = GaugeMetricFamily(
+            "sweep_active_workers", "Live workers: running a trial, or claimed in the last minutes"
+        )
         with self.db.transaction(write=False) as session:
             by_state = dict.fromkeys(ExperimentState, 0) | dict(
                 session.execute(
@@ -112,10 +114,7 @@ class _FromDatabase(Collector):
                 .where(Experiment.state.in_(LIVE))
                 .group_by(Trial.experiment_id, Trial.state)
             ).all()
-            since = utcnow() - timedelta(seconds=self.lease_seconds)
-            active = session.scalar(
-                select(func.count()).select_from(Worker).where(Worker.last_seen_at >= since)
-            )
+            active.add_metric([], len(workers.live(session)))
         per_experiment: dict[int, dict[str, int]] = {
             e.id: dict.fromkeys(TrialState, 0) for e in live
         }
@@ -130,5 +129,4 @@ class _FromDatabase(Collector):
                 queue.add_metric([str(experiment_id)], states[TrialState.QUEUED] + unmade)
         for state, n in by_state.items():
             experiments.add_metric([str(state)], n)
-        workers.add_metric([], active or 0)
-        yield from (trials, queue, experiments, workers)
+        yield from (trials, queue, experiments, active)

@@ -27,6 +27,7 @@ SPEC_MODELS: list[type[BaseModel]] = [
     schemas.SamplerSpec,
     schemas.PrunerSpec,
     schemas.Budget,
+    schemas.Requirements,
     schemas.WarmStartTrial,
 ]
 

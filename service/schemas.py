@@ -174,6 +174,13 @@ class Budget(Strict):
     timeout_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
 
 
+class Requirements(Strict):
+    """What a worker must have to be handed this experiment's trials."""
+
+    device: Literal["cpu", "cuda", "mps"] | None = None
+    min_device_memory_gb: float | None = Field(None, gt=0, le=100_000)
+
+
 class WarmStartTrial(Strict):
     """A finished trial from elsewhere (an Optuna study, say) for the sampler to start from:
     its params, and its value for each objective, in spec order."""
@@ -208,6 +215,9 @@ class ExperimentCreate(Strict):
     # Default: service.search.DEFAULT_PRUNER with one objective, none with several.
     pruner: PrunerSpec | None = None
     budget: Budget
+    requirements: Requirements = Field(
+        default_factory=lambda: Requirements(device=None, min_device_memory_gb=None)
+    )
     # Trials to start from: they become the experiment's first trials (finished, no curves
     # nor weights), and n_trials is raised by their count, so the budget buys new ones.
     warm_start: list[WarmStartTrial] = Field(default_factory=list, max_length=10_000)
@@ -264,6 +274,8 @@ class ExperimentRead(BaseModel):
     best_value: float | None
     best_trial_id: int | None
     stop_reason: str | None
+    # Why a running experiment with work left gets no trials run: no live worker can run it.
+    waiting_for: str | None = None
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
@@ -372,6 +384,7 @@ class WorkerRegister(Strict):
     hostname: Annotated[StrictStr, Field(max_length=255), NoNul] = ""
     device: Annotated[StrictStr, Field(min_length=1, max_length=64), NoNul] = "cpu"
     pid: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
+    device_memory_gb: float | None = Field(None, ge=0, le=100_000)  # a GPU's total memory
 
 
 class WorkerRead(BaseModel):
@@ -380,6 +393,7 @@ class WorkerRead(BaseModel):
     hostname: str
     device: str
     pid: int | None
+    device_memory_gb: float | None
     created_at: datetime
     last_seen_at: datetime
 

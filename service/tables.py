@@ -87,6 +87,9 @@ class Experiment(Base):
     study_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     best_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # requirements.device and .min_device_memory_gb, as columns a claim can filter on
+    needs_device: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    needs_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -133,6 +136,7 @@ class Worker(Base):
     name: Mapped[str] = mapped_column(String(200))
     hostname: Mapped[str] = mapped_column(String(255))
     device: Mapped[str] = mapped_column(String(64))
+    device_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The project of the token that registered it; only that project's tokens may claim for it.
     project: Mapped[str | None] = mapped_column(String(100), nullable=True)

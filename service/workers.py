@@ -1,17 +1,30 @@
-"""Workers: the processes that claim and run trials."""
+"""Workers: the processes that claim and run trials, and which experiments each can run."""
 
 from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from service.schemas import WorkerRead, WorkerRegister
-from service.tables import Worker
+from service.states import ExperimentState, TrialState
+from service.tables import Experiment, Trial, Worker, utcnow
+
+# A worker is live while it runs a trial, or claimed within this long (an idle worker's claim
+# comes back every few seconds).
+LIVE_WITHIN = timedelta(minutes=2)
 
 
 def register(session: Session, *, body: WorkerRegister, project: str | None) -> WorkerRead:
     worker = Worker(
-        name=body.name, hostname=body.hostname, device=body.device, pid=body.pid, project=project
+        name=body.name,
+        hostname=body.hostname,
+        device=body.device,
+        device_memory_gb=body.device_memory_gb,
+        pid=body.pid,
+        project=project,
     )
     session.add(worker)
     session.flush()
@@ -22,3 +35,48 @@ def recent(session: Session, *, limit: int) -> list[WorkerRead]:
     """Workers, most recently seen first."""
     rows = session.scalars(select(Worker).order_by(Worker.last_seen_at.desc()).limit(limit))
     return [WorkerRead.model_validate(w, from_attributes=True) for w in rows]
+
+
+def live(session: Session) -> list[Worker]:
+    busy = select(Trial.worker_id).where(Trial.state == TrialState.RUNNING)
+    return list(
+        session.scalars(
+            select(Worker).where(
+                (Worker.last_seen_at >= utcnow() - LIVE_WITHIN) | Worker.id.in_(busy)
+            )
+        )
+    )
+
+
+def device_kind(worker: Worker) -> str:
+    return worker.device.split(":")[0]
+
+
+def cannot_run(worker: Worker, experiment: Experiment) -> str | None:
+    """Why `worker` may not be handed this experiment's trials, or None. A claim asks the same
+    in SQL (service.claims)."""
+    if worker.project is not None and worker.project != experiment.project:
+        return f"it runs project {worker.project!r}"
+    if experiment.needs_device is not None and device_kind(worker) != experiment.needs_device:
+        return f"its device is {worker.device}"
+    memory = worker.device_memory_gb or 0
+    if experiment.needs_memory_gb is not None and memory < experiment.needs_memory_gb:
+        return f"its device has {memory:g} GB"
+    return None
+
+
+def waiting_for(experiment: Experiment, workers: list[Worker]) -> str | None:
+    """For a running experiment that live workers cannot run: what it needs, and what they
+    have, instead of waiting silently."""
+    if experiment.state != ExperimentState.RUNNING:
+        return None
+    if not workers:
+        return "no worker is live"
+    if any(cannot_run(w, experiment) is None for w in workers):
+        return None
+    needs = [f"device {experiment.needs_device}"] if experiment.needs_device else []
+    if experiment.needs_memory_gb is not None:
+        needs.append(f"{experiment.needs_memory_gb:g} GB of device memory")
+    reasons = Counter(str(cannot_run(w, experiment)) for w in workers)
+    have = "; ".join(f"{n} because {why}" for why, n in reasons.most_common())
+    return f"no live worker can run it: it needs {' and '.join(needs) or 'its project'}; {have}"

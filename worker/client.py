@@ -51,8 +51,16 @@ class ServiceClient:
         # Once set (the worker is shutting down), waiting to retry is cut short.
         self.stop = stop or threading.Event()
 
-    def register(self, name: str, hostname: str, device: str, pid: int) -> int:
-        body = {"name": name, "hostname": hostname, "device": device, "pid": pid}
+    def register(
+        self, name: str, hostname: str, device: str, pid: int, memory_gb: float | None = None
+    ) -> int:
+        body = {
+            "name": name,
+            "hostname": hostname,
+            "device": device,
+            "pid": pid,
+            "device_memory_gb": memory_gb,
+        }
         worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
         return int(worker["id"])
 

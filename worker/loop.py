@@ -92,8 +92,12 @@ class Worker:
         """Run trials until stopped, out of trials, or idle too long; returns trials run."""
         if self.options.metrics_port is not None:
             self.metrics.serve(self.options.metrics_port)
+        device = self.options.device
+        memory_gb = None
+        if device.type == "cuda":  # what experiments' requirements.min_device_memory_gb ask
+            memory_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
         worker_id = self.worker_id = self.client.register(
-            self.options.name, socket.gethostname(), str(self.options.device), os.getpid()
+            self.options.name, socket.gethostname(), str(device), os.getpid(), memory_gb
         )
         logs.request_id.set(f"w{worker_id}")  # on its claims; each trial's calls say more
         log.info(
