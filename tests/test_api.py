@@ -62,6 +62,7 @@ def test_submitted_spec_is_stored_with_defaults(client: TestClient) -> None:
         "options": {},
         "val_fraction": 0.2,
         "split_seed": 0,
+        "standardize": True,
     }
     assert experiment["spec"]["objective"]["reduce"] == "best"
     assert experiment["spec"]["budget"]["max_retries"] == 3
