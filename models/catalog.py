@@ -170,6 +170,28 @@ DATASETS: dict[str, DatasetInfo] = {
 }
 
 
+BUNDLED_MODELS = tuple(MODELS)
+BUNDLED_DATASETS = tuple(DATASETS)
+
+
+def _add_plugins() -> None:
+    """Models and datasets of installed plugin packages join the catalog (models.plugins)."""
+    from models import plugins
+
+    for name, model in plugins.model_plugins().items():
+        if name in MODELS:
+            raise ValueError(f"plugin model {name!r} has the name of a bundled one")
+        knobs = {**TRAINING_HYPERPARAMETERS, **model.hyperparameters}
+        MODELS[name] = ModelInfo(name, model.inputs, knobs)
+    for name, dataset in plugins.dataset_plugins().items():
+        if name in DATASETS:
+            raise ValueError(f"plugin dataset {name!r} has the name of a bundled one")
+        DATASETS[name] = DatasetInfo(name, dataset.task, image=dataset.image_shape is not None)
+
+
+_add_plugins()
+
+
 def objective_metrics(task: str) -> tuple[str, ...]:
     """Metrics of a task that can serve as an objective."""
     return TASK_METRICS[task] + COST_METRICS

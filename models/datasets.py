@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import datasets as skdata
 from sklearn.model_selection import train_test_split
 
-from models import catalog
+from models import catalog, plugins
 
 Array = np.ndarray
 
@@ -62,7 +62,10 @@ _IMAGE_SHAPES: dict[str, tuple[int, ...]] = {"digits_image": (1, 8, 8)}
 def _raw(name: str, options: dict[str, int | float]) -> tuple[Array, Array]:
     if name == "synthetic":
         return _synthetic(options)
-    return _BUNDLED[name]()
+    if name in _BUNDLED:
+        return _BUNDLED[name]()
+    X, y = plugins.resolve(plugins.dataset_plugins()[name].load)()
+    return np.asarray(X), np.asarray(y)
 
 
 def _standardize(train: Array, val: Array) -> tuple[Array, Array, Array, Array]:
@@ -93,7 +96,9 @@ def load_dataset(
     if name not in catalog.DATASETS:
         raise ValueError(f"unknown dataset {name!r}; known: {sorted(catalog.DATASETS)}")
     X, y = _raw(name, options or {})
-    shape = _IMAGE_SHAPES.get(name, (X.shape[1],))
+    plugin = plugins.dataset_plugins().get(name)
+    image = plugin.image_shape if plugin is not None else _IMAGE_SHAPES.get(name)
+    shape = image or (int(np.prod(X.shape[1:])),)
     return prepare(X, y, catalog.DATASETS[name].task, shape, val_fraction, split_seed, standardize)
 
 

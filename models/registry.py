@@ -10,7 +10,7 @@ from typing import Any
 
 from torch import nn
 
-from models import catalog
+from models import catalog, plugins
 from models.cnn import CNN, CNNConfig
 from models.datasets import Dataset, load_dataset
 from models.mlp import MLP, MLPConfig
@@ -67,9 +67,13 @@ def build_model(
     model: str, input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]
 ) -> nn.Module:
     """A freshly initialized `model`; `hparams` as returned by catalog.resolve_hyperparameters."""
-    if model not in _BUILDERS:
-        raise ValueError(f"unknown model {model!r}; known: {sorted(_BUILDERS)}")
-    return _BUILDERS[model](input_shape, n_outputs, hparams)
+    if model in _BUILDERS:
+        return _BUILDERS[model](input_shape, n_outputs, hparams)
+    plugin = plugins.model_plugins().get(model)
+    if plugin is None:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(catalog.MODELS)}")
+    built: nn.Module = plugins.resolve(plugin.build)(input_shape, n_outputs, hparams)
+    return built
 
 
 def build_for_trial(

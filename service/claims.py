@@ -259,6 +259,8 @@ def _claimable(
             | (Experiment.needs_device == workers.device_kind(worker)),
             Experiment.needs_memory_gb.is_(None)
             | (Experiment.needs_memory_gb <= (worker.device_memory_gb or 0)),
+            Experiment.needs_model.is_(None) | Experiment.needs_model.in_(worker.models),
+            Experiment.needs_dataset.is_(None) | Experiment.needs_dataset.in_(worker.datasets),
         )
         .order_by(Experiment.id)
         .limit(1)

@@ -34,6 +34,7 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
         found = datasets.find(session, project, spec.dataset.name)
         uploaded = datasets.for_spec(found) if found is not None else None
     normalized = specs.normalize(spec, uploaded)
+    bundled_data = spec.dataset.name in catalog.BUNDLED_DATASETS
     experiment = Experiment(
         name=spec.name,
         project=project,
@@ -49,6 +50,8 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
         finish_seq=0,
         needs_device=spec.requirements.device,
         needs_memory_gb=spec.requirements.min_device_memory_gb,
+        needs_model=None if spec.model in catalog.BUNDLED_MODELS else spec.model,
+        needs_dataset=None if bundled_data or uploaded else spec.dataset.name,
     )
     session.add(experiment)
     session.flush()

@@ -46,12 +46,14 @@ def spec_reference() -> str:
     out += ["", "## Models and their hyperparameters", ""]
     out.append("Any of these may be searched (`search_space`) or set (`fixed`); the rest keep")
     out.append("their defaults.")
-    for name, info in catalog.MODELS.items():
+    for name in catalog.BUNDLED_MODELS:  # plugins have their own docs
+        info = catalog.MODELS[name]
         data = "image datasets only" if info.inputs == "image" else "any dataset"
         out += ["", f"### `{name}` ({data})", ""]
         out += _knobs(info.hyperparameters)
     out += ["", "## Datasets", "", "| dataset | task | images | options |", "|---|---|---|---|"]
-    for name, dataset in catalog.DATASETS.items():
+    for name in catalog.BUNDLED_DATASETS:
+        dataset = catalog.DATASETS[name]
         choices = ", ".join(
             f"`{k}` {o.kind} {_num(o.low)}..{_num(o.high)} (default {o.default})"
             for k, o in dataset.options.items()

@@ -385,6 +385,9 @@ class WorkerRegister(Strict):
     device: Annotated[StrictStr, Field(min_length=1, max_length=64), NoNul] = "cpu"
     pid: Annotated[StrictInt, Field(ge=0, le=MAX_INT)] | None = None
     device_memory_gb: float | None = Field(None, ge=0, le=100_000)  # a GPU's total memory
+    # The plugin models and datasets installed where it runs (bundled ones everyone has).
+    models: list[Key] = Field(default_factory=list, max_length=1000)
+    datasets: list[Key] = Field(default_factory=list, max_length=1000)
 
 
 class WorkerRead(BaseModel):
@@ -394,6 +397,8 @@ class WorkerRead(BaseModel):
     device: str
     pid: int | None
     device_memory_gb: float | None
+    models: list[str]
+    datasets: list[str]
     created_at: datetime
     last_seen_at: datetime
 

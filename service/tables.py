@@ -90,6 +90,9 @@ class Experiment(Base):
     # requirements.device and .min_device_memory_gb, as columns a claim can filter on
     needs_device: Mapped[str | None] = mapped_column(String(16), nullable=True)
     needs_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # The plugin model and dataset a worker must have installed (None: bundled ones)
+    needs_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    needs_dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -137,6 +140,9 @@ class Worker(Base):
     hostname: Mapped[str] = mapped_column(String(255))
     device: Mapped[str] = mapped_column(String(64))
     device_memory_gb: Mapped[float | None] = mapped_column(Float, nullable=True)
+    # Plugin models and datasets installed where it runs
+    models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    datasets: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The project of the token that registered it; only that project's tokens may claim for it.
     project: Mapped[str | None] = mapped_column(String(100), nullable=True)

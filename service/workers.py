@@ -23,6 +23,8 @@ def register(session: Session, *, body: WorkerRegister, project: str | None) -> 
         hostname=body.hostname,
         device=body.device,
         device_memory_gb=body.device_memory_gb,
+        models=body.models,
+        datasets=body.datasets,
         pid=body.pid,
         project=project,
     )
@@ -62,6 +64,10 @@ def cannot_run(worker: Worker, experiment: Experiment) -> str | None:
     memory = worker.device_memory_gb or 0
     if experiment.needs_memory_gb is not None and memory < experiment.needs_memory_gb:
         return f"its device has {memory:g} GB"
+    if experiment.needs_model is not None and experiment.needs_model not in worker.models:
+        return f"it lacks the plugin model {experiment.needs_model!r}"
+    if experiment.needs_dataset is not None and experiment.needs_dataset not in worker.datasets:
+        return f"it lacks the plugin dataset {experiment.needs_dataset!r}"
     return None
 
 
@@ -77,6 +83,10 @@ def waiting_for(experiment: Experiment, workers: list[Worker]) -> str | None:
     needs = [f"device {experiment.needs_device}"] if experiment.needs_device else []
     if experiment.needs_memory_gb is not None:
         needs.append(f"{experiment.needs_memory_gb:g} GB of device memory")
+    if experiment.needs_model is not None:
+        needs.append(f"the plugin model {experiment.needs_model!r}")
+    if experiment.needs_dataset is not None:
+        needs.append(f"the plugin dataset {experiment.needs_dataset!r}")
     reasons = Counter(str(cannot_run(w, experiment)) for w in workers)
     have = "; ".join(f"{n} because {why}" for why, n in reasons.most_common())
     return f"no live worker can run it: it needs {' and '.join(needs) or 'its project'}; {have}"

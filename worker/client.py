@@ -52,14 +52,23 @@ class ServiceClient:
         self.stop = stop or threading.Event()
 
     def register(
-        self, name: str, hostname: str, device: str, pid: int, memory_gb: float | None = None
+        self,
+        name: str,
+        hostname: str,
+        device: str,
+        pid: int,
+        memory_gb: float | None = None,
+        plugins: tuple[list[str], list[str]] = ([], []),
     ) -> int:
+        """Register; `plugins` are the plugin models and datasets installed here."""
         body = {
             "name": name,
             "hostname": hostname,
             "device": device,
             "pid": pid,
             "device_memory_gb": memory_gb,
+            "models": plugins[0],
+            "datasets": plugins[1],
         }
         worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
         return int(worker["id"])

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import arrays
+from models import arrays, plugins
 from models.datasets import load_dataset, prepare
 from service import logs
 from worker.client import ServiceClient, ServiceError, TrialGone
@@ -96,8 +96,9 @@ class Worker:
         memory_gb = None
         if device.type == "cuda":  # what experiments' requirements.min_device_memory_gb ask
             memory_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
+        installed = (list(plugins.model_plugins()), list(plugins.dataset_plugins()))
         worker_id = self.worker_id = self.client.register(
-            self.options.name, socket.gethostname(), str(device), os.getpid(), memory_gb
+            self.options.name, socket.gethostname(), str(device), os.getpid(), memory_gb, installed
         )
         logs.request_id.set(f"w{worker_id}")  # on its claims; each trial's calls say more
         log.info(

@@ -1,0 +1,99 @@
+"""A plugin package (examples/plugin) adds a model and a dataset through entry points. It is
+installed into a directory of its own that only the processes given it see: the server and
+one worker have it, another worker does not, and trials go only where they can run."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.factories import budget
+from tests.processes import serve, start_worker, stop_workers
+from tests.test_end_to_end import wait_for_end
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    target = tmp_path_factory.mktemp("plugin")
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            "--no-deps",
+            "--no-build-isolation",
+            "--target",
+            str(target),
+            str(ROOT / "examples" / "plugin"),
+        ],
+        check=True,
+    )
+    yield str(target)
+
+
+def test_the_plugin_joins_the_catalog_where_it_is_installed(plugin_path: str) -> None:
+    code = (
+        "from models import catalog, registry\n"
+        "from models.datasets import load_dataset\n"
+        "assert 'residual_mlp' in catalog.MODELS and 'moons' in catalog.DATASETS\n"
+        "assert catalog.MODELS['residual_mlp'].hyperparameters['width'].default == 64\n"
+        "data = load_dataset('moons')\n"
+        "hp = catalog.resolve_hyperparameters('residual_mlp', {'blocks': 3})\n"
+        "model = registry.build_model('residual_mlp', data.input_shape, data.n_outputs, hp)\n"
+        "assert len(model) == 7  # flatten, linear, 3 blocks, relu, linear\n"
+        "assert data.n_outputs == 2\n"
+    )
+    env = {**os.environ, "PYTHONPATH": plugin_path}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
+
+
+def test_plugin_trials_go_to_workers_that_have_the_plugin(
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path, plugin_path: str
+) -> None:
+    logs = tmp_path / "logs"
+    with_plugin = {"PYTHONPATH": plugin_path}
+    server, client = serve(request, sqlite_url, logs, env=with_plugin)
+    spec = {
+        "name": "moons",
+        "model": "residual_mlp",
+        "dataset": "moons",
+        "objective": {"metric": "val_accuracy", "direction": "maximize"},
+        "search_space": {
+            "width": {"type": "int", "low": 8, "high": 64, "log": True},
+            "blocks": {"type": "int", "low": 1, "high": 3},
+        },
+        "fixed": {"epochs": 3},
+        "budget": budget(3, 2),
+    }
+    experiment_id = client.submit(spec)["id"]
+    plain = start_worker(server, logs, "plain", "--exit-when-idle", "60")
+    workers = [plain]
+    try:
+        deadline = time.monotonic() + 30
+        waiting = (None, "no worker is live")
+        while (why := client.experiment(experiment_id)["waiting_for"]) in waiting:
+            assert time.monotonic() < deadline, "the plain worker never registered"
+            time.sleep(0.2)
+        assert "lacks the plugin model 'residual_mlp'" in why
+        assert client.experiment(experiment_id)["trials_created"] == 0
+        workers.append(
+            start_worker(server, logs, "extended", "--exit-when-idle", "60", env=with_plugin)
+        )
+        done = wait_for_end(client, experiment_id, timeout=120)
+    finally:
+        stop_workers(workers)
+    assert done["state"] == "completed" and done["counts"]["completed"] == 3
+    ran = {t["worker_id"] for t in client.trials(experiment_id)["items"]}
+    names = {w["id"]: w["name"] for w in client.workers()}
+    assert {names[w] for w in ran} == {"extended"}
+    assert done["best_value"] > 0.8  # two moons are easy
