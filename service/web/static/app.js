@@ -153,7 +153,8 @@ async function experimentPage(id, me) {
       [[stateBadge(e.state), `${c.completed + c.pruned + c.failed + c.cancelled} / ${e.n_trials}`,
         c.running, c.queued, c.completed, c.pruned, c.failed, number(e.best_value),
         e.best_trial_id ? el("a", { href: `/dashboard/trials/${e.best_trial_id}` },
-          `trial ${e.best_trial_id}`) : "–", e.stop_reason || ""]]));
+          `trial ${e.best_trial_id}`) : "–", e.stop_reason || ""]]),
+    e.waiting_for ? el("p", { id: "waiting-for" }, `Waiting: ${e.waiting_for}`) : "");
     renderActions(e, me, actions, refresh);
     const page = await getJson(`/experiments/${id}/trials?limit=500`);
     trials.replaceChildren(table(
