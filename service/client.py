@@ -388,12 +388,15 @@ class SweepClient:
     ) -> Experiment:
         """A new experiment (from `spec`) whose sampler starts from a finished Optuna study:
         its completed and pruned trials become the experiment's first trials, and n_trials
-        new ones follow. The study's directions must be the spec's objectives'."""
+        new ones follow. The study's directions must be the spec's objectives'; a spec
+        without a search_space searches the study's parameters over their distributions."""
         import optuna
         from optuna.trial import TrialState
 
-        body = spec if isinstance(spec, dict) else load_spec(spec)
+        body = dict(spec if isinstance(spec, dict) else load_spec(spec))
         source = optuna.load_study(study_name=study_name, storage=storage)
+        if not body.get("search_space"):
+            body["search_space"] = _search_space(source)
         objectives = body.get("objectives") or [body.get("objective") or {}]
         wanted = [str(o.get("direction", "maximize")) for o in objectives]
         found = [d.name.lower() for d in source.directions]
@@ -408,6 +411,27 @@ class SweepClient:
                 state = "completed" if trial.state == TrialState.COMPLETE else "pruned"
                 warm.append({"params": trial.params, "values": list(values), "state": state})
         return self.submit({**body, "warm_start": warm})
+
+
+def _search_space(study: optuna.Study) -> dict[str, Any]:
+    """A spec's search space from the distributions an Optuna study's trials used."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    space: dict[str, Any] = {}
+    for trial in study.get_trials(deepcopy=False):
+        for name, d in trial.distributions.items():
+            if isinstance(d, CategoricalDistribution):
+                space[name] = {"type": "categorical", "choices": list(d.choices)}
+            elif isinstance(d, FloatDistribution | IntDistribution):
+                kind = "float" if isinstance(d, FloatDistribution) else "int"
+                space[name] = {"type": kind, "low": d.low, "high": d.high, "log": d.log}
+                if d.step is not None and not (kind == "int" and d.step == 1):
+                    space[name]["step"] = d.step
+    return space
 
 
 def _query(**params: Any) -> dict[str, Any]:

@@ -162,10 +162,7 @@ def test_export_and_import_from_the_command_line(
     spec_file.write_text(
         "name: warm\nmodel: mlp\ndataset: digits\n"
         "objective: {metric: val_accuracy, direction: maximize}\n"
-        "search_space:\n"
-        "  lr: {type: float, low: 0.001, high: 0.3, log: true}\n"
-        "  dropout: {type: float, low: 0.0, high: 0.4}\n"
-        "budget: {n_trials: 3}\n"
+        "budget: {n_trials: 3}\n"  # no search_space: the study's distributions are it
     )
     cli = [sys.executable, "-m", "service.cli"]
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token, "SWEEP_SERVER": server.url}
@@ -181,6 +178,9 @@ def test_export_and_import_from_the_command_line(
     target = f"sqlite:///{tmp_path / 'exported.db'}"
     said = run("export", str(experiment["id"]), "--to", target, "--study", "copy")
     assert "5 trials written" in said
+    space = experiment["spec"]["search_space"]
+    assert (space["lr"]["low"], space["lr"]["high"], space["lr"]["log"]) == (0.001, 0.3, True)
+    assert (space["dropout"]["low"], space["dropout"]["high"]) == (0.0, 0.4)
     copy = optuna.load_study(study_name="copy", storage=target)
     assert copy.best_value == pytest.approx(experiment["best_value"])
     again = subprocess.run(
