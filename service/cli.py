@@ -110,6 +110,16 @@ def dataset_upload(
     )
 
 
+@dataset_app.command("rm")
+def dataset_remove(name: str, server: ServerOpt = DEFAULT_SERVER) -> None:
+    """Delete a dataset that no running or paused experiment uses."""
+    try:
+        _client(server).delete_dataset(name)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"dataset {name} deleted")
+
+
 @dataset_app.command("ls")
 def dataset_list(server: ServerOpt = DEFAULT_SERVER) -> None:
     """The datasets your token's project holds."""

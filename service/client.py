@@ -326,6 +326,10 @@ class SweepClient:
         )
         return cast(dict[str, Any], response.json())
 
+    def delete_dataset(self, name: str) -> None:
+        """409 while a running or paused experiment uses it."""
+        self._request("DELETE", f"/datasets/{name}")
+
     def datasets(self) -> list[dict[str, Any]]:
         return cast(list[dict[str, Any]], self._json("GET", "/datasets"))
 

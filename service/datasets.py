@@ -15,6 +15,7 @@ import zipfile
 from typing import Any, cast
 
 import numpy as np
+from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -22,7 +23,8 @@ from models import arrays, catalog
 from service.errors import Conflict, InvalidSpec, NotFound
 from service.schemas import DatasetRead
 from service.specs import Uploaded
-from service.tables import Blob, UserDataset
+from service.states import ExperimentState
+from service.tables import Blob, Experiment, UserDataset
 
 MIN_SAMPLES = 10
 MAX_SAMPLES = 10_000_000
@@ -93,6 +95,26 @@ def get(session: Session, project: str, name: str) -> UserDataset:
     if dataset is None:
         raise NotFound(f"no dataset {name!r} in project {project!r}")
     return dataset
+
+
+def delete(session: Session, project: str, name: str) -> None:
+    """Forget a dataset no running or paused experiment uses; its arrays go with the last
+    dataset that holds them."""
+    dataset = get(session, project, name)
+    users = session.scalars(
+        select(Experiment.id).where(
+            Experiment.project == project,
+            Experiment.state.in_((ExperimentState.RUNNING, ExperimentState.PAUSED)),
+            Experiment.spec["dataset"]["sha256"].as_string() == dataset.sha256,
+        )
+    ).all()
+    if users:
+        raise Conflict(f"dataset {name!r} is used by experiments {list(users)}, not ended yet")
+    session.delete(dataset)
+    session.flush()
+    if session.scalars(select(UserDataset.id).where(UserDataset.sha256 == dataset.sha256)).first():
+        return
+    session.execute(sa_delete(Blob).where(Blob.sha256 == dataset.sha256))
 
 
 def listing(session: Session, project: str | None) -> list[DatasetRead]:

@@ -104,6 +104,7 @@ def test_every_route_has_a_decision_and_the_decisions_are_the_policy(
             ("PATCH", f"{API}/experiments/{{experiment_id}}"),
             ("POST", f"{API}/experiments/{{experiment_id}}/trials"),
             ("PUT", f"{API}/datasets/{{name}}"),
+            ("DELETE", f"{API}/datasets/{{name}}"),
         },
         "run": {
             ("POST", f"{API}/workers/{{worker_id}}/claim"),

@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 from sklearn.datasets import load_wine
 
 from service.client import SweepClient
+from service.tables import Blob
 from tests.factories import authorize, budget
 from tests.test_observability import scrape, value
 from tests.test_search import small, submit
@@ -198,3 +199,19 @@ def test_the_client_uploads_by_suffix(client: TestClient, tmp_path: Path) -> Non
     assert [d["name"] for d in sweep.datasets()] == ["my-wine"]
     with pytest.raises(ValueError, match=r"\.csv or \.npz"):
         sweep.upload_dataset(tmp_path / "wine.parquet", "x")
+
+
+def test_a_dataset_in_use_stays_and_its_arrays_go_with_the_last_holder(client: TestClient) -> None:
+    put(client, "wine-csv", wine_csv(), target="cultivar")
+    sha = put(client, "same-wine", wine_csv(), target="cultivar").json()["sha256"]
+    experiment = submit(client, small(SPACE, dataset="wine-csv"))
+    in_use = client.delete(f"{API}/datasets/wine-csv")
+    assert in_use.status_code == 409 and str(experiment) in in_use.json()["error"]["message"]
+    client.post(f"{API}/experiments/{experiment}/cancel")
+    assert client.delete(f"{API}/datasets/wine-csv").status_code == 204
+    assert client.get(f"{API}/datasets/wine-csv").status_code == 404
+    assert client.get(f"{API}/datasets/content/{sha}").status_code == 200  # same-wine has it
+    assert client.delete(f"{API}/datasets/same-wine").status_code == 204
+    assert client.get(f"{API}/datasets/content/{sha}").status_code == 404
+    with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+        assert session.get(Blob, sha) is None

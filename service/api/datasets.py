@@ -51,6 +51,15 @@ def get_dataset(
     return datasets.read(datasets.get(session, caller.project or project or "default", name))
 
 
+@router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)
+def delete_dataset(
+    name: DatasetName, session: SessionDep, caller: Controller, project: Project = None
+) -> Response:
+    """Delete a dataset that no running or paused experiment uses (409 otherwise)."""
+    datasets.delete(session, caller.project_for(project), name)
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
+
+
 @router.get(
     "/content/{sha256}",
     dependencies=[ANY_TOKEN],
