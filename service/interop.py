@@ -16,6 +16,9 @@ from service.tables import Experiment, Trial
 
 
 def study(session: Session, optimizer: Optimizer, experiment: Experiment) -> OptunaStudy:
+    # The study first: it may hold a trial whose claim has not committed yet, which the rows
+    # read after it do not have, and which is left out.
+    history = optimizer.history(session, experiment)
     rows = {
         t.number: t
         for t in session.scalars(
@@ -24,17 +27,22 @@ def study(session: Session, optimizer: Optimizer, experiment: Experiment) -> Opt
     }
     objectives = specs.objectives(experiment.spec)
     trials = []
-    for frozen in optimizer.history(session, experiment):
-        row = rows[frozen.number]
+    for frozen in history:
+        row = rows.get(frozen.number)
+        if row is None:
+            continue
+        # An out-of-memory trial is an infeasible point for the service's sampler (a COMPLETE
+        # trial with a stand-in value and a constraint); elsewhere it is a failure.
+        oom = row.failure_reason == "oom"
         trials.append(
             OptunaTrial(
                 number=frozen.number,
-                state=frozen.state.name,
+                state="FAIL" if oom else frozen.state.name,
                 params=frozen.params,
                 distributions={
                     name: distribution_to_json(d) for name, d in frozen.distributions.items()
                 },
-                values=frozen.values,
+                values=None if oom else frozen.values,
                 intermediate_values={str(k): v for k, v in frozen.intermediate_values.items()},
                 # Trials that came in finished (warm start) never started here.
                 datetime_start=row.started_at or row.created_at,

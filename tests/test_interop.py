@@ -17,7 +17,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from service.client import SweepClient
-from tests.factories import budget
+from tests.factories import attempt_headers, budget, remember
 from tests.processes import serve
 from tests.test_search import small, submit, train
 
@@ -138,6 +138,26 @@ def test_warm_start_trials_are_checked_and_nothing_is_written(client: TestClient
     )
     assert refused.status_code == 422 and refused.json()["error"]["field"] == "warm_start"
     assert client.get(f"{API}/experiments").json()["total"] == 0
+
+
+def test_an_out_of_memory_trial_exports_as_a_failure(client: TestClient) -> None:
+    experiment_id = submit(client, small(SPACE, budget=budget(2)))
+    worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+    trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+    assert trial is not None
+    headers = attempt_headers(trial["trial_id"])
+    report = {"epoch": 1, "metrics": {"val_accuracy": 0.4}}
+    client.post(f"{API}/trials/{trial['trial_id']}/reports", headers=headers, json=report)
+    failed = client.post(
+        f"{API}/trials/{trial['trial_id']}/fail",
+        headers=headers,
+        json={"reason": "oom", "message": "CUDA out of memory"},
+    )
+    assert failed.status_code == 200, failed.text
+    # The service's own sampler sees an infeasible point; an exported study, a failure.
+    [frozen] = SweepClient(http=client).to_optuna_study(experiment_id).trials
+    assert frozen.state == TrialState.FAIL and frozen.values is None
+    assert frozen.user_attrs["failure_reason"] == "oom"
 
 
 def test_the_client_needs_neither_torch_nor_the_server_stack() -> None:
