@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import func, select
+from sqlalchemy import func, select, true
 
 from service import workers
 from service.db import Database
@@ -27,7 +27,6 @@ FAST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self._sql: _FromDatabase | None = None
         r = self.registry
         self.claims = Counter(
             "sweep_claims", "Claims answered, by outcome (trial, none)", ["outcome"], registry=r
@@ -63,22 +62,19 @@ class Metrics:
             registry=r,
         )
 
-    def watch(self, db: Database) -> None:
-        """Report the gauges read from `db` (while the app runs)."""
-        self._sql = _FromDatabase(db)
-        self.registry.register(self._sql)
-
-    def unwatch(self) -> None:
-        if self._sql is not None:
-            self.registry.unregister(self._sql)
-            self._sql = None
+    def exposition(self, db: Database, project: str | None) -> bytes:
+        """Everything in Prometheus's text format; the gauges read from SQL cover `project`'s
+        experiments and workers only (None: every project)."""
+        sql = CollectorRegistry()
+        sql.register(_FromDatabase(db, project))
+        return generate_latest(self.registry) + generate_latest(sql)
 
 
 class _FromDatabase(Collector):
-    """Gauges read from SQL when scraped."""
+    """Gauges read from SQL when scraped, of one project (None: all)."""
 
-    def __init__(self, db: Database) -> None:
-        self.db = db
+    def __init__(self, db: Database, project: str | None) -> None:
+        self.db, self.project = db, project
 
     def collect(self) -> Iterator[Metric]:
         trials = GaugeMetricFamily(
@@ -97,29 +93,31 @@ class _FromDatabase(Collector):
         active = GaugeMetricFamily(
             "sweep_active_workers", "Live workers: running a trial, or claimed in the last minutes"
         )
+        mine = Experiment.project == self.project if self.project is not None else true()
         with self.db.transaction(write=False) as session:
             by_state = dict.fromkeys(ExperimentState, 0) | dict(
                 session.execute(
-                    select(Experiment.state, func.count()).group_by(Experiment.state)
+                    select(Experiment.state, func.count()).where(mine).group_by(Experiment.state)
                 ).all()
             )
             live = session.execute(
                 select(Experiment.id, Experiment.state, Experiment.n_trials).where(
-                    Experiment.state.in_(LIVE)
+                    Experiment.state.in_(LIVE), mine
                 )
             ).all()
             counts = session.execute(
                 select(Trial.experiment_id, Trial.state, func.count())
                 .join(Experiment, Experiment.id == Trial.experiment_id)
-                .where(Experiment.state.in_(LIVE))
+                .where(Experiment.state.in_(LIVE), mine)
                 .group_by(Trial.experiment_id, Trial.state)
             ).all()
-            active.add_metric([], len(workers.live(session)))
+            active.add_metric([], len(workers.live(session, self.project)))
         per_experiment: dict[int, dict[str, int]] = {
             e.id: dict.fromkeys(TrialState, 0) for e in live
         }
         for experiment_id, state, n in counts:
-            per_experiment[experiment_id][state] = n
+            if experiment_id in per_experiment:  # else it went live between the two reads
+                per_experiment[experiment_id][state] = n
         for experiment_id, state, n_trials in live:
             states = per_experiment[experiment_id]
             for trial_state, n in states.items():

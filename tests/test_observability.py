@@ -92,11 +92,18 @@ def test_lease_expiries_are_counted(settings: Settings) -> None:
         assert expired == 1
 
 
-def test_metrics_need_a_reader_token(client: TestClient) -> None:
+def test_metrics_need_a_reader_token_and_show_its_project(client: TestClient) -> None:
+    mine = submit(client, {**small(SPACE, budget=budget(2)), "project": "a"})
+    theirs = submit(client, {**small(SPACE, budget=budget(2)), "project": "b"})
     client.headers.pop("Authorization", None)
     assert client.get("/metrics").status_code == 401
     assert authorize(client, role="worker").get("/metrics").status_code == 403
-    assert authorize(client, role="viewer").get("/metrics").status_code == 200
+    seen = authorize(client, role="viewer", project="a").get("/metrics")
+    assert seen.status_code == 200
+    samples = scrape(seen.text)
+    assert value(samples, "sweep_queue_depth", experiment=str(mine)) == 2
+    assert not any(dict(labels).get("experiment") == str(theirs) for _, labels in samples)
+    assert value(samples, "sweep_experiments", state="running") == 1
 
 
 def json_lines(path: Path) -> list[dict[str, Any]]:
