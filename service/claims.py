@@ -269,6 +269,8 @@ def _claimable(
         query = query.where(Experiment.id == experiment_id)
     if project is not None:
         query = query.where(Experiment.project == project)
+    if worker.project is not None:  # registered for one project: only its trials
+        query = query.where(Experiment.project == worker.project)
     return query
 
 

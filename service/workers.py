@@ -39,15 +39,15 @@ def recent(session: Session, *, limit: int) -> list[WorkerRead]:
     return [WorkerRead.model_validate(w, from_attributes=True) for w in rows]
 
 
-def live(session: Session) -> list[Worker]:
+def live(session: Session, project: str | None = None) -> list[Worker]:
+    """Live workers; with `project`, those that may run its trials (theirs, or any)."""
     busy = select(Trial.worker_id).where(Trial.state == TrialState.RUNNING)
-    return list(
-        session.scalars(
-            select(Worker).where(
-                (Worker.last_seen_at >= utcnow() - LIVE_WITHIN) | Worker.id.in_(busy)
-            )
-        )
+    query = select(Worker).where(
+        (Worker.last_seen_at >= utcnow() - LIVE_WITHIN) | Worker.id.in_(busy)
     )
+    if project is not None:
+        query = query.where(Worker.project.is_(None) | (Worker.project == project))
+    return list(session.scalars(query))
 
 
 def device_kind(worker: Worker) -> str:
@@ -76,6 +76,8 @@ def waiting_for(experiment: Experiment, workers: list[Worker]) -> str | None:
     have, instead of waiting silently."""
     if experiment.state != ExperimentState.RUNNING:
         return None
+    # Workers of other projects are none of this project's business.
+    workers = [w for w in workers if w.project in (None, experiment.project)]
     if not workers:
         return "no worker is live"
     if any(cannot_run(w, experiment) is None for w in workers):
