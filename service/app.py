@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -44,7 +44,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
         )
-        metrics.watch(db)
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)
@@ -56,7 +55,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         yield
         stopping.set()
         await expiry  # lets a round in progress finish its transaction
-        metrics.unwatch()
         db.dispose()
 
     app = FastAPI(
@@ -173,6 +171,12 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, "http_error", str(exc.detail))
+
+    @app.exception_handler(IntegrityError)
+    async def conflicting_write(_: Request, exc: IntegrityError) -> JSONResponse:
+        # Two requests raced to create the same thing (an upload of the same dataset).
+        log.warning("conflicting write: %s", exc.orig)
+        return _error(409, "conflict", "a concurrent change conflicts with this one; retry")
 
     @app.exception_handler(OperationalError)
     async def database_busy(_: Request, exc: OperationalError) -> JSONResponse:

@@ -30,6 +30,8 @@ MIN_SAMPLES = 10
 MAX_SAMPLES = 10_000_000
 MAX_FEATURES = 100_000
 MAX_CLASSES = 1_000
+# An NPZ may be compressed: what it unpacks to is checked before it is unpacked.
+MAX_UNPACKED_BYTES = 4 * 2**30
 # Whole numbers with at most this many distinct values are class labels, unless told otherwise.
 MAX_INFERRED_CLASSES = 100
 
@@ -214,6 +216,12 @@ def _label(cell: str, line: int) -> Any:
 def _parse_npz(data: bytes) -> tuple[np.ndarray, list[Any]]:
     if not zipfile.is_zipfile(io.BytesIO(data)):  # np.load would take it for a pickle
         raise InvalidSpec("not an NPZ file (numpy.savez writes one)", field="body")
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        unpacked = sum(member.file_size for member in archive.infolist())
+    if unpacked > MAX_UNPACKED_BYTES:
+        raise InvalidSpec(
+            f"the arrays unpack to more than {MAX_UNPACKED_BYTES} bytes", field="body"
+        )
     try:
         X, y = arrays.from_npz(data)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:

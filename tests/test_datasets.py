@@ -215,3 +215,18 @@ def test_a_dataset_in_use_stays_and_its_arrays_go_with_the_last_holder(client: T
     assert client.get(f"{API}/datasets/content/{sha}").status_code == 404
     with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
         assert session.get(Blob, sha) is None
+
+
+def test_a_compressed_npz_is_measured_before_it_is_unpacked(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from service import datasets
+
+    monkeypatch.setattr(datasets, "MAX_UNPACKED_BYTES", 1_000_000)
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, X=np.zeros((100_000, 4)), y=np.zeros(100_000))  # 4 MB of zeros
+    assert len(buffer.getvalue()) < 100_000
+    refused = put(client, "bomb", buffer.getvalue(), format="npz")
+    assert (
+        refused.status_code == 422 and "unpack to more than" in refused.json()["error"]["message"]
+    )
