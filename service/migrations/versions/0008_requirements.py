@@ -29,7 +29,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sweep_workers") as batch_op:
+    with op.batch_alter_table(
+        "sweep_workers", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch_op:
         batch_op.drop_column("datasets")
         batch_op.drop_column("models")
         batch_op.drop_column("device_memory_gb")
