@@ -81,14 +81,16 @@ def build_for_trial(
 ) -> tuple[nn.Module, Dataset]:
     """The untrained model and the data of a trial, e.g. to load its downloaded weights.
 
-    `dataset` is the spec's {"name", "options", "val_fraction", "split_seed"}; `values` are the
-    trial's params merged with the spec's fixed values.
+    `dataset` is the spec's {"name", "options", "val_fraction", "split_seed", "standardize"}
+    of a bundled or plugin dataset; `values` are the trial's params merged with the spec's
+    fixed values.
     """
     data = load_dataset(
         dataset["name"],
         dataset.get("options") or {},
         val_fraction=float(dataset.get("val_fraction", 0.2)),
         split_seed=int(dataset.get("split_seed", 0)),
+        standardize=bool(dataset.get("standardize", True)),
     )
     hparams = catalog.resolve_hyperparameters(model, values)
     return build_model(model, data.input_shape, data.n_outputs, hparams), data
