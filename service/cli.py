@@ -24,6 +24,7 @@ from service.client import (
     Experiment,
     SweepClient,
     Trial,
+    finished,
 )
 from service.config import Settings
 
@@ -276,7 +277,7 @@ def list_experiments(
             str(e["id"]),
             e["name"],
             e["state"],
-            f"{_finished(e)}/{e['n_trials']}",
+            f"{finished(e)}/{e['n_trials']}",
             _fmt(e["best_value"]),
             e["created_at"][:19],
         )
@@ -388,10 +389,10 @@ def status_table(e: Experiment) -> Table:
         "objective", f"{e['spec']['objective']['direction']} {e['spec']['objective']['metric']}"
     )
     table.add_row("trials", f"{e['trials_created']} of {e['n_trials']} started")
-    finished = _finished(e)
+    done = finished(e)
     table.add_row(
-        f"{finished}/{e['n_trials']} done",
-        ProgressBar(total=e["n_trials"], completed=finished, width=30),
+        f"{done}/{e['n_trials']} done",
+        ProgressBar(total=e["n_trials"], completed=done, width=30),
     )
     for state, n in e["counts"].items():
         table.add_row(f"  {state}", str(n))
@@ -532,11 +533,6 @@ def _params(params: dict[str, Any]) -> str:
     return "  ".join(
         f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items()
     )
-
-
-def _finished(e: Experiment) -> int:
-    c = e["counts"]
-    return c["completed"] + c["pruned"] + c["failed"] + c["cancelled"]
 
 
 def _fmt(value: float | None) -> str:

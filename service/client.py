@@ -438,6 +438,12 @@ def _search_space(study: optuna.Study) -> dict[str, Any]:
     return space
 
 
+def finished(experiment: Experiment) -> int:
+    """Its trials that have ended, however they ended."""
+    c = experiment["counts"]
+    return c["completed"] + c["pruned"] + c["failed"] + c["cancelled"]
+
+
 def _query(**params: Any) -> dict[str, Any]:
     return {k: v for k, v in params.items() if v is not None}
 
@@ -464,7 +470,7 @@ class _ProgressBar:
 
     def show(self, experiment: Experiment) -> None:
         counts = experiment["counts"]
-        finished = counts["completed"] + counts["pruned"] + counts["failed"] + counts["cancelled"]
+        done = finished(experiment)
         best = experiment["best_value"]
         info = (
             f"running {counts['running']}  pruned {counts['pruned']}  failed {counts['failed']}"
@@ -473,7 +479,7 @@ class _ProgressBar:
         total = experiment["n_trials"]
         if self.task is None:
             self.task = self.progress.add_task(experiment["name"], total=total, info="")
-        self.progress.update(self.task, total=total, completed=finished, info=info)
+        self.progress.update(self.task, total=total, completed=done, info=info)
 
     def close(self) -> None:
         self.progress.stop()
