@@ -42,13 +42,13 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from service import auth
-from service.app import create_app
-from service.config import Settings
-from service.db import Database
-from service.schemas import TokenCreate
-from service.states import TrialState
-from service.tables import Experiment, Trial
+from sweep.service import auth
+from sweep.service.app import create_app
+from sweep.service.config import Settings
+from sweep.service.db import Database
+from sweep.service.schemas import TokenCreate
+from sweep.service.states import TrialState
+from sweep.service.tables import Experiment, Trial
 
 SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 0.3, "log": True},

@@ -57,8 +57,8 @@ import httpx
 import optuna
 import psycopg
 
-from service import search
-from service.config import Settings
+from sweep.service import search
+from sweep.service.config import Settings
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tests.processes import ServerProcess
@@ -241,7 +241,7 @@ def _gone(answer: httpx.Response, calls: Calls) -> bool:
 def _post(
     http: httpx.Client, calls: Calls, path: str, body: Any, headers: Any = None
 ) -> httpx.Response:
-    """POST, sent again after a 503 (the database busy, or a deadlock), as worker.client does."""
+    """POST, sent again after a 503 (the database busy, or a deadlock), as the worker does."""
     for attempt in range(100):
         response = http.post(path, json=body, headers=headers)
         if response.status_code != 503:

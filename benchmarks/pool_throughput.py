@@ -60,7 +60,7 @@ def run_pool(args: argparse.Namespace, k: int, tmp: Path) -> float:
             pool = subprocess.Popen(
                 [
                     sys.executable,
-                    *("-m", "service.cli", "worker", "--server", server.url),
+                    *("-m", "sweep.cli", "worker", "--server", server.url),
                     *("--devices", args.device, "--trials-per-device", str(k)),
                     *("--exit-when-idle", "2"),
                 ],

@@ -44,12 +44,12 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-from service import auth, search
-from service.app import create_app
-from service.config import Settings
-from service.schemas import TokenCreate
-from worker.client import ServiceClient
-from worker.loop import Worker, WorkerOptions
+from sweep.service import auth, search
+from sweep.service.app import create_app
+from sweep.service.config import Settings
+from sweep.service.schemas import TokenCreate
+from sweep.worker.client import ServiceClient
+from sweep.worker.loop import Worker, WorkerOptions
 
 API = "/api/v1"
 # The demo's search space (examples/digits-mlp.yaml).

@@ -4,10 +4,10 @@
         [--cases mlp/digits cnn/digits_image mlp/synthetic] [--repeats 3] [--run-seconds 1.5]
         [--synthetic-samples 100000]
 
-Three ways to train the same model (models.registry.build_model, default hyperparameters,
+Three ways to train the same model (sweep.models.registry.build_model, default hyperparameters,
 Adam at lr 1e-3, the same seed) on the same tensors, preloaded once:
 
-- worker: `worker.train.train_trial`, the code a worker runs, for a whole trial of N epochs,
+- worker: `sweep.worker.train.train_trial`, the code a worker runs, for a whole trial of N epochs,
   with a `check` like the worker's (two attributes read before every batch). Its training
   pass (`_train_one_epoch`: shuffle, batches, forward, backward, step, the loss read back
   once) is timed from outside, and so is its whole epoch, report to report: the training
@@ -41,11 +41,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import worker.train as train
-from models import catalog
-from models.datasets import load_dataset
-from models.registry import build_model
-from worker.train import DeviceData, TrialConfig, to_device
+import sweep.worker.train as train
+from sweep.models import catalog
+from sweep.models.datasets import load_dataset
+from sweep.models.registry import build_model
+from sweep.worker.train import DeviceData, TrialConfig, to_device
 
 CPU = torch.device("cpu")
 DEVICE = CPU  # --device; the DataLoader loop moves each batch there, as such loops do
@@ -130,7 +130,7 @@ def timed(function: Callable[[], Any]) -> float:
 
 
 class Clock:
-    """Wraps worker.train's per-epoch functions to time each call (in this process only:
+    """Wraps sweep.worker.train's per-epoch functions to time each call (in this process only:
     `_run_epoch` looks them up in the module when it calls them)."""
 
     def __init__(self) -> None:

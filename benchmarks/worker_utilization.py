@@ -5,7 +5,7 @@
 
 A real sweep (digits, the default MLP, TPE over lr and dropout, no pruner, a checkpoint every
 epoch as by default) runs through the real app: in process on a fresh SQLite file by default,
-or with --server a real `sweep server` process over HTTP. One real worker loop (worker.loop)
+or with --server a real `sweep server` process over HTTP. One real worker loop (sweep.worker.loop)
 runs in this process on --threads torch threads, one trial at a time (max_concurrent 1).
 Epochs are chosen so that a trial's training passes, run alone before the sweep, take about
 --trial-seconds (digits trains in ~10 ms an epoch, so about 100 epochs).
@@ -48,15 +48,15 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-import worker.loop as loop
-import worker.train as train
-from models import catalog
-from models.datasets import load_dataset
-from service.config import Settings
-from service.tokens import create_in_database
-from worker.client import ServiceClient
-from worker.heartbeat import Heartbeat
-from worker.outbox import Outbox
+import sweep.worker.loop as loop
+import sweep.worker.train as train
+from sweep.models import catalog
+from sweep.models.datasets import load_dataset
+from sweep.service.config import Settings
+from sweep.service.tokens import create_in_database
+from sweep.worker.client import ServiceClient
+from sweep.worker.heartbeat import Heartbeat
+from sweep.worker.outbox import Outbox
 
 API = "/api/v1"
 CPU = torch.device("cpu")
@@ -173,7 +173,7 @@ def solo_epoch(batch_size: int) -> float:
 
 @contextmanager
 def in_process(tmp: Path) -> Iterator[tuple[httpx.Client, ServiceClient]]:
-    from service.app import create_app
+    from sweep.service.app import create_app
 
     settings = Settings(database_url=f"sqlite:///{tmp / 'sweep.db'}", data_dir=tmp)
     admin = create_in_database(role="admin", settings=settings)
@@ -191,7 +191,7 @@ def real_server(tmp: Path) -> Iterator[tuple[httpx.Client, ServiceClient]]:
     port = 18600 + os.getpid() % 1000
     base = f"http://127.0.0.1:{port}"
     env = {**os.environ, "SWEEP_DATABASE_URL": url}
-    command = [sys.executable, "-m", "service.cli", "server", "--port", str(port)]
+    command = [sys.executable, "-m", "sweep.cli", "server", "--port", str(port)]
     with (tmp / "server.log").open("wb") as log:
         server = subprocess.Popen(
             [*command, "--log-level", "warning"], env=env, stdout=log, stderr=subprocess.STDOUT

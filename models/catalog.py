@@ -175,8 +175,8 @@ BUNDLED_DATASETS = tuple(DATASETS)
 
 
 def _add_plugins() -> None:
-    """Models and datasets of installed plugin packages join the catalog (models.plugins)."""
-    from models import plugins
+    """Models and datasets of installed plugin packages join the catalog (sweep.models.plugins)."""
+    from sweep.models import plugins
 
     for name, model in plugins.model_plugins().items():
         if name in MODELS:

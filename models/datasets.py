@@ -13,7 +13,7 @@ import numpy as np
 from sklearn import datasets as skdata
 from sklearn.model_selection import train_test_split
 
-from models import catalog, plugins
+from sweep.models import catalog, plugins
 
 Array = np.ndarray
 

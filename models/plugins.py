@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
-if TYPE_CHECKING:  # models.catalog imports this module to add the plugins it finds
-    from models.catalog import Hyperparameter, Task
+if TYPE_CHECKING:  # sweep.models.catalog imports this module to add the plugins it finds
+    from sweep.models.catalog import Hyperparameter, Task
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Build the model a trial names: catalog names -> torch modules.
 
-The names mirror models.catalog (which the service reads without torch); a test checks that
+The names mirror sweep.models.catalog (which the service reads without torch); a test checks that
 every name there builds here.
 """
 
@@ -10,10 +10,10 @@ from typing import Any
 
 from torch import nn
 
-from models import catalog, plugins
-from models.cnn import CNN, CNNConfig
-from models.datasets import Dataset, load_dataset
-from models.mlp import MLP, MLPConfig
+from sweep.models import catalog, plugins
+from sweep.models.cnn import CNN, CNNConfig
+from sweep.models.datasets import Dataset, load_dataset
+from sweep.models.mlp import MLP, MLPConfig
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "relu": nn.ReLU,

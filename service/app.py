@@ -16,16 +16,16 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service import claims, trials, web
-from service.api import ROUTERS
-from service.api import metrics as metrics_api
-from service.config import Settings
-from service.db import Database
-from service.errors import SweepError
-from service.limits import BodyLimit, SubmissionRate
-from service.metrics import Metrics
-from service.observe import Observe
-from service.optimizer import Optimizer
+from sweep.service import claims, trials, web
+from sweep.service.api import ROUTERS
+from sweep.service.api import metrics as metrics_api
+from sweep.service.config import Settings
+from sweep.service.db import Database
+from sweep.service.errors import SweepError
+from sweep.service.limits import BodyLimit, SubmissionRate
+from sweep.service.metrics import Metrics
+from sweep.service.observe import Observe
+from sweep.service.optimizer import Optimizer
 
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100

@@ -22,9 +22,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.errors import Forbidden, NotFound, Unauthorized
-from service.schemas import TokenCreate, TokenRead
-from service.tables import ApiToken, Experiment, utcnow
+from sweep.service.errors import Forbidden, NotFound, Unauthorized
+from sweep.service.schemas import TokenCreate, TokenRead
+from sweep.service.tables import ApiToken, Experiment, utcnow
 
 TOKEN_PREFIX = "swp_"
 LAST_USED_RESOLUTION = timedelta(minutes=1)  # last_used_at is written at most this often

@@ -19,18 +19,18 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from service import experiments, trials, workers
-from service.db import Database, after_commit, notify_on_commit
-from service.errors import Conflict, NotFound
-from service.optimizer import Optimizer
-from service.schemas import Assignment, HeartbeatOut
-from service.states import (
+from sweep.service import experiments, trials, workers
+from sweep.service.db import Database, after_commit, notify_on_commit
+from sweep.service.errors import Conflict, NotFound
+from sweep.service.optimizer import Optimizer
+from sweep.service.schemas import Assignment, HeartbeatOut
+from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
     ExperimentState,
     TrialState,
     check_trial_transition,
 )
-from service.tables import (
+from sweep.service.tables import (
     Experiment,
     Trial,
     TrialCheckpoint,

@@ -19,12 +19,12 @@ from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from models import arrays, catalog
-from service.errors import Conflict, InvalidSpec, NotFound
-from service.schemas import DatasetRead
-from service.specs import Uploaded
-from service.states import ExperimentState
-from service.tables import Blob, Experiment, UserDataset
+from sweep.models import arrays, catalog
+from sweep.service.errors import Conflict, InvalidSpec, NotFound
+from sweep.service.schemas import DatasetRead
+from sweep.service.specs import Uploaded
+from sweep.service.states import ExperimentState
+from sweep.service.tables import Blob, Experiment, UserDataset
 
 MIN_SAMPLES = 10
 MAX_SAMPLES = 10_000_000

@@ -8,24 +8,24 @@ from datetime import datetime, timedelta
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from models import catalog
-from service import datasets, specs, workers
-from service.db import after_commit, notify_on_commit
-from service.errors import Conflict, InvalidSpec, NotFound
-from service.schemas import (
+from sweep.models import catalog
+from sweep.service import datasets, specs, workers
+from sweep.service.db import after_commit, notify_on_commit
+from sweep.service.errors import Conflict, InvalidSpec, NotFound
+from sweep.service.schemas import (
     BudgetChange,
     ExperimentCreate,
     ExperimentPage,
     ExperimentRead,
     TrialCounts,
 )
-from service.states import (
+from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
     ExperimentState,
     TrialState,
     check_experiment_transition,
 )
-from service.tables import Experiment, Trial, utcnow
+from sweep.service.tables import Experiment, Trial, utcnow
 
 
 def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:

@@ -9,10 +9,10 @@ from optuna.distributions import distribution_to_json
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import specs
-from service.optimizer import Optimizer
-from service.schemas import OptunaStudy, OptunaTrial
-from service.tables import Experiment, Trial
+from sweep.service import specs
+from sweep.service.optimizer import Optimizer
+from sweep.service.schemas import OptunaStudy, OptunaTrial
+from sweep.service.tables import Experiment, Trial
 
 
 def study(session: Session, optimizer: Optimizer, experiment: Experiment) -> OptunaStudy:

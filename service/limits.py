@@ -9,8 +9,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.config import Settings
-from service.errors import TooLarge, TooMany
+from sweep.service.config import Settings
+from sweep.service.errors import TooLarge, TooMany
 
 
 class BodyLimit:

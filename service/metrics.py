@@ -14,10 +14,10 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, true
 
-from service import workers
-from service.db import Database
-from service.states import ExperimentState, TrialState
-from service.tables import Experiment, Trial
+from sweep.service import workers
+from sweep.service.db import Database
+from sweep.service.states import ExperimentState, TrialState
+from sweep.service.tables import Experiment, Trial
 
 LIVE = (ExperimentState.RUNNING, ExperimentState.PAUSED)
 # Seconds: a claim or an ask takes milliseconds, a slow one up to a second or so.

@@ -8,8 +8,8 @@ import uuid
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import logs
-from service.metrics import Metrics
+from sweep import logs
+from sweep.service.metrics import Metrics
 
 access = logging.getLogger("sweep.access")
 

@@ -1,6 +1,6 @@
 """Optuna behind a few verbs: ask, should_prune, and keeping each study in step with SQL.
 
-With service.search (the samplers and pruners a spec may name), the only module of the
+With sweep.service.search (the samplers and pruners a spec may name), the only module of the
 service that imports optuna. Each experiment has an in-memory study
 built from its SQL rows on first use and brought up to date incrementally: trials created
 since it last looked (by number) and trials finished since it last looked (by finish_seq).
@@ -40,12 +40,12 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service import search
-from service.db import on_rollback
-from service.errors import Conflict, InvalidSpec
-from service.schemas import Importance
-from service.states import TrialState
-from service.tables import Experiment, Trial, TrialMetric
+from sweep.service import search
+from sweep.service.db import on_rollback
+from sweep.service.errors import Conflict, InvalidSpec
+from sweep.service.schemas import Importance
+from sweep.service.states import TrialState
+from sweep.service.tables import Experiment, Trial, TrialMetric
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

@@ -14,10 +14,10 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from service import specs
-from service.errors import Conflict
-from service.optimizer import Optimizer
-from service.tables import Experiment, Trial, Worker, utcnow
+from sweep.service import specs
+from sweep.service.errors import Conflict
+from sweep.service.optimizer import Optimizer
+from sweep.service.tables import Experiment, Trial, Worker, utcnow
 
 if TYPE_CHECKING:
     import plotly.graph_objects as go

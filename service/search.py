@@ -2,7 +2,7 @@
 spaces each accepts; plus what a search space means (distributions, conditions, finite sizes).
 
 Everything here is data plus small factories, so validation can tell a user which sampler takes
-which space before anything is stored. service.optimizer runs the studies.
+which space before anything is stored. sweep.service.optimizer runs the studies.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from optuna.distributions import (
     IntDistribution,
 )
 
-from models.catalog import Hyperparameter
-from service.errors import InvalidSpec
+from sweep.models.catalog import Hyperparameter
+from sweep.service.errors import InvalidSpec
 
 MAX_FINITE = 100_000  # finite spaces larger than this are treated as unbounded
 

@@ -9,10 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from models import catalog
-from service import optimizer, search
-from service.errors import InvalidSpec
-from service.schemas import (
+from sweep.models import catalog
+from sweep.service import optimizer, search
+from sweep.service.errors import InvalidSpec
+from sweep.service.schemas import (
     CategoricalParam,
     Condition,
     ExperimentCreate,

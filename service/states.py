@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from service.errors import Conflict
+from sweep.service.errors import Conflict
 
 
 class TrialState(enum.StrEnum):

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from service import auth
-from service.config import Settings
-from service.db import Database
-from service.schemas import TokenCreate
+from sweep.service import auth
+from sweep.service.config import Settings
+from sweep.service.db import Database
+from sweep.service.schemas import TokenCreate
 
 
 def create_in_database(

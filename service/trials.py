@@ -13,12 +13,12 @@ from typing import Any, Literal
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
-from models import catalog
-from service import experiments, search, specs
-from service.db import notify_on_commit
-from service.errors import Conflict, InvalidSpec, NotFound
-from service.optimizer import Optimizer
-from service.schemas import (
+from sweep.models import catalog
+from sweep.service import experiments, search, specs
+from sweep.service.db import notify_on_commit
+from sweep.service.errors import Conflict, InvalidSpec, NotFound
+from sweep.service.optimizer import Optimizer
+from sweep.service.schemas import (
     BestTrials,
     CompleteIn,
     FailIn,
@@ -30,13 +30,13 @@ from service.schemas import (
     TrialRead,
     WarmStartTrial,
 )
-from service.states import (
+from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
     ExperimentState,
     TrialState,
     check_trial_transition,
 )
-from service.tables import (
+from sweep.service.tables import (
     Experiment,
     Trial,
     TrialCheckpoint,

@@ -8,9 +8,9 @@ from datetime import timedelta
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from service.schemas import WorkerRead, WorkerRegister
-from service.states import ExperimentState, TrialState
-from service.tables import Experiment, Trial, Worker, utcnow
+from sweep.service.schemas import WorkerRead, WorkerRegister
+from sweep.service.states import ExperimentState, TrialState
+from sweep.service.tables import Experiment, Trial, Worker, utcnow
 
 # A worker is live while it runs a trial, or claimed within this long (an idle worker's claim
 # comes back every few seconds).

@@ -18,8 +18,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
     from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from tests.factories import authorize
 from tests.processes import ServerProcess
 

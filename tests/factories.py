@@ -59,8 +59,8 @@ def attempt_headers(trial_id: int) -> dict[str, str]:
 
 def authorize(client: Any, role: str = "admin", project: str | None = None) -> Any:
     """Give an in-process test client a real token of `role`, made in its app's database."""
-    from service import auth
-    from service.schemas import TokenCreate
+    from sweep.service import auth
+    from sweep.service.schemas import TokenCreate
 
     with client.app.state.db.transaction() as session:
         secret, _ = auth.create(session, body=TokenCreate(role=role, project=project))

@@ -13,9 +13,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.client import SweepClient
-from service.config import Settings
-from service.tokens import create_in_database
+from sweep.client import SweepClient
+from sweep.service.config import Settings
+from sweep.service.tokens import create_in_database
 
 
 def free_port() -> int:
@@ -67,7 +67,7 @@ class ServerProcess:
         }
         command = [
             "-m",
-            "service.cli",
+            "sweep.cli",
             "server",
             "--port",
             str(self.port),
@@ -133,7 +133,7 @@ def start_worker(
 ) -> subprocess.Popen[bytes]:
     """`sweep worker` in a subprocess, one torch thread (the test machine has two cores)."""
     log_dir.mkdir(parents=True, exist_ok=True)
-    command = ["-m", "service.cli", "worker", "--server", server.url, "--threads", "1"]
+    command = ["-m", "sweep.cli", "worker", "--server", server.url, "--threads", "1"]
     env = {**os.environ, "SWEEP_TOKEN": server.worker_token, **(env or {})}
     return spawn([*command, "--name", name, *args], log_dir / f"{name}.log", env)
 

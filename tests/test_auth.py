@@ -13,12 +13,12 @@ import pytest
 from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 
-from service.api import ROUTERS
-from service.api import metrics as metrics_api
-from service.api.deps import Allow
-from service.app import create_app
-from service.auth import Role
-from service.config import Settings
+from sweep.service.api import ROUTERS
+from sweep.service.api import metrics as metrics_api
+from sweep.service.api.deps import Allow
+from sweep.service.app import create_app
+from sweep.service.auth import Role
+from sweep.service.config import Settings
 from tests.factories import authorize, budget, make_spec
 
 API = "/api/v1"
@@ -256,7 +256,7 @@ def test_a_project_token_lists_only_its_project(
 def test_the_cli_makes_the_first_admin_token(tmp_path: Path) -> None:
     env = {"SWEEP_DATABASE_URL": f"sqlite:///{tmp_path / 'sweep.db'}", "PATH": "/usr/bin"}
     made = subprocess.run(
-        [sys.executable, "-m", "service.cli", "token", "create", "--role", "admin"],
+        [sys.executable, "-m", "sweep.cli", "token", "create", "--role", "admin"],
         capture_output=True,
         text=True,
         check=True,

@@ -1,5 +1,5 @@
-"""Architecture rules: the service never loads torch, one module imports optuna, and the
-worker reaches the service only over HTTP."""
+"""Architecture rules: one import name, the service never loads torch, one package imports
+optuna, and the worker reaches the service only over HTTP."""
 
 from __future__ import annotations
 
@@ -8,7 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from mypy import api as mypy
+
 ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("service", "worker", "models")  # the repository's folders, sweep.* when imported
 
 
 def imported_modules(path: Path) -> set[str]:
@@ -22,22 +25,79 @@ def imported_modules(path: Path) -> set[str]:
     return names
 
 
-def importers(package: str, module_prefix: str) -> set[str]:
+def importers(folder: str, module_prefix: str) -> set[str]:
     return {
         str(path.relative_to(ROOT))
-        for path in (ROOT / package).rglob("*.py")
+        for path in (ROOT / folder).rglob("*.py")
         if any(
             m == module_prefix or m.startswith(module_prefix + ".") for m in imported_modules(path)
         )
     }
 
 
-def test_service_runs_without_torch() -> None:
+def python_files() -> list[Path]:
+    tracked = subprocess.run(
+        ["git", "ls-files", "*.py"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    return [ROOT / name for name in tracked]
+
+
+def test_nothing_imports_the_folders_by_their_own_names() -> None:
+    # `import models` would load a module a second time beside sweep.models, or a user's.
+    offending = {
+        (str(path.relative_to(ROOT)), module)
+        for path in python_files()
+        for module in imported_modules(path)
+        if module.split(".")[0] in PACKAGES
+    }
+    assert offending == set()
+
+
+def test_the_app_loads_each_module_once_under_its_sweep_name() -> None:
     code = (
         "import sys\n"
-        "import service.app, service.cli, service.demo\n"
-        "service.app.create_app()\n"
+        "import sweep.cli, sweep.demo, sweep.service.app, sweep.worker.loop\n"
+        "sweep.service.app.create_app()\n"
+        f"stray = sorted(m for m in sys.modules if m.split('.')[0] in {PACKAGES!r})\n"
+        "assert not stray, stray\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_mypy_sees_into_each_package(tmp_path: Path) -> None:
+    # Were sweep.* imports unresolved, their names would be Any and these errors unseen.
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "from sweep.models.plugins import ModelPlugin\n"
+        "from sweep.service.states import TrialState\n"
+        "from sweep.worker.retry import RetryPolicy\n"
+        "a: int = TrialState.RUNNING\n"
+        "b: str = RetryPolicy()\n"
+        'c: int = ModelPlugin(build="pkg:build").build\n'
+    )
+    config, cache = str(ROOT / "pyproject.toml"), str(ROOT / ".mypy_cache")
+    out, _, status = mypy.run(["--config-file", config, "--cache-dir", cache, str(probe)])
+    assert status == 1, out
+    assert out.count("Incompatible types in assignment") == 3, out
+
+
+def test_the_service_runs_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import sweep, sweep.cli, sweep.demo, sweep.service.app\n"
+        "sweep.service.app.create_app()\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+
+
+def test_the_client_needs_neither_torch_nor_the_server() -> None:
+    code = (
+        "import sys\n"
+        "from sweep import SweepClient\n"
+        "heavy = ('torch', 'fastapi', 'starlette', 'sqlalchemy', 'uvicorn', 'optuna', 'pydantic')\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
         "assert not loaded, loaded\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
@@ -51,9 +111,8 @@ def test_only_the_optuna_adapters_import_optuna() -> None:
         "service/search.py",
         "service/plots.py",
         "service/interop.py",
-        "service/client.py",
-        "service/cli.py",
     }
+    assert importers("sweep", "optuna") == {"sweep/client.py", "sweep/cli.py"}
 
 
 def test_worker_talks_to_the_service_only_over_http() -> None:
@@ -61,30 +120,33 @@ def test_worker_talks_to_the_service_only_over_http() -> None:
     for path in (ROOT / "worker").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                assert not [a for a in node.names if a.name.split(".")[0] == "service"], path
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service"):
-                assert (node.module, [a.name for a in node.names]) == ("service", ["logs"]), path
+                assert not [a for a in node.names if a.name.startswith("sweep.service")], path
+            elif isinstance(node, ast.ImportFrom) and node.module == "sweep":
+                assert [a.name for a in node.names] in (["logs"], ["cli"]), path
+            elif isinstance(node, ast.ImportFrom):
+                assert not (node.module or "").startswith("sweep.service"), path
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    assert {m.split(".")[0] for m in imported_modules(ROOT / "service" / "logs.py")} <= stdlib
-    assert importers("models", "service") == set()
+    assert {m.split(".")[0] for m in imported_modules(ROOT / "sweep" / "logs.py")} <= stdlib
+    assert importers("models", "sweep.service") == set()
     assert importers("worker", "sqlalchemy") == set()
 
 
 def test_the_catalog_needs_no_training_stack() -> None:
-    # models (for models.plugins, which finds plugin declarations by their entry points)
+    # sweep.models (for its plugins module, which finds declarations by their entry points)
     assert imported_modules(ROOT / "models" / "catalog.py") <= {
         "__future__",
         "dataclasses",
         "typing",
-        "models",
+        "sweep.models",
     }
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     assert {m.split(".")[0] for m in imported_modules(ROOT / "models" / "plugins.py")} <= stdlib | {
-        "models"
+        "sweep"
     }
 
 
 def test_torch_stays_in_the_worker_and_models() -> None:
     assert importers("service", "torch") == set()
     # The CLI starts workers, importing them lazily inside the `sweep worker` command.
-    assert importers("service", "worker") == {"service/cli.py"}
+    assert importers("service", "sweep.worker") == set()
+    assert importers("sweep", "sweep.worker") == {"sweep/cli.py"}

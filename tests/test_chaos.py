@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from service.client import SweepClient
+from sweep.client import SweepClient
 from tests.factories import budget, make_spec
 from tests.processes import ServerProcess, start_worker, stop_workers
 

@@ -11,7 +11,7 @@ import pytest
 
 from tests.processes import serve
 
-CLI = [sys.executable, "-m", "service.cli"]
+CLI = [sys.executable, "-m", "sweep.cli"]
 
 
 def test_init_ls_trials_watch_and_migrate(

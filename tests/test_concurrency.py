@@ -12,7 +12,7 @@ import httpx
 import pytest
 from sqlalchemy import create_engine, func, select
 
-from service.tables import Trial
+from sweep.service.tables import Trial
 from tests.factories import budget, make_spec
 from tests.processes import ServerProcess
 

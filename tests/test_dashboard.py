@@ -12,10 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
-from service.client import SweepClient
-from service.config import Settings
-from service.plots import PLOTS
-from service.tokens import create_in_database
+from sweep.client import SweepClient
+from sweep.service.config import Settings
+from sweep.service.plots import PLOTS
+from sweep.service.tokens import create_in_database
 from tests.factories import budget, make_spec
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
 from tests.test_end_to_end import wait_for_end

@@ -14,13 +14,13 @@ import torch
 from fastapi.testclient import TestClient
 from sklearn.datasets import load_wine
 
-from service.client import SweepClient
-from service.tables import Blob
+from sweep.client import SweepClient
+from sweep.service.tables import Blob
+from sweep.worker.client import ServiceClient
+from sweep.worker.loop import Worker, WorkerOptions
 from tests.factories import authorize, budget
 from tests.test_observability import scrape, value
 from tests.test_search import small, submit
-from worker.client import ServiceClient
-from worker.loop import Worker, WorkerOptions
 
 API = "/api/v1"
 SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
@@ -220,7 +220,7 @@ def test_a_dataset_in_use_stays_and_its_arrays_go_with_the_last_holder(client: T
 def test_a_compressed_npz_is_measured_before_it_is_unpacked(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from service import datasets
+    from sweep.service import datasets
 
     monkeypatch.setattr(datasets, "MAX_UNPACKED_BYTES", 1_000_000)
     buffer = io.BytesIO()

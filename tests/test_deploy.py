@@ -14,8 +14,8 @@ import pytest
 import typer.main
 import yaml
 
-from service.cli import app
-from service.config import Settings
+from sweep.cli import app
+from sweep.service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -107,6 +107,13 @@ def test_compose_runs_postgres_a_torch_free_server_and_gpu_workers() -> None:
     assert any('".[worker]"' in line for line in worker_image.splitlines())
     for image in ("Dockerfile.server", "Dockerfile.worker"):
         assert check_command(dockerfile_cmd(DEPLOY / image), image) >= 1
+        copied = {
+            line.split()[1]
+            for line in (DEPLOY / image).read_text().splitlines()
+            if line.startswith("COPY ")
+        }
+        # The package and the folders its links point to.
+        assert {"sweep", "service", "worker", "models"} <= copied, image
 
 
 def k8s_documents() -> list[dict[str, Any]]:

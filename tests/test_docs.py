@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from service import reference
+from sweep.service import reference
 
 
 @pytest.mark.parametrize("name", sorted(reference.FILES))
 def test_generated_reference_is_current(name: str) -> None:
     written = (reference.DOCS / name).read_text()
-    assert written == reference.FILES[name](), f"run: python -m service.reference ({name})"
+    assert written == reference.FILES[name](), f"run: python -m sweep.service.reference ({name})"
 
 
 def test_the_reference_names_every_field_model_sampler_and_pruner() -> None:

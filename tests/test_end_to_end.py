@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 import torch
 
-from models.registry import build_for_trial
-from service.client import SweepClient
+from sweep.client import SweepClient
+from sweep.models.registry import build_for_trial
+from sweep.worker.train import evaluate, to_device
 from tests.factories import budget, make_spec
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
-from worker.train import evaluate, to_device
 
 N_TRIALS = 20
 
@@ -81,7 +81,7 @@ def test_digits_sweep_end_to_end(
     assert metrics["val_accuracy"] == pytest.approx(best["value"], abs=0.01)
 
     # The CLI shows the same experiment.
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "sweep.cli"]
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token}
     status = subprocess.run(
         [*cli, "status", str(experiment_id), "--server", server.url],

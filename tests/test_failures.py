@@ -10,12 +10,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from service import experiments
-from service.app import create_app
-from service.config import Settings
+from sweep.service import experiments
+from sweep.service.app import create_app
+from sweep.service.config import Settings
+from sweep.worker.client import ServiceClient
+from sweep.worker.loop import Worker, WorkerOptions
 from tests.factories import authorize, budget, make_spec
-from worker.client import ServiceClient
-from worker.loop import Worker, WorkerOptions
 
 API = "/api/v1"
 QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}

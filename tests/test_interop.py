@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from service.client import SweepClient
+from sweep.client import SweepClient
 from tests.factories import attempt_headers, budget, remember
 from tests.processes import serve
 from tests.test_search import small, submit, train
@@ -163,7 +163,7 @@ def test_an_out_of_memory_trial_exports_as_a_failure(client: TestClient) -> None
 def test_the_client_needs_neither_torch_nor_the_server_stack() -> None:
     code = (
         "import sys\n"
-        "from service.client import SweepClient\n"
+        "from sweep.client import SweepClient\n"
         "SweepClient('http://127.0.0.1:1', token='x').close()\n"
         "heavy = ('torch', 'fastapi', 'starlette', 'sqlalchemy', 'uvicorn', 'optuna', 'pydantic')\n"
         "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
@@ -184,7 +184,7 @@ def test_export_and_import_from_the_command_line(
         "objective: {metric: val_accuracy, direction: maximize}\n"
         "budget: {n_trials: 3}\n"  # no search_space: the study's distributions are it
     )
-    cli = [sys.executable, "-m", "service.cli"]
+    cli = [sys.executable, "-m", "sweep.cli"]
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token, "SWEEP_SERVER": server.url}
 
     def run(*args: str) -> str:

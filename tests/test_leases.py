@@ -11,9 +11,9 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.client import SweepClient
-from service.config import Settings
+from sweep.client import SweepClient
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from tests.factories import authorize, budget, make_spec
 from tests.processes import ServerProcess, start_worker, stop_workers
 

@@ -11,12 +11,12 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models import catalog
-from models.datasets import load_dataset
-from service.app import create_app
-from service.config import Settings
+from sweep.models import catalog
+from sweep.models.datasets import load_dataset
+from sweep.service.app import create_app
+from sweep.service.config import Settings
+from sweep.worker.train import TrialConfig, to_device, train_trial
 from tests.factories import authorize, budget, make_spec
-from worker.train import TrialConfig, to_device, train_trial
 
 API = "/api/v1"
 

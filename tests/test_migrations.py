@@ -7,8 +7,8 @@ from alembic.autogenerate import compare_metadata
 from alembic.config import Config
 from alembic.migration import MigrationContext
 
-from service.db import MIGRATIONS, Database
-from service.tables import Base
+from sweep.service.db import MIGRATIONS, Database
+from sweep.service.tables import Base
 
 
 def test_migrations_match_the_models_and_downgrade_cleanly(db_url: str) -> None:

@@ -14,8 +14,8 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from service.app import create_app
-from service.config import Settings
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from tests.factories import authorize, budget
 from tests.processes import free_port, serve, start_worker, stop_workers
 from tests.test_end_to_end import wait_for_end

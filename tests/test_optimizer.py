@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from service.app import create_app
-from service.config import Settings
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from tests.factories import attempt_headers, authorize, budget, make_spec, remember
 
 API = "/api/v1"

@@ -43,8 +43,8 @@ def plugin_path(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 def test_the_plugin_joins_the_catalog_where_it_is_installed(plugin_path: str) -> None:
     code = (
-        "from models import catalog, registry\n"
-        "from models.datasets import load_dataset\n"
+        "from sweep.models import catalog, registry\n"
+        "from sweep.models.datasets import load_dataset\n"
         "assert 'residual_mlp' in catalog.MODELS and 'moons' in catalog.DATASETS\n"
         "assert catalog.MODELS['residual_mlp'].hyperparameters['width'].default == 64\n"
         "data = load_dataset('moons')\n"

@@ -39,7 +39,7 @@ def test_a_pool_runs_trials_side_by_side_and_outlives_a_crashed_process(
     pool = subprocess.Popen(
         [
             sys.executable,
-            *("-m", "service.cli", "worker", "--server", server.url),
+            *("-m", "sweep.cli", "worker", "--server", server.url),
             *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "3"),
         ],
         env={**os.environ, "SWEEP_TOKEN": server.worker_token},
@@ -97,7 +97,7 @@ def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
         pool = subprocess.run(
             [
                 *("prlimit", f"--as={3 * 2**30}", sys.executable),
-                *("-m", "service.cli", "worker", "--server", server.url),
+                *("-m", "sweep.cli", "worker", "--server", server.url),
                 *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "3"),
             ],
             env={**os.environ, "SWEEP_TOKEN": server.worker_token},

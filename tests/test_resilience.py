@@ -12,9 +12,9 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from service import experiments
-from service.app import create_app
-from service.config import Settings
+from sweep.service import experiments
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from tests.factories import authorize, budget, make_spec
 from tests.processes import ServerProcess, start_worker
 

@@ -14,11 +14,11 @@ import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
-from service.config import Settings
-from service.tables import Trial
+from sweep.service.config import Settings
+from sweep.service.tables import Trial
+from sweep.worker.client import ServiceClient
+from sweep.worker.loop import Worker, WorkerOptions
 from tests.factories import attempt_headers, budget, make_spec, remember
-from worker.client import ServiceClient
-from worker.loop import Worker, WorkerOptions
 
 API = "/api/v1"
 NUMBERS = {
@@ -218,7 +218,7 @@ def service_decisions(client: TestClient, pruner: dict[str, Any]) -> list[int | 
 
 
 def optuna_pruner(spec: dict[str, Any]) -> optuna.pruners.BasePruner:
-    from service.search import make_pruner
+    from sweep.service.search import make_pruner
 
     return make_pruner({"options": {}, **spec})
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import Conflict
-from service.states import (
+from sweep.service.errors import Conflict
+from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
     EXPERIMENT_TRANSITIONS,
     FINISHED_TRIAL_STATES,

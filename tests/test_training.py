@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from models import catalog
-from models.cnn import CNN, CNNConfig
-from models.datasets import load_dataset
-from models.registry import ACTIVATIONS, build_for_trial, build_model
-from worker.train import (
+from sweep.models import catalog
+from sweep.models.cnn import CNN, CNNConfig
+from sweep.models.datasets import load_dataset
+from sweep.models.registry import ACTIVATIONS, build_for_trial, build_model
+from sweep.worker.train import (
     DeviceData,
     Diverged,
     Pruned,

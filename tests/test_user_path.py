@@ -11,7 +11,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from service.client import SweepClient
+from sweep.client import SweepClient
 from tests.processes import serve, start_worker, stop_workers
 from tests.test_datasets import wine_csv
 
@@ -36,7 +36,7 @@ def test_csv_to_sweep_to_notebook_to_dashboard(
     server, _ = serve(request, sqlite_url, tmp_path / "logs")
     user = (
         subprocess.run(
-            [sys.executable, "-m", "service.cli", "token", "create", "--role", "user"],
+            [sys.executable, "-m", "sweep.cli", "token", "create", "--role", "user"],
             capture_output=True,
             text=True,
             check=True,
@@ -49,7 +49,7 @@ def test_csv_to_sweep_to_notebook_to_dashboard(
 
     def sweep(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "service.cli", *args],
+            [sys.executable, "-m", "sweep.cli", *args],
             capture_output=True,
             text=True,
             env=env,

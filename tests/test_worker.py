@@ -13,14 +13,14 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from models import catalog
-from models.datasets import load_dataset
+from sweep.models import catalog
+from sweep.models.datasets import load_dataset
+from sweep.worker.client import ServiceClient, TrialGone
+from sweep.worker.loop import Worker, WorkerOptions
+from sweep.worker.outbox import Outbox
+from sweep.worker.retry import RetryPolicy
+from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
 from tests.factories import budget, make_spec
-from worker.client import ServiceClient, TrialGone
-from worker.loop import Worker, WorkerOptions
-from worker.outbox import Outbox
-from worker.retry import RetryPolicy
-from worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
 
 API = "/api/v1"
 QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}

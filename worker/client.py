@@ -8,8 +8,8 @@ from typing import Any
 
 import httpx
 
-from service import logs
-from worker.retry import RetryPolicy
+from sweep import logs
+from sweep.worker.retry import RetryPolicy
 
 API = "/api/v1"
 RETRYABLE_STATUS = {502, 503, 504}

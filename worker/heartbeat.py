@@ -7,7 +7,7 @@ import logging
 import threading
 from types import TracebackType
 
-from worker.client import ServiceClient, ServiceError, TrialGone
+from sweep.worker.client import ServiceClient, ServiceError, TrialGone
 
 log = logging.getLogger("sweep.worker")
 

@@ -20,14 +20,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from models import arrays, plugins
-from models.datasets import load_dataset, prepare
-from service import logs
-from worker.client import ServiceClient, ServiceError, TrialGone
-from worker.heartbeat import Heartbeat
-from worker.metrics import WorkerMetrics
-from worker.outbox import Outbox
-from worker.train import (
+from sweep import logs
+from sweep.models import arrays, plugins
+from sweep.models.datasets import load_dataset, prepare
+from sweep.worker.client import ServiceClient, ServiceError, TrialGone
+from sweep.worker.heartbeat import Heartbeat
+from sweep.worker.metrics import WorkerMetrics
+from sweep.worker.outbox import Outbox
+from sweep.worker.train import (
     DeviceData,
     Diverged,
     Pruned,

@@ -7,9 +7,9 @@ import socket
 
 import torch
 
-from service import logs
-from worker.client import ServiceClient
-from worker.loop import Worker, WorkerOptions, pick_device
+from sweep import logs
+from sweep.worker.client import ServiceClient
+from sweep.worker.loop import Worker, WorkerOptions, pick_device
 
 
 def run_worker(

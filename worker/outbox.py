@@ -19,8 +19,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
-from worker.client import ServiceClient, TrialGone
-from worker.train import Snapshot
+from sweep.worker.client import ServiceClient, TrialGone
+from sweep.worker.train import Snapshot
 
 log = logging.getLogger("sweep.worker")
 

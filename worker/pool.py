@@ -134,8 +134,7 @@ class Pool:
         command = [
             sys.executable,
             "-m",
-            "service.cli",
-            "worker",
+            "sweep.worker",
             "--server",
             self.server,
             "--device",

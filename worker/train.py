@@ -22,9 +22,9 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from models import catalog
-from models.datasets import Dataset
-from models.registry import build_model
+from sweep.models import catalog
+from sweep.models.datasets import Dataset
+from sweep.models.registry import build_model
 
 
 class Pruned(Exception):
@@ -111,7 +111,7 @@ class Checkpoints(Protocol):
 
 
 # -------------------------------------------------------------------------------------------
-# Optimizers, schedules and losses by name (the names in models.catalog)
+# Optimizers, schedules and losses by name (the names in sweep.models.catalog)
 
 _OPTIMIZERS: dict[str, Callable[..., Optimizer]] = {
     "sgd": lambda params, lr, wd, m: torch.optim.SGD(params, lr=lr, weight_decay=wd),

@@ -2,7 +2,7 @@
 
 from fastapi import APIRouter
 
-from service.api import datasets, experiments, health, me, tokens, trials, workers
+from sweep.service.api import datasets, experiments, health, me, tokens, trials, workers
 
 ROUTERS: list[APIRouter] = [
     m.router for m in (health, me, experiments, trials, workers, tokens, datasets)

@@ -2,9 +2,9 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from service import datasets
-from service.api.deps import ANY_TOKEN, CallerDep, Controller, Reader, SessionDep, Upload
-from service.schemas import DatasetRead
+from sweep.service import datasets
+from sweep.service.api.deps import ANY_TOKEN, CallerDep, Controller, Reader, SessionDep, Upload
+from sweep.service.schemas import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 

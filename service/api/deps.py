@@ -9,16 +9,16 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from service import auth, experiments, trials
-from service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
-from service.config import Settings
-from service.db import Database
-from service.errors import TooLarge
-from service.limits import SubmissionRate
-from service.metrics import Metrics
-from service.optimizer import Optimizer
-from service.schemas import MAX_INT
-from service.tables import Experiment, Trial
+from sweep.service import auth, experiments, trials
+from sweep.service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
+from sweep.service.config import Settings
+from sweep.service.db import Database
+from sweep.service.errors import TooLarge
+from sweep.service.limits import SubmissionRate
+from sweep.service.metrics import Metrics
+from sweep.service.optimizer import Optimizer
+from sweep.service.schemas import MAX_INT
+from sweep.service.tables import Experiment, Trial
 
 
 def get_db(request: Request) -> Database:

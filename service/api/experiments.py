@@ -3,8 +3,8 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query, Response, status
 from sqlalchemy.orm import Session
 
-from service import experiments, interop, plots, trials
-from service.api.deps import (
+from sweep.service import experiments, interop, plots, trials
+from sweep.service.api.deps import (
     CONTROL,
     READ,
     Controller,
@@ -14,7 +14,7 @@ from service.api.deps import (
     SessionDep,
     SubmissionsDep,
 )
-from service.schemas import (
+from sweep.service.schemas import (
     MAX_INT,
     BestTrials,
     ExperimentChange,
@@ -27,8 +27,8 @@ from service.schemas import (
     TrialPage,
     TrialRead,
 )
-from service.states import ExperimentState, TrialState
-from service.tables import Experiment
+from sweep.service.states import ExperimentState, TrialState
+from sweep.service.tables import Experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 

@@ -1,7 +1,7 @@
 from fastapi import APIRouter
 from sqlalchemy import text
 
-from service.api.deps import SessionDep
+from sweep.service.api.deps import SessionDep
 
 router = APIRouter(tags=["health"])
 

@@ -1,8 +1,8 @@
 from fastapi import APIRouter
 
-from service.api.deps import ANY_TOKEN, CallerDep
-from service.auth import CONTROLLERS
-from service.schemas import Me
+from sweep.service.api.deps import ANY_TOKEN, CallerDep
+from sweep.service.auth import CONTROLLERS
+from sweep.service.schemas import Me
 
 router = APIRouter(tags=["tokens"])
 

@@ -1,7 +1,7 @@
 from fastapi import APIRouter, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 
-from service.api.deps import DatabaseDep, Reader
+from sweep.service.api.deps import DatabaseDep, Reader
 
 router = APIRouter(tags=["health"])
 

@@ -1,8 +1,8 @@
 from fastapi import APIRouter, Response, status
 
-from service import auth
-from service.api.deps import ADMIN, SessionDep, TokenId
-from service.schemas import TokenCreate, TokenCreated, TokenRead
+from sweep.service import auth
+from sweep.service.api.deps import ADMIN, SessionDep, TokenId
+from sweep.service.schemas import TokenCreate, TokenCreated, TokenRead
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], dependencies=[ADMIN])
 

@@ -2,8 +2,8 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from service import claims, trials
-from service.api.deps import (
+from sweep.service import claims, trials
+from sweep.service.api.deps import (
     READ,
     RUN,
     AttemptToken,
@@ -15,7 +15,7 @@ from service.api.deps import (
     Upload,
     VisibleTrialId,
 )
-from service.schemas import (
+from sweep.service.schemas import (
     CompleteIn,
     FailIn,
     HeartbeatOut,

@@ -5,8 +5,8 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from service import claims, workers
-from service.api.deps import (
+from sweep.service import claims, workers
+from sweep.service.api.deps import (
     ADMIN,
     DatabaseDep,
     MetricsDep,
@@ -16,7 +16,7 @@ from service.api.deps import (
     SettingsDep,
     WorkerId,
 )
-from service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
+from sweep.service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
 
 router = APIRouter(prefix="/workers", tags=["worker protocol"])
 

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import Connection, create_engine
 
-from service.tables import Base
+from sweep.service.tables import Base
 
 config = context.config
 target_metadata = Base.metadata

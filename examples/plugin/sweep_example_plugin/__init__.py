@@ -1,8 +1,8 @@
 """Declarations only: importing this needs no torch, so a server can validate specs with it.
 The model is built, and the data made, on workers, by the functions named here."""
 
-from models.catalog import Hyperparameter
-from models.plugins import DatasetPlugin, ModelPlugin
+from sweep.models.catalog import Hyperparameter
+from sweep.models.plugins import DatasetPlugin, ModelPlugin
 
 RESIDUAL_MLP = ModelPlugin(
     build="sweep_example_plugin.nets:residual_mlp",

@@ -59,7 +59,7 @@ def config(log_format: str, level: str = "INFO") -> dict[str, Any]:
     server messages to stderr. Sweep writes its own access log (sweep.access), with the
     request id, so uvicorn's is off."""
     formatter: dict[str, Any] = (
-        {"()": "service.logs.JsonFormatter"} if log_format == "json" else {"format": TEXT_FORMAT}
+        {"()": "sweep.logs.JsonFormatter"} if log_format == "json" else {"format": TEXT_FORMAT}
     )
     handler = {
         "class": "logging.StreamHandler",
@@ -69,7 +69,7 @@ def config(log_format: str, level: str = "INFO") -> dict[str, Any]:
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "filters": {"request_id": {"()": "service.logs.RequestIdFilter"}},
+        "filters": {"request_id": {"()": "sweep.logs.RequestIdFilter"}},
         "formatters": {"default": formatter},
         "handlers": {"default": handler},
         "loggers": {

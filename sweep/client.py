@@ -3,7 +3,7 @@
 It needs httpx and PyYAML only: neither torch nor the server's dependencies. rich (for
 `wait(progress=True)`) and optuna (for `to_optuna_study`) are imported when used.
 
-    from service.client import SweepClient
+    from sweep import SweepClient
     client = SweepClient()                       # SWEEP_SERVER and SWEEP_TOKEN, or arguments
     experiment = client.submit("examples/digits-mlp.yaml")
     client.wait(experiment["id"], progress=True)

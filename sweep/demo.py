@@ -1,4 +1,5 @@
-"""`sweep demo`: a server on the embedded SQLite default, local workers, the digits example."""
+"""`sweep demo`: a server on the embedded SQLite default, a local pool of workers, the digits
+example (shipped inside the package, so the demo runs wherever sweep is installed)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from service import cli
-from service.client import SweepClient
-from service.config import Settings
-from service.tokens import create_in_database
+from sweep import cli
+from sweep.client import SweepClient, load_spec
+from sweep.service.config import Settings
+from sweep.service.tokens import create_in_database
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "digits-mlp.yaml"
+EXAMPLE = Path(__file__).with_name("examples") / "digits-mlp.yaml"
 
 
 def free_port() -> int:
@@ -36,7 +37,14 @@ def wait_until_up(client: SweepClient, server: subprocess.Popen[bytes], timeout:
     raise RuntimeError(f"the server did not answer within {timeout:.0f}s")
 
 
-def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | None) -> int:
+def run_demo(
+    directory: Path,
+    *,
+    port: int,
+    n_workers: int,
+    n_trials: int | None = None,
+    spec_file: Path | None = None,
+) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     url = f"http://127.0.0.1:{port}"
@@ -52,7 +60,7 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
     def start(args: list[str], log: str, token: str = "") -> subprocess.Popen[bytes]:
         with (directory / log).open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "service.cli", *args],
+                [sys.executable, "-m", "sweep.cli", *args],
                 env={**env, "SWEEP_TOKEN": token} if token else env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -65,14 +73,13 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
         server = start(["server", "--port", str(port), "--log-level", "warning"], "server.log")
         client = SweepClient(url, token=user_token)
         wait_until_up(client, server, timeout=60)
-        for i in range(n_workers):
-            start(
-                ["worker", "--server", url, "--threads", "1", "--name", f"demo-{i}"],
-                f"worker-{i}.log",
-                token=worker_token,
-            )
-        cli.console.print(f"started {n_workers} workers (logs in {directory}/)")
-        experiment = client.submit(spec_file or EXAMPLE)
+        pool = ["--devices", "all", "--trials-per-device", str(n_workers), "--name", "demo"]
+        start(["worker", "--server", url, *pool], "workers.log", token=worker_token)
+        cli.console.print(f"started a pool of {n_workers} workers per device (log in {directory}/)")
+        spec = load_spec(spec_file or EXAMPLE)
+        if n_trials is not None:
+            spec["budget"] = {**spec.get("budget", {}), "n_trials": n_trials}
+        experiment = client.submit(spec)
         cli.console.print(f"submitted experiment {experiment['id']} ({experiment['name']})")
         cli.console.print(
             f"watch it live while it runs: {url}/dashboard/experiments/{experiment['id']} "
@@ -91,8 +98,8 @@ def run_demo(directory: Path, *, port: int, n_workers: int, spec_file: Path | No
         cli.console.print(
             f"best trial {top['id']}: {best['metric']} = {top['value']:.4f}\n"
             f"its weights: {weights} (also at {url}/api/v1/trials/{top['id']}/model)\n"
-            "load them into the model its params build (python, in this checkout):\n"
-            "  import torch; from models.registry import build_for_trial\n"
+            "load them into the model its params build (python, on a host with the worker extra):\n"
+            "  import torch; from sweep.models.registry import build_for_trial\n"
             f"  config = {client.trial(top['id'])['config']}\n"
             f"  model, data = build_for_trial('{experiment['spec']['model']}', "
             f"{experiment['spec']['dataset']}, config)\n"

@@ -1,6 +1,8 @@
 """The `sweep` command line: run the server and workers, submit and inspect experiments.
 
-The worker commands import torch lazily, so a server host runs `sweep server` without it.
+Commands that talk to a server need only the client. The server's commands (server, token,
+migrate) and the worker's import theirs when they run, so a server host runs `sweep server`
+without torch and a laptop runs `sweep ls` without the server's packages loaded.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from rich.console import Console
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
-from service import logs
-from service.client import (
+from sweep import logs
+from sweep.client import (
     DEFAULT_SERVER,
     ENDED,
     ApiError,
@@ -26,7 +28,6 @@ from service.client import (
     Trial,
     finished,
 )
-from service.config import Settings
 
 app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
 console = Console()
@@ -68,8 +69,10 @@ def server(
     """Run the API server (SQLite in ./sweep-data unless SWEEP_DATABASE_URL is set)."""
     import uvicorn
 
+    from sweep.service.config import Settings
+
     uvicorn.run(
-        "service.app:create_app",
+        "sweep.service.app:create_app",
         factory=True,
         host=host,
         port=port,
@@ -157,7 +160,7 @@ def token_create(
     line. This is how the first admin token is made: there is no default password."""
     from pydantic import ValidationError
 
-    from service.tokens import create_in_database
+    from sweep.service.tokens import create_in_database
 
     try:
         secret = create_in_database(role=role, project=project, name=name)
@@ -198,7 +201,7 @@ def worker(
     """Run a worker: claim trials from the server and train them. With --devices (or
     --trials-per-device above 1), run a pool of worker processes on this host instead."""
     if devices is not None or trials_per_device > 1:
-        from worker.pool import Pool, resolve_devices
+        from sweep.worker.pool import Pool, resolve_devices
 
         logs.configure()
         passed = [] if max_trials is None else ["--max-trials", str(max_trials)]
@@ -217,7 +220,7 @@ def worker(
         pool.install_signal_handlers()
         pool.run()
         return
-    from worker.main import run_worker  # torch is needed here only, not on a server host
+    from sweep.worker.main import run_worker  # torch is needed here only, not on a server host
 
     ran = run_worker(
         server,
@@ -231,7 +234,7 @@ def worker(
         metrics_port=metrics_port,
     )
     if exit_on_oom and ran.ran_out_of_memory:
-        from worker.pool import EXIT_OUT_OF_MEMORY
+        from sweep.worker.pool import EXIT_OUT_OF_MEMORY
 
         raise typer.Exit(EXIT_OUT_OF_MEMORY)
 
@@ -355,7 +358,8 @@ def watch(
 def migrate() -> None:
     """Bring the schema of the database SWEEP_DATABASE_URL names up to date. The server does
     this when it starts; run it before a new version serves, as an upgrade's first step."""
-    from service.db import Database
+    from sweep.service.config import Settings
+    from sweep.service.db import Database
 
     db = Database.connect(Settings().resolved_database_url())
     try:
@@ -520,13 +524,18 @@ def demo(
         "sweep-demo"
     ),
     port: Annotated[int, typer.Option(help="0 picks a free port")] = 0,
-    workers: int = 2,
+    workers: Annotated[int, typer.Option(min=1, help="trials at once (a pool's processes)")] = 2,
+    trials: Annotated[
+        int | None, typer.Option(min=1, help="the budget (default: the spec's n_trials)")
+    ] = None,
     spec_file: Annotated[Path | None, typer.Option("--spec")] = None,
 ) -> None:
-    """Start a server on SQLite and local workers, run the digits example, show the best."""
-    from service.demo import run_demo
+    """Start a server on SQLite and a local pool of workers, run the digits example (or
+    --spec), show the best trial and download its weights."""
+    from sweep.demo import run_demo
 
-    raise typer.Exit(run_demo(directory, port=port, n_workers=workers, spec_file=spec_file))
+    code = run_demo(directory, port=port, n_workers=workers, n_trials=trials, spec_file=spec_file)
+    raise typer.Exit(code)
 
 
 def _params(params: dict[str, Any]) -> str:
