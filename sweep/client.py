@@ -30,7 +30,8 @@ ENDED = ("completed", "cancelled", "failed")
 
 
 # -------------------------------------------------------------------------------------------
-# What the API answers (typed dicts: plain JSON at run time, checked by type checkers)
+# What the API answers (typed dicts: plain JSON at run time, checked by type checkers; a test
+# holds them to the server's schemas)
 
 
 class TrialCounts(TypedDict):
@@ -55,6 +56,7 @@ class Experiment(TypedDict):
     best_value: float | None
     best_trial_id: int | None
     stop_reason: str | None
+    waiting_for: str | None  # why a running experiment gets no trials run, e.g. no live worker
     created_at: str
     updated_at: str
     finished_at: str | None
