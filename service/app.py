@@ -16,7 +16,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sweep.service import claims, trials, web
+from sweep.service import attempts, lifecycle, web
 from sweep.service.api import ROUTERS
 from sweep.service.api import metrics as metrics_api
 from sweep.service.config import Settings
@@ -90,13 +90,13 @@ async def _expire_leases_until(
         with db.transaction() as session:
             expired = EXPIRY_BATCH
             while expired == EXPIRY_BATCH:
-                expired = claims.expire_leases(session)
+                expired = attempts.expire_leases(session)
                 metrics.lease_expiries.inc(expired)
-            trials.end_overdue(session)
+            lifecycle.end_overdue(session)
 
     def grant_grace() -> None:
         with db.transaction() as session:
-            claims.renew_all_leases(session, lease_seconds=settings.lease_seconds)
+            attempts.renew_all_leases(session, lease_seconds=settings.lease_seconds)
 
     after_outage = True  # this process just started: it may have been down
     while not stopping.is_set():

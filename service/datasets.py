@@ -45,7 +45,7 @@ def upload(
     file_format: str,
     target: str | None,
     task: str | None,
-) -> UserDataset:
+) -> DatasetRead:
     """Validate and store a dataset; uploading the same data under its name again is a no-op,
     other data under a taken name is a 409."""
     if name in catalog.DATASETS:
@@ -63,7 +63,7 @@ def upload(
     existing = find(session, project, name)
     if existing is not None:
         if existing.sha256 == sha256 and existing.task == task:
-            return existing
+            return read(existing)
         raise Conflict(f"dataset {name!r} exists in project {project!r} with other data")
     if session.get(Blob, sha256) is None:
         stored = arrays.to_npz(X, y)
@@ -83,7 +83,7 @@ def upload(
     )
     session.add(dataset)
     session.flush()
-    return dataset
+    return read(dataset)
 
 
 def find(session: Session, project: str, name: str) -> UserDataset | None:
@@ -97,6 +97,10 @@ def get(session: Session, project: str, name: str) -> UserDataset:
     if dataset is None:
         raise NotFound(f"no dataset {name!r} in project {project!r}")
     return dataset
+
+
+def describe(session: Session, project: str, name: str) -> DatasetRead:
+    return read(get(session, project, name))
 
 
 def delete(session: Session, project: str, name: str) -> None:

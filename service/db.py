@@ -88,6 +88,11 @@ class Changes:
                 self._waiters.discard(waiter)
 
 
+def ping(session: Session) -> None:
+    """A round trip to the database (raises when it is unreachable)."""
+    session.execute(text("SELECT 1"))
+
+
 def notify_on_commit(session: Session) -> None:
     """Wake waiting claims once this session's transaction commits."""
     session.info["notify"] = True

@@ -1,4 +1,7 @@
-"""Experiments: create, read, list, and the lifecycle (pause, resume, cancel, delete)."""
+"""Experiments: submit, read, list, change the budget, pause, resume, cancel and delete.
+
+How an experiment ends and what that does to its trials is sweep.service.lifecycle's.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +12,9 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from sweep.models import catalog
-from sweep.service import datasets, specs, workers
+from sweep.service import datasets, lifecycle, rows, specs, trials, workers
 from sweep.service.db import after_commit, notify_on_commit
-from sweep.service.errors import Conflict, InvalidSpec, NotFound
+from sweep.service.errors import Conflict, InvalidSpec
 from sweep.service.schemas import (
     BudgetChange,
     ExperimentCreate,
@@ -19,13 +22,15 @@ from sweep.service.schemas import (
     ExperimentRead,
     TrialCounts,
 )
-from sweep.service.states import (
-    ENDED_EXPERIMENT_STATES,
-    ExperimentState,
-    TrialState,
-    check_experiment_transition,
-)
+from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState
 from sweep.service.tables import Experiment, Trial, utcnow
+
+
+def submit(session: Session, *, spec: ExperimentCreate, project: str) -> ExperimentRead:
+    """A new running experiment (with its warm-start trials, if the spec brings some)."""
+    experiment = create(session, spec=spec, project=project)
+    trials.warm_start(session, experiment, spec.warm_start)
+    return status(session, experiment)
 
 
 def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
@@ -59,26 +64,15 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
     return experiment
 
 
-def planned(session: Session, experiment: Experiment) -> int:
-    """Trials created plus enqueued ones still waiting for their first start."""
-    waiting = session.scalar(
-        select(func.count()).where(
-            Trial.experiment_id == experiment.id,
-            Trial.number.is_(None),
-            Trial.state == TrialState.QUEUED,
-        )
-    )
-    return experiment.trial_count + (waiting or 0)
-
-
-def change_budget(session: Session, experiment_id: int, change: BudgetChange) -> Experiment:
+def change_budget(session: Session, experiment_id: int, change: BudgetChange) -> ExperimentRead:
     """New n_trials and max_concurrent for a running or paused experiment; the next claim
-    goes by them. n_trials cannot drop below the trials created or queued."""
-    experiment = lock(session, experiment_id)
+    goes by them. n_trials cannot drop below the trials created or queued (and when it drops
+    to them, with every trial finished, the experiment completes)."""
+    experiment = rows.lock_experiment(session, experiment_id)
     if experiment.state in ENDED_EXPERIMENT_STATES:
         raise Conflict(f"experiment {experiment_id} is {experiment.state}; its budget is final")
     if change.n_trials is not None:
-        taken = planned(session, experiment)
+        taken = trials.planned(session, experiment)
         if change.n_trials < taken:
             raise InvalidSpec(
                 f"n_trials cannot go below the {taken} trials already created or queued",
@@ -91,47 +85,12 @@ def change_budget(session: Session, experiment_id: int, change: BudgetChange) ->
     experiment.spec = {**experiment.spec, "budget": {**experiment.spec["budget"], **changed}}
     session.flush()
     notify_on_commit(session)  # claims waiting for a free slot may go now
-    return experiment
+    lifecycle.complete_if_done(session, experiment)
+    return status(session, experiment)
 
 
 def _deadline(timeout_s: float | None) -> datetime | None:
     return None if timeout_s is None else utcnow() + timedelta(seconds=timeout_s)
-
-
-def get(session: Session, experiment_id: int) -> Experiment:
-    experiment = session.get(Experiment, experiment_id)
-    if experiment is None:
-        raise NotFound(f"experiment {experiment_id} not found")
-    return experiment
-
-
-def lock(session: Session, experiment_id: int) -> Experiment:
-    """The experiment with its row locked until the transaction ends (waits for the lock).
-
-    FOR NO KEY UPDATE: it does not conflict with the key-share locks that inserting or
-    updating a trial takes on its experiment (the foreign key), so a transaction that touched
-    a trial and then locks its experiment never deadlocks with another doing the same.
-    """
-    experiment = session.scalars(
-        select(Experiment)
-        .where(Experiment.id == experiment_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if experiment is None:
-        raise NotFound(f"experiment {experiment_id} not found")
-    return experiment
-
-
-def lock_all(session: Session, experiment_ids: set[int]) -> Sequence[Experiment]:
-    """Several experiments locked in id order (the order every batch takes them in)."""
-    return session.scalars(
-        select(Experiment)
-        .where(Experiment.id.in_(experiment_ids))
-        .order_by(Experiment.id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).all()
 
 
 def counts(session: Session, experiment_ids: Sequence[int]) -> dict[int, TrialCounts]:
@@ -199,20 +158,22 @@ def page(
     )
 
 
-def transition(
-    session: Session, experiment_id: int, target: ExperimentState, reason: str | None = None
-) -> Experiment:
-    """Move an experiment to `target`; Conflict if its state machine does not allow it."""
-    experiment = lock(session, experiment_id)
-    check_experiment_transition(experiment.state, target)
-    experiment.state = target
-    if target in ENDED_EXPERIMENT_STATES:
-        experiment.finished_at = utcnow()
-        experiment.stop_reason = reason
-    if target == ExperimentState.RUNNING:
-        notify_on_commit(session)
-    session.flush()
-    return experiment
+def pause(session: Session, experiment_id: int) -> ExperimentRead:
+    """No new trials are handed out; running ones go on."""
+    paused = lifecycle.move_experiment(session, experiment_id, ExperimentState.PAUSED)
+    return status(session, paused)
+
+
+def resume(session: Session, experiment_id: int) -> ExperimentRead:
+    resumed = lifecycle.move_experiment(session, experiment_id, ExperimentState.RUNNING)
+    return status(session, resumed)
+
+
+def cancel(session: Session, experiment_id: int) -> ExperimentRead:
+    """Ended: queued trials now, running ones at their next report."""
+    reason = "cancelled by request"
+    ended = lifecycle.end_experiment(session, experiment_id, ExperimentState.CANCELLED, reason)
+    return status(session, ended)
 
 
 def remove(session: Session, experiment_id: int, on_deleted: Callable[[], None]) -> None:

@@ -420,6 +420,8 @@ class Assignment(BaseModel):
     token: str
     # Heartbeat well within this, or the trial is handed to another worker.
     lease_seconds: float
+    # How often the worker sends a heartbeat between reports (a fraction of the lease).
+    heartbeat_seconds: float
     # An earlier attempt left a checkpoint after this epoch: resume from it (0: start over).
     resume_epoch: int
     model: str

@@ -10,7 +10,7 @@ import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from sweep.service import experiments
+from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
 from sweep.worker.client import ServiceClient
@@ -71,7 +71,7 @@ def test_out_of_memory_is_its_own_kind_and_the_sampler_learns_it(client: TestCli
 
     app = client.app
     with app.state.db.transaction() as session:  # type: ignore[attr-defined]
-        experiment = experiments.get(session, experiment_id)
+        experiment = rows.experiment(session, experiment_id)
         [seen] = app.state.optimizer.history(session, experiment)  # type: ignore[attr-defined]
     assert seen.constraints == {"memory": 1.0}  # infeasible for the sampler, not ignored
 

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from sweep.service import experiments
+from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
 from tests.factories import authorize, budget, make_spec
@@ -109,7 +109,7 @@ def test_another_process_rebuilds_its_study_when_a_trial_was_rewound(
         assert answer.status_code == 200, answer.text
         app = a.app
         with app.state.db.transaction() as session:  # type: ignore[attr-defined]
-            experiment = experiments.get(session, experiment_id)
+            experiment = rows.experiment(session, experiment_id)
             [seen] = app.state.optimizer.history(session, experiment)  # type: ignore[attr-defined]
         assert seen.intermediate_values == {1: 0.1, 2: 0.9}
 

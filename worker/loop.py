@@ -182,7 +182,7 @@ class Worker:
             assignment["params"],
         )
         self.trials_run += 1
-        interval = assignment["lease_seconds"] / 4
+        interval = assignment["heartbeat_seconds"]
         with (
             Heartbeat(self.client, trial_id, token, interval) as beat,
             Outbox(self.client, trial_id, token) as outbox,

@@ -26,7 +26,7 @@ def upload_dataset(
     """Upload a CSV (with `target`, the column to predict) or an NPZ (arrays X and y) as a
     dataset specs of the project can name. The task is inferred from the target unless
     given. Uploading the same data again is harmless; other data under a taken name is 409."""
-    dataset = datasets.upload(
+    return datasets.upload(
         session,
         project=caller.project_for(project),
         name=name,
@@ -35,7 +35,6 @@ def upload_dataset(
         target=target,
         task=task,
     )
-    return datasets.read(dataset)
 
 
 @router.get("")
@@ -48,7 +47,7 @@ def list_datasets(session: SessionDep, caller: Reader) -> list[DatasetRead]:
 def get_dataset(
     name: DatasetName, session: SessionDep, caller: Reader, project: Project = None
 ) -> DatasetRead:
-    return datasets.read(datasets.get(session, caller.project or project or "default", name))
+    return datasets.describe(session, caller.project or project or "default", name)
 
 
 @router.delete("/{name}", status_code=status.HTTP_204_NO_CONTENT)

@@ -9,7 +9,7 @@ from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
 
-from sweep.service import auth, experiments, trials
+from sweep.service import auth, rows
 from sweep.service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
 from sweep.service.config import Settings
 from sweep.service.db import Database
@@ -134,14 +134,14 @@ Admin = Annotated[Caller, Depends(Allow(ADMINS))]
 def experiment_or_404(
     experiment_id: ExperimentId, session: SessionDep, caller: CallerDep
 ) -> Experiment:
-    experiment = experiments.get(session, experiment_id)
+    experiment = rows.experiment(session, experiment_id)
     caller.check_sees(experiment)
     return experiment
 
 
 def trial_or_404(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> Trial:
-    trial = trials.get(session, trial_id)
-    caller.check_sees(experiments.get(session, trial.experiment_id))
+    trial = rows.trial(session, trial_id)
+    caller.check_sees(rows.experiment(session, trial.experiment_id))
     return trial
 
 

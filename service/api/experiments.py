@@ -1,7 +1,6 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
-from sqlalchemy.orm import Session
 
 from sweep.service import experiments, interop, plots, trials
 from sweep.service.api.deps import (
@@ -28,7 +27,6 @@ from sweep.service.schemas import (
     TrialRead,
 )
 from sweep.service.states import ExperimentState, TrialState
-from sweep.service.tables import Experiment
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])
 
@@ -42,10 +40,7 @@ def create_experiment(
 ) -> ExperimentRead:
     """Submit an experiment; trials start as soon as a worker claims."""
     submissions.check(caller.token_id)
-    project = caller.project_for(spec.project)
-    experiment = experiments.create(session, spec=spec, project=project)
-    trials.warm_start(session, experiment, spec.warm_start)
-    return experiments.status(session, experiment)
+    return experiments.submit(session, spec=spec, project=caller.project_for(spec.project))
 
 
 @router.get("")
@@ -73,34 +68,25 @@ def change_experiment(
     experiment: ExperimentDep, change: ExperimentChange, session: SessionDep
 ) -> ExperimentRead:
     """Raise or lower budget.n_trials and budget.max_concurrent; the next claim goes by them."""
-    changed = experiments.change_budget(session, experiment.id, change.budget)
-    trials.complete_if_done(session, changed)
-    return experiments.status(session, changed)
+    return experiments.change_budget(session, experiment.id, change.budget)
 
 
 @router.post("/{experiment_id}/pause", dependencies=[CONTROL])
 def pause_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """Stop handing out new trials; running ones go on."""
-    return _move(session, experiment, ExperimentState.PAUSED)
+    return experiments.pause(session, experiment.id)
 
 
 @router.post("/{experiment_id}/resume", dependencies=[CONTROL])
 def resume_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """Hand out trials again."""
-    return _move(session, experiment, ExperimentState.RUNNING)
+    return experiments.resume(session, experiment.id)
 
 
 @router.post("/{experiment_id}/cancel", dependencies=[CONTROL])
 def cancel_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
     """End the experiment; running trials are told to stop at their next report."""
-    ended = trials.end_experiment(
-        session, experiment.id, ExperimentState.CANCELLED, "cancelled by request"
-    )
-    return experiments.status(session, ended)
-
-
-def _move(session: Session, experiment: Experiment, target: ExperimentState) -> ExperimentRead:
-    return experiments.status(session, experiments.transition(session, experiment.id, target))
+    return experiments.cancel(session, experiment.id)
 
 
 @router.delete("/{experiment_id}", status_code=status.HTTP_204_NO_CONTENT, dependencies=[CONTROL])
@@ -139,7 +125,7 @@ def list_trials(
 def enqueue_trial(experiment: ExperimentDep, body: TrialEnqueue, session: SessionDep) -> TrialRead:
     """Queue a trial with fixed params (all or some; the sampler picks the rest). Queued
     trials run before the sampler's suggestions and count toward n_trials."""
-    return trials.read(trials.enqueue(session, experiment.id, body.params))
+    return trials.enqueue(session, experiment.id, body.params)
 
 
 @router.get("/{experiment_id}/importance", dependencies=[READ])

@@ -1,6 +1,6 @@
 from fastapi import APIRouter
-from sqlalchemy import text
 
+from sweep.service import db
 from sweep.service.api.deps import SessionDep
 
 router = APIRouter(tags=["health"])
@@ -9,5 +9,5 @@ router = APIRouter(tags=["health"])
 @router.get("/healthz")
 def healthz(session: SessionDep) -> dict[str, str]:
     """Liveness and database reachability."""
-    session.execute(text("SELECT 1"))
+    db.ping(session)
     return {"status": "ok"}

@@ -2,7 +2,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Response
 
-from sweep.service import claims, trials
+from sweep.service import attempts, trials
 from sweep.service.api.deps import (
     READ,
     RUN,
@@ -60,7 +60,7 @@ def report_epoch(
     metrics: MetricsDep,
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
-    answer = trials.report(
+    answer = attempts.report(
         session,
         optimizer=optimizer,
         trial_id=trial_id,
@@ -77,7 +77,7 @@ def heartbeat(
     trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep, settings: SettingsDep
 ) -> HeartbeatOut:
     """Keep the attempt's lease alive between reports."""
-    return claims.heartbeat(
+    return attempts.heartbeat(
         session, trial_id=trial_id, token=token, lease_seconds=settings.lease_seconds
     )
 
@@ -85,7 +85,7 @@ def heartbeat(
 @router.post("/{trial_id}/release", tags=["worker protocol"], dependencies=[RUN])
 def release(trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
     """Give the trial back (the worker is shutting down): it is queued for another attempt."""
-    return trials.read(claims.release(session, trial_id=trial_id, token=token))
+    return attempts.release(session, trial_id=trial_id, token=token)
 
 
 @router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], dependencies=[RUN])
@@ -97,7 +97,7 @@ def upload_checkpoint(
     session: SessionDep,
 ) -> Response:
     """Keep the attempt's checkpoint taken after `epoch` (opaque bytes from the worker)."""
-    claims.store_checkpoint(session, trial_id=trial_id, token=token, epoch=epoch, data=data)
+    attempts.store_checkpoint(session, trial_id=trial_id, token=token, epoch=epoch, data=data)
     return Response(status_code=204)
 
 
@@ -112,7 +112,7 @@ def download_checkpoint(
     trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep
 ) -> Response:
     """The checkpoint a new attempt resumes from; its epoch is in X-Checkpoint-Epoch."""
-    checkpoint = claims.load_checkpoint(session, trial_id=trial_id, token=token)
+    checkpoint = attempts.load_checkpoint(session, trial_id=trial_id, token=token)
     return Response(
         checkpoint.data,
         media_type="application/octet-stream",
@@ -128,7 +128,7 @@ def upload_weights(
     session: SessionDep,
 ) -> Response:
     """Store a running trial's state_dict (the raw bytes of torch.save)."""
-    trials.store_weights(session, trial_id=trial_id, token=token, data=data)
+    attempts.store_weights(session, trial_id=trial_id, token=token, data=data)
     return Response(status_code=204)
 
 
@@ -137,7 +137,7 @@ def complete_trial(
     trial_id: VisibleTrialId, token: AttemptToken, body: CompleteIn, session: SessionDep
 ) -> TrialRead:
     """Finish a trial with its objective value."""
-    return trials.read(trials.complete(session, trial_id=trial_id, token=token, body=body))
+    return attempts.complete(session, trial_id=trial_id, token=token, body=body)
 
 
 @router.post("/{trial_id}/fail", tags=["worker protocol"], dependencies=[RUN])
@@ -145,4 +145,4 @@ def fail_trial(
     trial_id: VisibleTrialId, token: AttemptToken, body: FailIn, session: SessionDep
 ) -> TrialRead:
     """End a trial as failed: diverged, error (with its text) or interrupted."""
-    return trials.read(trials.fail(session, trial_id=trial_id, token=token, body=body))
+    return attempts.fail(session, trial_id=trial_id, token=token, body=body)

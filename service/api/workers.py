@@ -5,7 +5,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from sweep.service import claims, workers
+from sweep.service import attempts, workers
 from sweep.service.api.deps import (
     ADMIN,
     DatabaseDep,
@@ -56,7 +56,7 @@ async def claim_trial(
     while True:
         generation = db.changes.generation
         attempt = partial(
-            claims.try_claim,
+            attempts.try_claim,
             db,
             optimizer,
             worker_id=worker_id,

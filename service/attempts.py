@@ -1,11 +1,14 @@
-"""Handing trials to workers: claims, attempts and their leases.
+"""Everything that happens to an attempt: a claim starts one, heartbeats and reports keep its
+lease, checkpoints and weights are stored for it, and it ends completed, failed, released, or
+expired when its worker went silent.
 
 A claimed trial runs as an attempt with a random token and a lease. Every call about the
-trial carries the token; a newer attempt makes older tokens stale (fencing). Heartbeats and
-reports extend the lease. A lease that runs out puts the trial back in the queue as the same
-trial (same id, number and params), to be claimed again as attempt + 1, until the experiment's
-max_retries is spent and it fails as "lost". A worker that is shut down releases its trial
-at once, which does not count as a retry.
+trial carries the token; a newer attempt makes older tokens stale (fencing): they get 409 and
+change nothing. Heartbeats and reports extend the lease (`extend_lease`). A lease that runs
+out puts the trial back in the queue as the same trial (same id, number and params), to be
+claimed again as attempt + 1, until the experiment's max_retries is spent and it fails as
+"lost". A worker that is shut down releases its trial at once, which does not count as a
+retry. How trials and experiments then end is sweep.service.lifecycle's.
 
 Lock order, as everywhere: trial rows before their experiment's row; where a claim holds an
 experiment and needs a trial it only takes rows no one else holds (SKIP LOCKED).
@@ -19,17 +22,20 @@ from datetime import datetime, timedelta
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from sweep.service import experiments, trials, workers
-from sweep.service.db import Database, after_commit, notify_on_commit
-from sweep.service.errors import Conflict, NotFound
+from sweep.service import lifecycle, rows, specs, trials, workers
+from sweep.service.db import Database, after_commit
+from sweep.service.errors import Conflict, InvalidSpec, NotFound
 from sweep.service.optimizer import Optimizer
-from sweep.service.schemas import Assignment, HeartbeatOut
-from sweep.service.states import (
-    ENDED_EXPERIMENT_STATES,
-    ExperimentState,
-    TrialState,
-    check_trial_transition,
+from sweep.service.schemas import (
+    Assignment,
+    CompleteIn,
+    FailIn,
+    HeartbeatOut,
+    ReportIn,
+    ReportOut,
+    TrialRead,
 )
+from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState, TrialState
 from sweep.service.tables import (
     Experiment,
     Trial,
@@ -39,6 +45,36 @@ from sweep.service.tables import (
     Worker,
     utcnow,
 )
+
+# Heartbeats per lease: a worker that misses a few still keeps its trial.
+HEARTBEATS_PER_LEASE = 4
+
+
+def lease_until(lease_seconds: float) -> datetime:
+    return utcnow() + timedelta(seconds=lease_seconds)
+
+
+def extend_lease(trial: Trial, lease_seconds: float) -> None:
+    """A full lease from now: a claim, a heartbeat or a report heard from the worker."""
+    trial.lease_expires_at = lease_until(lease_seconds)
+
+
+def attempt(session: Session, trial_id: int, token: str) -> Trial:
+    """The trial, locked, if `token` is its current attempt's; Conflict when it is stale."""
+    trial = rows.lock_trial(session, trial_id)
+    if trial.token != token:
+        raise Conflict(f"trial {trial_id}: this attempt was superseded (stale token)")
+    return trial
+
+
+def running_attempt(session: Session, trial_id: int, token: str) -> Trial:
+    trial = attempt(session, trial_id, token)
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    return trial
+
+
+# --- claims --------------------------------------------------------------------------------
 
 
 def claim_possible(
@@ -110,7 +146,7 @@ def claim(
     worker.last_seen_at = utcnow()
     held = _held(session, worker_id)
     if held is not None:
-        owner = experiments.get(session, held.experiment_id)
+        owner = rows.experiment(session, held.experiment_id)
         return _assignment(owner, held, lease_seconds, _checkpoint_epoch(session, held))
     experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
@@ -130,7 +166,7 @@ def claim(
     trial.worker_id = worker_id
     trial.token = secrets.token_hex(16)
     trial.started_at = utcnow()
-    trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
+    extend_lease(trial, lease_seconds)
     session.flush()
     return _assignment(experiment, trial, lease_seconds, resume_epoch)
 
@@ -140,22 +176,9 @@ def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -
     budget to the trials there are (the experiment completes when they finish)."""
     suggestion = optimizer.ask(session, experiment, experiment.trial_count)
     if suggestion is None:
-        trials.exhaust(session, experiment)
+        lifecycle.exhaust(session, experiment)
         return None
-    trial = Trial(
-        experiment_id=experiment.id,
-        number=experiment.trial_count,
-        state=TrialState.RUNNING,
-        params=suggestion.params,
-        system_attrs=suggestion.system_attrs,
-        attempt=1,
-        retries=0,
-        last_epoch=0,
-        has_weights=False,
-    )
-    experiment.trial_count += 1
-    session.add(trial)
-    return trial
+    return trials.create(session, experiment, suggestion)
 
 
 def _start_enqueued(
@@ -165,11 +188,10 @@ def _start_enqueued(
     the params it was not given."""
     suggestion = optimizer.ask(session, experiment, experiment.trial_count, fixed=trial.params)
     assert suggestion is not None  # given params are never "exhausted"
-    check_trial_transition(trial.state, TrialState.RUNNING)
+    lifecycle.move(trial, TrialState.RUNNING)
     trial.number = experiment.trial_count
     trial.params = suggestion.params
     trial.system_attrs = suggestion.system_attrs
-    trial.state = TrialState.RUNNING
     trial.attempt = 1
     experiment.trial_count += 1
 
@@ -189,9 +211,8 @@ def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
     """Start a queued trial's next attempt where its last checkpoint left it (or from the
     first epoch): the curve past that epoch goes, and so does the in-memory study that saw
     it. Returns the epoch to resume after."""
-    check_trial_transition(trial.state, TrialState.RUNNING)
+    lifecycle.move(trial, TrialState.RUNNING)
     resume = _checkpoint_epoch(session, trial)
-    trial.state = TrialState.RUNNING
     trial.attempt += 1
     trial.failure_reason = trial.failure_message = None
     trial.last_epoch = trial.resumed_from = resume
@@ -224,7 +245,7 @@ def _check_claimant(
     if worker is None or (project is not None and worker.project != project):
         raise NotFound(f"worker {worker_id} not found")
     if experiment_id is not None:
-        target = experiments.get(session, experiment_id)
+        target = rows.experiment(session, experiment_id)
         if project is not None and target.project != project:
             raise NotFound(f"experiment {experiment_id} not found")
         if target.state == ExperimentState.CANCELLED:
@@ -288,7 +309,7 @@ def _lock_claimable(
         queued = query.with_for_update(key_share=True, of=Experiment)
         experiment = session.scalars(queued).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
-    if experiment is None or trials.running(session, experiment.id) >= experiment.max_concurrent:
+    if experiment is None or rows.count_trials(session, experiment.id) >= experiment.max_concurrent:
         return None
     return experiment
 
@@ -305,6 +326,7 @@ def _assignment(
         attempt=trial.attempt,
         token=trial.token,
         lease_seconds=lease_seconds,
+        heartbeat_seconds=lease_seconds / HEARTBEATS_PER_LEASE,
         resume_epoch=resume_epoch,
         model=spec["model"],
         dataset=spec["dataset"],
@@ -314,14 +336,138 @@ def _assignment(
     )
 
 
+# --- what the worker tells about its attempt ---------------------------------------------
+
+
+def report(
+    session: Session,
+    *,
+    optimizer: Optimizer,
+    trial_id: int,
+    token: str,
+    body: ReportIn,
+    lease_seconds: float,
+) -> ReportOut:
+    """Record one epoch's metrics, extend the lease, and answer whether the trial goes on.
+
+    A repeated report of an epoch already recorded changes nothing and gets the same answer,
+    even when that answer ended the trial. The trial stops when the pruner says so or when
+    its experiment has ended.
+    """
+    trial = attempt(session, trial_id, token)
+    again = _answer_again(trial, body.epoch)
+    if again is not None:
+        return again
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    extend_lease(trial, lease_seconds)
+    if body.epoch != trial.last_epoch + 1:
+        raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
+    experiment = rows.experiment(session, trial.experiment_id)
+    for wanted in specs.objectives(experiment.spec):
+        if wanted["metric"] not in body.metrics:
+            raise InvalidSpec(
+                f"the report lacks the objective metric {wanted['metric']!r}",
+                field=f"metrics.{wanted['metric']}",
+            )
+    objective = body.metrics[experiment.metric]
+    session.add(
+        TrialMetric(trial_id=trial.id, epoch=body.epoch, objective=objective, values=body.metrics)
+    )
+    trial.last_epoch = body.epoch
+    trial.last_objective = objective
+    session.flush()
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        why = f"experiment {experiment.state}"
+        lifecycle.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
+        return ReportOut(action="stop", reason=why)
+    if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
+        lifecycle.finish(session, trial, TrialState.PRUNED, value=objective)
+        return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
+    return ReportOut(action="continue")
+
+
+def _answer_again(trial: Trial, epoch: int) -> ReportOut | None:
+    """The answer an already recorded epoch got the first time, or None for a new epoch."""
+    if epoch > trial.last_epoch:
+        return None
+    if epoch == trial.last_epoch and trial.state == TrialState.PRUNED:
+        return ReportOut(action="prune", reason=f"pruned at epoch {epoch}")
+    if epoch == trial.last_epoch and trial.state == TrialState.CANCELLED:
+        return ReportOut(action="stop", reason=trial.failure_message)
+    if trial.state != TrialState.RUNNING:
+        return None  # the trial ended later, some other way: a conflict, as for any report
+    return ReportOut(action="continue")
+
+
+def _curve(session: Session, trial_id: int) -> dict[int, float]:
+    rows = session.execute(
+        select(TrialMetric.epoch, TrialMetric.objective).where(TrialMetric.trial_id == trial_id)
+    )
+    return {epoch: value for epoch, value in rows if value is not None}
+
+
+def store_weights(session: Session, *, trial_id: int, token: str, data: bytes) -> None:
+    """Keep a running trial's weights; uploading again replaces them."""
+    running_attempt(session, trial_id, token)
+    existing = session.get(TrialWeights, trial_id)
+    if existing is not None:
+        session.delete(existing)
+        session.flush()
+    session.add(TrialWeights(trial_id=trial_id, data=data, size=len(data)))
+    rows.trial(session, trial_id).has_weights = True
+    session.flush()
+
+
+def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -> TrialRead:
+    """Finish a trial with its objective value. Completing it again the same way is a no-op."""
+    trial = attempt(session, trial_id, token)
+    if trial.state == TrialState.COMPLETED and trial.value == body.value:
+        return trials.read(trial)
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    if body.epoch is not None and body.epoch > trial.last_epoch:
+        raise Conflict(
+            f"trial {trial_id}: epoch {body.epoch} was never reported "
+            f"(last reported: {trial.last_epoch})"
+        )
+    wanted = specs.objectives(rows.experiment(session, trial.experiment_id).spec)
+    if len(wanted) == 1:
+        lifecycle.finish(
+            session, trial, TrialState.COMPLETED, value=body.value, best_epoch=body.epoch
+        )
+        return trials.read(trial)
+    # Several objectives: each one's value at the epoch the first objective chose.
+    epoch = body.epoch or trial.last_epoch
+    metrics = session.get(TrialMetric, (trial.id, epoch))
+    if metrics is None:
+        raise Conflict(f"trial {trial_id} reported no epoch; its objectives have no values")
+    values = [float(metrics.values[o["metric"]]) for o in wanted]
+    lifecycle.finish(
+        session, trial, TrialState.COMPLETED, value=values[0], values=values, best_epoch=epoch
+    )
+    return trials.read(trial)
+
+
+def fail(session: Session, *, trial_id: int, token: str, body: FailIn) -> TrialRead:
+    """End a trial as failed with the worker's reason. Failing it again is a no-op."""
+    trial = attempt(session, trial_id, token)
+    if trial.state == TrialState.FAILED:
+        return trials.read(trial)
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    lifecycle.finish(session, trial, TrialState.FAILED, reason=body.reason, message=body.message)
+    return trials.read(trial)
+
+
 # --- leases --------------------------------------------------------------------------------
 
 
 def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: float) -> HeartbeatOut:
     """Keep an attempt's lease alive; the answer says whether the trial should go on."""
-    trial = trials.running_attempt(session, trial_id, token)
-    trial.lease_expires_at = utcnow() + timedelta(seconds=lease_seconds)
-    experiment = experiments.get(session, trial.experiment_id)
+    trial = running_attempt(session, trial_id, token)
+    extend_lease(trial, lease_seconds)
+    experiment = rows.experiment(session, trial.experiment_id)
     if experiment.state in ENDED_EXPERIMENT_STATES:
         return HeartbeatOut(action="stop", reason=f"experiment {experiment.state}")
     return HeartbeatOut(action="continue")
@@ -332,7 +478,7 @@ def store_checkpoint(
 ) -> None:
     """Keep the attempt's checkpoint taken after `epoch`, replacing an older one. Its epoch's
     report must have arrived first, so a resumed attempt's curve has no gap."""
-    trial = trials.running_attempt(session, trial_id, token)
+    trial = running_attempt(session, trial_id, token)
     if epoch > trial.last_epoch:
         raise Conflict(
             f"trial {trial_id}: checkpoint after epoch {epoch} arrived before that "
@@ -348,24 +494,24 @@ def store_checkpoint(
 
 def load_checkpoint(session: Session, *, trial_id: int, token: str) -> TrialCheckpoint:
     """The checkpoint a new attempt resumes from."""
-    trials.running_attempt(session, trial_id, token)
+    running_attempt(session, trial_id, token)
     checkpoint = session.get(TrialCheckpoint, trial_id)
     if checkpoint is None:
         raise NotFound(f"trial {trial_id} has no checkpoint")
     return checkpoint
 
 
-def release(session: Session, *, trial_id: int, token: str) -> Trial:
+def release(session: Session, *, trial_id: int, token: str) -> TrialRead:
     """The worker lets go of its attempt (it is shutting down): back to the queue at once.
     Not counted against max_retries."""
-    trial = trials.running_attempt(session, trial_id, token)
-    _requeue(session, trial, "preempted")
-    return trial
+    trial = running_attempt(session, trial_id, token)
+    lifecycle.requeue(session, trial, "preempted")
+    return trials.read(trial)
 
 
 def renew_all_leases(session: Session, *, lease_seconds: float) -> None:
     """Give every running trial a full lease from now (after an outage nobody could renew)."""
-    renewed = utcnow() + timedelta(seconds=lease_seconds)
+    renewed = lease_until(lease_seconds)
     session.execute(
         update(Trial)
         .where(Trial.state == TrialState.RUNNING, Trial.lease_expires_at < renewed)
@@ -384,30 +530,13 @@ def expire_leases(session: Session, *, now: datetime | None = None, limit: int =
         .with_for_update(skip_locked=True)
     ).all()
     # Their experiments in id order, as every batch does: two rounds never wait on each other.
-    owners = {e.id: e for e in experiments.lock_all(session, {t.experiment_id for t in expired})}
+    owners = {e.id: e for e in rows.lock_experiments(session, {t.experiment_id for t in expired})}
     for trial in expired:
         experiment = owners[trial.experiment_id]
         if trial.retries >= experiment.max_retries:
             message = f"no word from its worker for a lease, {trial.retries + 1} times"
-            trials.finish(session, trial, TrialState.FAILED, reason="lost", message=message)
+            lifecycle.finish(session, trial, TrialState.FAILED, reason="lost", message=message)
         else:
             trial.retries += 1
-            _requeue(session, trial, "lost")
+            lifecycle.requeue(session, trial, "lost")
     return len(expired)
-
-
-def _requeue(session: Session, trial: Trial, why: str) -> None:
-    """Back to the queue; `why` (lost, preempted) shows until the next attempt starts. In an
-    experiment that has ended meanwhile, nothing would claim it: it ends as cancelled."""
-    experiment = experiments.lock(session, trial.experiment_id)
-    if experiment.state in ENDED_EXPERIMENT_STATES:
-        message = f"{why} after the experiment ended ({experiment.state})"
-        trials.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=message)
-        return
-    check_trial_transition(trial.state, TrialState.QUEUED)
-    trial.state = TrialState.QUEUED
-    trial.failure_reason = why
-    trial.worker_id = None
-    trial.lease_expires_at = None
-    session.flush()
-    notify_on_commit(session)

@@ -1,0 +1,185 @@
+"""State changes and what follows from them: a trial finishing or going back to the queue; an
+experiment pausing, resuming or ending, completing once its last trial is done, failing after
+too many errors in a row, its budget shrinking when the search space is exhausted.
+
+Every state change goes through `move`, which checks the transition tables of
+sweep.service.states. Lock order, as everywhere: a trial's row before its experiment's row.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from sweep.service import rows
+from sweep.service.db import notify_on_commit
+from sweep.service.states import (
+    ENDED_EXPERIMENT_STATES,
+    ExperimentState,
+    TrialState,
+    check_experiment_transition,
+    check_trial_transition,
+)
+from sweep.service.tables import Experiment, Trial, TrialCheckpoint, utcnow
+
+LIVE_EXPERIMENT_STATES = (ExperimentState.RUNNING, ExperimentState.PAUSED)
+
+
+def move(row: Trial | Experiment, target: TrialState | ExperimentState) -> None:
+    """Put a trial or an experiment in `target`; Conflict unless its state machine allows it."""
+    if isinstance(row, Trial):
+        check_trial_transition(row.state, TrialState(target))
+    else:
+        check_experiment_transition(row.state, ExperimentState(target))
+    row.state = target
+
+
+# --- trials --------------------------------------------------------------------------------
+
+
+def finish(
+    session: Session,
+    trial: Trial,
+    state: TrialState,
+    *,
+    value: float | None = None,
+    values: list[float] | None = None,
+    best_epoch: int | None = None,
+    reason: str | None = None,
+    message: str | None = None,
+) -> None:
+    """End a trial in `state` (final) with its outcome; its experiment keeps its best value,
+    counts errors in a row, and completes when this was its last trial."""
+    move(trial, state)
+    experiment = rows.lock_experiment(session, trial.experiment_id)
+    experiment.finish_seq += 1
+    trial.finish_seq = experiment.finish_seq
+    trial.finished_at = utcnow()
+    trial.value = value
+    trial.values = values if values is not None else None if value is None else [value]
+    trial.best_epoch = best_epoch
+    trial.failure_reason = reason
+    trial.failure_message = message
+    trial.lease_expires_at = None
+    if state == TrialState.COMPLETED and _better(value, experiment):
+        experiment.best_value = value
+        experiment.best_trial_id = trial.id
+    session.execute(delete(TrialCheckpoint).where(TrialCheckpoint.trial_id == trial.id))
+    session.flush()
+    if _too_many_errors(experiment, state, reason):
+        why = f"{experiment.consecutive_errors} trials in a row failed with an error: {message}"
+        end_experiment(session, experiment.id, ExperimentState.FAILED, why[:500])
+    else:
+        complete_if_done(session, experiment)
+    notify_on_commit(session)
+
+
+def requeue(session: Session, trial: Trial, why: str) -> None:
+    """A running trial back to the queue for another attempt; `why` (lost, preempted) shows
+    until it starts. In an experiment that has ended meanwhile nothing would claim it: it ends
+    as cancelled."""
+    experiment = rows.lock_experiment(session, trial.experiment_id)
+    if experiment.state in ENDED_EXPERIMENT_STATES:
+        message = f"{why} after the experiment ended ({experiment.state})"
+        finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=message)
+        return
+    move(trial, TrialState.QUEUED)
+    trial.failure_reason = why
+    trial.worker_id = None
+    trial.lease_expires_at = None
+    session.flush()
+    notify_on_commit(session)
+
+
+def _too_many_errors(experiment: Experiment, state: TrialState, reason: str | None) -> bool:
+    """Count errors in a row (a completed or pruned trial resets the count)."""
+    if state in (TrialState.COMPLETED, TrialState.PRUNED):
+        experiment.consecutive_errors = 0
+    if state != TrialState.FAILED or reason != "error":
+        return False
+    experiment.consecutive_errors += 1
+    limit = experiment.spec["budget"]["max_consecutive_errors"]
+    live = experiment.state in LIVE_EXPERIMENT_STATES
+    return live and limit > 0 and experiment.consecutive_errors >= limit
+
+
+def _better(value: float | None, experiment: Experiment) -> bool:
+    best = experiment.best_value
+    if value is None:
+        return False
+    if best is None:
+        return True
+    return value > best if experiment.direction == "maximize" else value < best
+
+
+# --- experiments ---------------------------------------------------------------------------
+
+
+def move_experiment(
+    session: Session, experiment_id: int, target: ExperimentState, reason: str | None = None
+) -> Experiment:
+    """Lock an experiment and put it in `target` (pause, resume, or an end with `reason`)."""
+    experiment = rows.lock_experiment(session, experiment_id)
+    move(experiment, target)
+    if target in ENDED_EXPERIMENT_STATES:
+        experiment.finished_at = utcnow()
+        experiment.stop_reason = reason
+    if target == ExperimentState.RUNNING:
+        notify_on_commit(session)
+    session.flush()
+    return experiment
+
+
+def end_experiment(
+    session: Session, experiment_id: int, state: ExperimentState, reason: str
+) -> Experiment:
+    """End an experiment early (cancelled, timed out, failed): queued trials end now, running
+    ones at their next report or heartbeat."""
+    queued = session.scalars(
+        select(Trial)
+        .where(Trial.experiment_id == experiment_id, Trial.state == TrialState.QUEUED)
+        .order_by(Trial.id)
+        .with_for_update(skip_locked=True)  # callers may hold the experiment row already
+    ).all()
+    experiment = move_experiment(session, experiment_id, state, reason)
+    for trial in queued:
+        finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=reason)
+    return experiment
+
+
+def end_overdue(session: Session, *, now: datetime | None = None) -> int:
+    """Stop experiments whose budget.timeout_s has passed; returns how many."""
+    overdue = session.scalars(
+        select(Experiment.id)
+        .where(
+            Experiment.state.in_(LIVE_EXPERIMENT_STATES),
+            Experiment.deadline_at < (now or utcnow()),
+        )
+        .order_by(Experiment.id)  # the order every batch locks experiments in
+    ).all()
+    for experiment_id in overdue:
+        end_experiment(session, experiment_id, ExperimentState.COMPLETED, "timed out")
+    return len(overdue)
+
+
+def complete_if_done(session: Session, experiment: Experiment) -> None:
+    """Complete the experiment once its whole budget was handed out and nothing runs or waits
+    for a retry any more."""
+    live = experiment.state in LIVE_EXPERIMENT_STATES
+    spent = experiment.trial_count >= experiment.n_trials
+    if not (live and spent):
+        return
+    unfinished = rows.count_trials(session, experiment.id, TrialState.RUNNING, TrialState.QUEUED)
+    if unfinished == 0:
+        move_experiment(session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason)
+
+
+def exhaust(session: Session, experiment: Experiment) -> None:
+    """Every configuration of the space has been handed out: the budget shrinks to the trials
+    created, and the experiment completes now if none of them is left to finish."""
+    experiment.n_trials = experiment.trial_count
+    experiment.stop_reason = f"search space exhausted after {experiment.trial_count} trials"
+    complete_if_done(session, experiment)
+    notify_on_commit(session)

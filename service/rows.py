@@ -1,0 +1,78 @@
+"""Experiment and trial rows by id, read or locked, and trial counts: the lookups every domain
+module shares (404 for an id that does not exist).
+
+Lock order, everywhere: a trial's row before its experiment's row. An experiment is locked FOR
+NO KEY UPDATE, which does not conflict with the key-share lock that inserting or updating a
+trial takes on its experiment (the foreign key): a transaction that touched a trial and then
+locks its experiment never deadlocks with another doing the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from sweep.service.errors import NotFound
+from sweep.service.states import TrialState
+from sweep.service.tables import Experiment, Trial
+
+
+def experiment(session: Session, experiment_id: int) -> Experiment:
+    found = session.get(Experiment, experiment_id)
+    if found is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return found
+
+
+def lock_experiment(session: Session, experiment_id: int) -> Experiment:
+    """The experiment with its row locked until the transaction ends (waits for the lock)."""
+    found = session.scalars(
+        select(Experiment)
+        .where(Experiment.id == experiment_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"experiment {experiment_id} not found")
+    return found
+
+
+def lock_experiments(session: Session, experiment_ids: set[int]) -> Sequence[Experiment]:
+    """Several experiments locked in id order (the order every batch takes them in)."""
+    return session.scalars(
+        select(Experiment)
+        .where(Experiment.id.in_(experiment_ids))
+        .order_by(Experiment.id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).all()
+
+
+def trial(session: Session, trial_id: int) -> Trial:
+    found = session.get(Trial, trial_id)
+    if found is None:
+        raise NotFound(f"trial {trial_id} not found")
+    return found
+
+
+def lock_trial(session: Session, trial_id: int) -> Trial:
+    found = session.scalars(
+        select(Trial)
+        .where(Trial.id == trial_id)
+        .with_for_update(key_share=True)
+        .execution_options(populate_existing=True)
+    ).one_or_none()
+    if found is None:
+        raise NotFound(f"trial {trial_id} not found")
+    return found
+
+
+def count_trials(session: Session, experiment_id: int, *states: TrialState) -> int:
+    """How many of an experiment's trials are running (or in any of `states`)."""
+    states = states or (TrialState.RUNNING,)
+    query = select(func.count()).where(
+        Trial.experiment_id == experiment_id, Trial.state.in_(states)
+    )
+    return session.scalar(query) or 0
