@@ -1,17 +1,25 @@
 """What a spec may name: models, datasets, hyperparameters and the metrics each task reports.
 
-This module imports nothing heavy (no torch, no scikit-learn) so the service can validate specs
-without the training stack installed. The worker's registry builds the real objects from the
-same names, and a test keeps the two in step.
+The catalog is built on first use from the bundled declarations (sweep.models.mlp and
+sweep.models.cnn, declared as plugins declare theirs) and from installed plugins' entry points,
+so a plugin's own module may import anything of sweep.models. Nothing here imports torch or
+scikit-learn: the service validates specs without the training stack installed.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from typing import Literal
 
-Task = Literal["classification", "binary", "regression"]
-Scalar = int | float | str | bool
+from sweep.models import cnn, mlp
+from sweep.models.plugins import DatasetPlugin, ModelPlugin, dataset_plugins, model_plugins
+
+# The vocabulary of declarations, also spoken here.
+from sweep.models.plugins import Hyperparameter as Hyperparameter
+from sweep.models.plugins import Scalar as Scalar
+from sweep.models.plugins import Task as Task
+from sweep.models.plugins import is_integral as is_integral
 
 OPTIMIZERS = ("sgd", "momentum", "adam", "adamw", "rmsprop")
 ACTIVATIONS = ("relu", "sigmoid", "tanh", "gelu", "leaky_relu")
@@ -31,44 +39,6 @@ EXTRA_METRICS = ("epoch_seconds", "lr")
 #   latency_ms     eval-mode forward time per validation sample after the epoch, in batches
 #   train_seconds  training time (not validation) summed over the epochs so far
 COST_METRICS = ("n_params", "latency_ms", "train_seconds")
-
-
-@dataclass(frozen=True)
-class Hyperparameter:
-    """One knob a trial can set: its type, bounds or choices, and its default."""
-
-    kind: Literal["float", "int", "choice", "bool"]
-    default: Scalar
-    low: float | None = None  # inclusive lower bound
-    high: float | None = None  # inclusive upper bound
-    low_open: bool = False  # True: the value must be strictly greater than low
-    high_open: bool = False  # True: the value must be strictly less than high
-    choices: tuple[Scalar, ...] = ()
-    help: str = ""
-
-    def check(self, value: object) -> str | None:
-        """Return why `value` is not acceptable, or None when it is."""
-        if self.kind == "bool":
-            return None if isinstance(value, bool) else "must be true or false"
-        if self.kind == "choice":
-            # Type-strict: True is not 1, and 3.0 is not the kernel size 3.
-            if any(type(c) is type(value) and c == value for c in self.choices):
-                return None
-            return f"must be one of {list(self.choices)}"
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            return f"must be a number ({self.kind})"
-        if self.kind == "int" and not is_integral(value):
-            return "must be an integer"
-        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
-            return f"must be {'>' if self.low_open else '>='} {self.low}"
-        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
-            return f"must be {'<' if self.high_open else '<='} {self.high}"
-        return None
-
-
-def is_integral(value: int | float) -> bool:
-    """Whether a number is a whole number (without float(), which overflows on huge ints)."""
-    return isinstance(value, int) or value.is_integer()
 
 
 TRAINING_HYPERPARAMETERS: dict[str, Hyperparameter] = {
@@ -105,26 +75,13 @@ TRAINING_HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "dropout": Hyperparameter("float", 0.0, low=0.0, high=1.0, high_open=True),
 }
 
-MLP_HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "hidden_layers": Hyperparameter("int", 2, low=1, high=16),
-    "hidden_units": Hyperparameter("int", 64, low=1, high=8192),
-    "batch_norm": Hyperparameter("bool", False),
-}
-
-CNN_HYPERPARAMETERS: dict[str, Hyperparameter] = {
-    "channels": Hyperparameter("int", 16, low=1, high=512, help="filters in the first conv"),
-    "conv_layers": Hyperparameter("int", 2, low=1, high=3, help="conv+pool blocks"),
-    "kernel_size": Hyperparameter("choice", 3, choices=(1, 3, 5)),
-    "fc_units": Hyperparameter("int", 64, low=1, high=8192),
-    "batch_norm": Hyperparameter("bool", True),
-}
-
 
 @dataclass(frozen=True)
 class ModelInfo:
     name: str
     inputs: Literal["any", "image"]  # "image": needs a dataset with an image shape
-    hyperparameters: dict[str, Hyperparameter]
+    hyperparameters: dict[str, Hyperparameter]  # the training ones and the model's own
+    build: str  # "module:function", as ModelPlugin.build
 
 
 @dataclass(frozen=True)
@@ -143,12 +100,7 @@ class DatasetInfo:
     options: dict[str, DatasetOption] = field(default_factory=dict)
 
 
-MODELS: dict[str, ModelInfo] = {
-    "mlp": ModelInfo("mlp", "any", {**TRAINING_HYPERPARAMETERS, **MLP_HYPERPARAMETERS}),
-    "cnn": ModelInfo("cnn", "image", {**TRAINING_HYPERPARAMETERS, **CNN_HYPERPARAMETERS}),
-}
-
-DATASETS: dict[str, DatasetInfo] = {
+BUNDLED_DATASETS: dict[str, DatasetInfo] = {
     "digits": DatasetInfo("digits", "classification"),
     "digits_image": DatasetInfo("digits_image", "classification", image=True),
     "iris": DatasetInfo("iris", "classification"),
@@ -169,27 +121,39 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
 }
 
-
-BUNDLED_MODELS = tuple(MODELS)
-BUNDLED_DATASETS = tuple(DATASETS)
+BUNDLED_MODELS: dict[str, ModelPlugin] = {"mlp": mlp.MODEL, "cnn": cnn.MODEL}
 
 
-def _add_plugins() -> None:
-    """Models and datasets of installed plugin packages join the catalog (sweep.models.plugins)."""
-    from sweep.models import plugins
+def _model(name: str, declared: ModelPlugin) -> ModelInfo:
+    knobs = {**TRAINING_HYPERPARAMETERS, **declared.hyperparameters}
+    return ModelInfo(name, declared.inputs, knobs, declared.build)
 
-    for name, model in plugins.model_plugins().items():
-        if name in MODELS:
+
+def _dataset(name: str, declared: DatasetPlugin) -> DatasetInfo:
+    return DatasetInfo(name, declared.task, image=declared.image_shape is not None)
+
+
+@functools.cache
+def models() -> dict[str, ModelInfo]:
+    """Every model a spec may name: the bundled ones and the installed plugins'."""
+    found = {name: _model(name, declared) for name, declared in BUNDLED_MODELS.items()}
+    for name, declared in model_plugins().items():
+        if name in found:
             raise ValueError(f"plugin model {name!r} has the name of a bundled one")
-        knobs = {**TRAINING_HYPERPARAMETERS, **model.hyperparameters}
-        MODELS[name] = ModelInfo(name, model.inputs, knobs)
-    for name, dataset in plugins.dataset_plugins().items():
-        if name in DATASETS:
+        found[name] = _model(name, declared)
+    return found
+
+
+@functools.cache
+def datasets() -> dict[str, DatasetInfo]:
+    """Every dataset a spec may name by itself: the bundled ones and the installed plugins'
+    (uploaded datasets belong to a project and are looked up there)."""
+    found = dict(BUNDLED_DATASETS)
+    for name, declared in dataset_plugins().items():
+        if name in found:
             raise ValueError(f"plugin dataset {name!r} has the name of a bundled one")
-        DATASETS[name] = DatasetInfo(name, dataset.task, image=dataset.image_shape is not None)
-
-
-_add_plugins()
+        found[name] = _dataset(name, declared)
+    return found
 
 
 def objective_metrics(task: str) -> tuple[str, ...]:
@@ -203,9 +167,10 @@ def resolve_hyperparameters(model: str, values: dict[str, Scalar]) -> dict[str, 
     `values` are the trial's sampled params merged with the spec's fixed values; names the
     model does not know are kept, so plugins can read their own.
     """
-    defaults = {name: hp.default for name, hp in MODELS[model].hyperparameters.items()}
+    knobs = models()[model].hyperparameters
+    defaults = {name: hp.default for name, hp in knobs.items()}
     resolved = {**defaults, **values}
-    for name, hp in MODELS[model].hyperparameters.items():
+    for name, hp in knobs.items():
         if hp.kind == "int" and isinstance(resolved[name], float):
             resolved[name] = int(resolved[name])
     return resolved
@@ -213,5 +178,5 @@ def resolve_hyperparameters(model: str, values: dict[str, Scalar]) -> dict[str, 
 
 def dataset_options(name: str, options: dict[str, int | float]) -> dict[str, int | float]:
     """A dataset's options with defaults filled in."""
-    info = DATASETS[name]
+    info = datasets()[name]
     return {key: options.get(key, opt.default) for key, opt in info.options.items()}

@@ -93,13 +93,15 @@ def load_dataset(
         ValueError: unknown dataset, or scikit-learn refused the options or the split (for
             instance too few samples per class for a stratified split).
     """
-    if name not in catalog.DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {sorted(catalog.DATASETS)}")
+    if name not in catalog.datasets():
+        raise ValueError(f"unknown dataset {name!r}; known: {sorted(catalog.datasets())}")
     X, y = _raw(name, options or {})
     plugin = plugins.dataset_plugins().get(name)
     image = plugin.image_shape if plugin is not None else _IMAGE_SHAPES.get(name)
     shape = image or (int(np.prod(X.shape[1:])),)
-    return prepare(X, y, catalog.DATASETS[name].task, shape, val_fraction, split_seed, standardize)
+    return prepare(
+        X, y, catalog.datasets()[name].task, shape, val_fraction, split_seed, standardize
+    )
 
 
 def prepare(

@@ -1,8 +1,5 @@
-"""Build the model a trial names: catalog names -> torch modules.
-
-The names mirror sweep.models.catalog (which the service reads without torch); a test checks that
-every name there builds here.
-"""
+"""Build the model a trial names: a catalog name -> a torch module, by the function its
+declaration names (bundled or a plugin's)."""
 
 from __future__ import annotations
 
@@ -11,68 +8,17 @@ from typing import Any
 from torch import nn
 
 from sweep.models import catalog, plugins
-from sweep.models.cnn import CNN, CNNConfig
 from sweep.models.datasets import Dataset, load_dataset
-from sweep.models.mlp import MLP, MLPConfig
-
-ACTIVATIONS: dict[str, type[nn.Module]] = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "tanh": nn.Tanh,
-    "gelu": nn.GELU,
-    "leaky_relu": nn.LeakyReLU,
-}
-
-
-def _mlp(input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]) -> nn.Module:
-    in_features = 1
-    for size in input_shape:
-        in_features *= size
-    return MLP(
-        MLPConfig(
-            in_features=in_features,
-            n_outputs=n_outputs,
-            hidden_layers=int(hparams["hidden_layers"]),
-            hidden_units=int(hparams["hidden_units"]),
-            activation=ACTIVATIONS[str(hparams["activation"])],
-            dropout=float(hparams["dropout"]),
-            batch_norm=bool(hparams["batch_norm"]),
-        )
-    )
-
-
-def _cnn(input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]) -> nn.Module:
-    if len(input_shape) != 3:
-        raise ValueError(f"cnn needs (channels, height, width) inputs, got shape {input_shape}")
-    channels, height, width = input_shape
-    return CNN(
-        CNNConfig(
-            input_shape=(channels, height, width),
-            n_outputs=n_outputs,
-            channels=int(hparams["channels"]),
-            conv_layers=int(hparams["conv_layers"]),
-            kernel_size=int(hparams["kernel_size"]),
-            fc_units=int(hparams["fc_units"]),
-            activation=ACTIVATIONS[str(hparams["activation"])],
-            dropout=float(hparams["dropout"]),
-            batch_norm=bool(hparams["batch_norm"]),
-        )
-    )
-
-
-_BUILDERS = {"mlp": _mlp, "cnn": _cnn}
 
 
 def build_model(
     model: str, input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]
 ) -> nn.Module:
     """A freshly initialized `model`; `hparams` as returned by catalog.resolve_hyperparameters."""
-    if model in _BUILDERS:
-        return _BUILDERS[model](input_shape, n_outputs, hparams)
-    plugin = plugins.model_plugins().get(model)
-    if plugin is None:
-        raise ValueError(f"unknown model {model!r}; known: {sorted(catalog.MODELS)}")
-    built: nn.Module = plugins.resolve(plugin.build)(input_shape, n_outputs, hparams)
+    info = catalog.models().get(model)
+    if info is None:
+        raise ValueError(f"unknown model {model!r}; known: {sorted(catalog.models())}")
+    built: nn.Module = plugins.resolve(info.build)(input_shape, n_outputs, hparams)
     return built
 
 

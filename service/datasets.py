@@ -48,7 +48,7 @@ def upload(
 ) -> DatasetRead:
     """Validate and store a dataset; uploading the same data under its name again is a no-op,
     other data under a taken name is a 409."""
-    if name in catalog.DATASETS:
+    if name in catalog.datasets():
         raise Conflict(f"{name!r} is a bundled dataset; choose another name")
     if file_format == "csv":
         if not target:

@@ -35,7 +35,7 @@ def submit(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
 
 def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
     uploaded = None
-    if spec.dataset.name not in catalog.DATASETS:
+    if spec.dataset.name not in catalog.datasets():
         found = datasets.find(session, project, spec.dataset.name)
         uploaded = datasets.for_spec(found) if found is not None else None
     normalized = specs.normalize(spec, uploaded)

@@ -48,13 +48,13 @@ def spec_reference() -> str:
     out.append("Any of these may be searched (`search_space`) or set (`fixed`); the rest keep")
     out.append("their defaults.")
     for name in catalog.BUNDLED_MODELS:  # plugins have their own docs
-        info = catalog.MODELS[name]
+        info = catalog.models()[name]
         data = "image datasets only" if info.inputs == "image" else "any dataset"
         out += ["", f"### `{name}` ({data})", ""]
         out += _knobs(info.hyperparameters)
     out += ["", "## Datasets", "", "| dataset | task | images | options |", "|---|---|---|---|"]
     for name in catalog.BUNDLED_DATASETS:
-        dataset = catalog.DATASETS[name]
+        dataset = catalog.datasets()[name]
         choices = ", ".join(
             f"`{k}` {o.kind} {_num(o.low)}..{_num(o.high)} (default {o.default})"
             for k, o in dataset.options.items()

@@ -34,14 +34,14 @@ class Uploaded:
 def normalize(spec: ExperimentCreate, uploaded: Uploaded | None = None) -> dict[str, Any]:
     """The spec as stored: validated against the catalog (or the uploaded dataset it names),
     every default spelled out."""
-    model = _known("model", spec.model, catalog.MODELS)
+    model = _known("model", spec.model, catalog.models())
     if uploaded is not None:
         dataset = uploaded.info
-    elif spec.dataset.name in catalog.DATASETS:
-        dataset = catalog.DATASETS[spec.dataset.name]
+    elif spec.dataset.name in catalog.datasets():
+        dataset = catalog.datasets()[spec.dataset.name]
     else:
         raise InvalidSpec(
-            f"unknown dataset {spec.dataset.name!r}: neither bundled {sorted(catalog.DATASETS)} "
+            f"unknown dataset {spec.dataset.name!r}: neither bundled {sorted(catalog.datasets())} "
             f"nor uploaded to the project (PUT /api/v1/datasets/{spec.dataset.name})",
             field="dataset.name",
         )

@@ -132,17 +132,21 @@ def test_worker_talks_to_the_service_only_over_http() -> None:
 
 
 def test_the_catalog_needs_no_training_stack() -> None:
-    # sweep.models (for its plugins module, which finds declarations by their entry points)
-    assert imported_modules(ROOT / "models" / "catalog.py") <= {
-        "__future__",
-        "dataclasses",
-        "typing",
-        "sweep.models",
-    }
+    # The declarations (catalog, plugins, each bundled model's) import no torch or numpy...
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
-    assert {m.split(".")[0] for m in imported_modules(ROOT / "models" / "plugins.py")} <= stdlib | {
-        "sweep"
-    }
+    declarations = ["__init__.py", "catalog.py", "plugins.py", "mlp/__init__.py", "cnn/__init__.py"]
+    for name in declarations:
+        found = {m.split(".")[0] for m in imported_modules(ROOT / "models" / name)}
+        assert found <= stdlib | {"sweep"}, name
+    # ...and building the whole catalog loads none of the training stack either.
+    code = (
+        "import sys\n"
+        "from sweep.models import catalog\n"
+        "assert {'mlp', 'cnn'} <= set(catalog.models()) and 'digits' in catalog.datasets()\n"
+        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn', 'numpy'))\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
 
 def test_torch_stays_in_the_worker_and_models() -> None:

@@ -45,8 +45,8 @@ def test_the_plugin_joins_the_catalog_where_it_is_installed(plugin_path: str) ->
     code = (
         "from sweep.models import catalog, registry\n"
         "from sweep.models.datasets import load_dataset\n"
-        "assert 'residual_mlp' in catalog.MODELS and 'moons' in catalog.DATASETS\n"
-        "assert catalog.MODELS['residual_mlp'].hyperparameters['width'].default == 64\n"
+        "assert 'residual_mlp' in catalog.models() and 'moons' in catalog.datasets()\n"
+        "assert catalog.models()['residual_mlp'].hyperparameters['width'].default == 64\n"
         "data = load_dataset('moons')\n"
         "hp = catalog.resolve_hyperparameters('residual_mlp', {'blocks': 3})\n"
         "model = registry.build_model('residual_mlp', data.input_shape, data.n_outputs, hp)\n"
@@ -97,3 +97,36 @@ def test_plugin_trials_go_to_workers_that_have_the_plugin(
     names = {w["id"]: w["name"] for w in client.workers()}
     assert {names[w] for w in ran} == {"extended"}
     assert done["best_value"] > 0.8  # two moons are easy
+
+
+def test_a_plugin_importing_sweep_models_does_not_break_a_server_start(tmp_path: Path) -> None:
+    # Its declarations import the public surface and the catalog while entry points load.
+    (tmp_path / "wide_plugin.py").write_text(
+        "from sweep.models import Hyperparameter, ModelPlugin\n"
+        "from sweep.models.catalog import resolve_hyperparameters\n"
+        "import sweep.models.plugins\n"
+        "WIDE = ModelPlugin(\n"
+        "    build='wide_plugin:build',\n"
+        "    hyperparameters={'width': Hyperparameter('int', 8, low=1, high=64)},\n"
+        ")\n"
+    )
+    dist = tmp_path / "wide_plugin-1.0.dist-info"  # what an installed package leaves
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: wide-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[sweep.models]\nwide = wide_plugin:WIDE\n")
+    code = (
+        "from fastapi.testclient import TestClient\n"
+        "from sweep.service.app import create_app\n"
+        "from sweep.service.config import Settings\n"
+        f"settings = Settings(database_url='sqlite:///{tmp_path / 'sweep.db'}', auth=False)\n"
+        "spec = {'name': 'w', 'model': 'wide', 'dataset': 'iris',\n"
+        "        'objective': {'metric': 'val_accuracy', 'direction': 'maximize'},\n"
+        "        'search_space': {'width': {'type': 'int', 'low': 2, 'high': 32}},\n"
+        "        'budget': {'n_trials': 2}}\n"
+        "with TestClient(create_app(settings)) as client:\n"
+        "    response = client.post('/api/v1/experiments', json=spec)\n"
+        "    assert response.status_code == 201, response.text\n"
+        "    assert response.json()['spec']['model'] == 'wide'\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=tmp_path)

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from sweep.models import catalog
-from sweep.models.cnn import CNN, CNNConfig
+from sweep.models.activations import ACTIVATIONS
+from sweep.models.cnn.network import CNN, CNNConfig
 from sweep.models.datasets import load_dataset
-from sweep.models.registry import ACTIVATIONS, build_for_trial, build_model
+from sweep.models.registry import build_for_trial, build_model
 from sweep.worker.train import (
     DeviceData,
     Diverged,
@@ -90,10 +91,10 @@ def reported(task: str) -> set[str]:
 # Datasets
 
 
-@pytest.mark.parametrize("name", sorted(catalog.DATASETS))
+@pytest.mark.parametrize("name", sorted(catalog.datasets()))
 def test_every_catalog_dataset_loads_standardized(name: str) -> None:
     data = load_dataset(name)
-    task = catalog.DATASETS[name].task
+    task = catalog.datasets()[name].task
     assert data.task == task
     assert data.X_train.dtype == data.X_val.dtype == np.float32
     assert data.X_train.shape[1:] == data.input_shape
@@ -151,7 +152,7 @@ def test_synthetic_that_cannot_be_split_raises_value_error() -> None:
 # Models
 
 
-@pytest.mark.parametrize("model", sorted(catalog.MODELS))
+@pytest.mark.parametrize("model", sorted(catalog.models()))
 @pytest.mark.parametrize("activation", catalog.ACTIVATIONS)
 @pytest.mark.parametrize("batch_norm", [False, True])
 def test_every_catalog_model_and_activation_builds(

@@ -41,7 +41,7 @@ class Diverged(Exception):
 
 @dataclass(frozen=True)
 class TrialConfig:
-    model: str  # a name in catalog.MODELS
+    model: str  # a name in catalog.models()
     dataset: dict[str, Any]  # {"name", "options", "val_fraction", "split_seed"}
     hparams: dict[str, Any]  # resolved by catalog.resolve_hyperparameters
     objective_metric: str  # e.g. "val_accuracy", "val_loss", "val_r2"

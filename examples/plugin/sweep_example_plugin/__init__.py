@@ -1,8 +1,7 @@
 """Declarations only: importing this needs no torch, so a server can validate specs with it.
 The model is built, and the data made, on workers, by the functions named here."""
 
-from sweep.models.catalog import Hyperparameter
-from sweep.models.plugins import DatasetPlugin, ModelPlugin
+from sweep.models import DatasetPlugin, Hyperparameter, ModelPlugin
 
 RESIDUAL_MLP = ModelPlugin(
     build="sweep_example_plugin.nets:residual_mlp",

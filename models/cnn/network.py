@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from sweep.models.activations import ACTIVATIONS
 
 
 @dataclass
@@ -58,3 +61,24 @@ class CNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))
+
+
+def build(input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]) -> CNN:
+    """The CNN of a trial's hyperparameters (catalog.resolve_hyperparameters), for
+    (channels, height, width) inputs."""
+    if len(input_shape) != 3:
+        raise ValueError(f"cnn needs (channels, height, width) inputs, got shape {input_shape}")
+    channels, height, width = input_shape
+    return CNN(
+        CNNConfig(
+            input_shape=(channels, height, width),
+            n_outputs=n_outputs,
+            channels=int(hparams["channels"]),
+            conv_layers=int(hparams["conv_layers"]),
+            kernel_size=int(hparams["kernel_size"]),
+            fc_units=int(hparams["fc_units"]),
+            activation=ACTIVATIONS[str(hparams["activation"])],
+            dropout=float(hparams["dropout"]),
+            batch_norm=bool(hparams["batch_norm"]),
+        )
+    )

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+
+from sweep.models.activations import ACTIVATIONS
 
 
 @dataclass
@@ -43,3 +46,22 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+
+def build(input_shape: tuple[int, ...], n_outputs: int, hparams: dict[str, Any]) -> MLP:
+    """The MLP of a trial's hyperparameters (catalog.resolve_hyperparameters), for inputs of
+    any shape (flattened)."""
+    in_features = 1
+    for size in input_shape:
+        in_features *= size
+    return MLP(
+        MLPConfig(
+            in_features=in_features,
+            n_outputs=n_outputs,
+            hidden_layers=int(hparams["hidden_layers"]),
+            hidden_units=int(hparams["hidden_units"]),
+            activation=ACTIVATIONS[str(hparams["activation"])],
+            dropout=float(hparams["dropout"]),
+            batch_norm=bool(hparams["batch_norm"]),
+        )
+    )
