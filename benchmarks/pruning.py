@@ -56,7 +56,7 @@ API = "/api/v1"
 SPACE: dict[str, Any] = yaml.safe_load(
     (Path(__file__).parent.parent / "examples" / "digits-mlp.yaml").read_text()
 )["search_space"]
-# The service's default pruner; service/search.py says why it is the default.
+# The service's default pruner; service/search/pruners.py says why it is the default.
 DEFAULT_PRUNER: str = search.DEFAULT_PRUNER["name"]
 DEFAULT_PRUNER_OPTIONS: dict[str, Any] = search.DEFAULT_PRUNER["options"]
 

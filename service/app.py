@@ -25,7 +25,7 @@ from sweep.service.errors import SweepError
 from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.observe import Observe
-from sweep.service.optimizer import Optimizer
+from sweep.service.search import Optimizer
 
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100

@@ -25,7 +25,6 @@ from sqlalchemy.orm import Session
 from sweep.service import lifecycle, rows, specs, trials, workers
 from sweep.service.db import Database, after_commit
 from sweep.service.errors import Conflict, InvalidSpec, NotFound
-from sweep.service.optimizer import Optimizer
 from sweep.service.schemas import (
     Assignment,
     CompleteIn,
@@ -35,6 +34,7 @@ from sweep.service.schemas import (
     ReportOut,
     TrialRead,
 )
+from sweep.service.search import Optimizer
 from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState, TrialState
 from sweep.service.tables import (
     Experiment,

@@ -77,9 +77,9 @@ def spec_reference() -> str:
         out += _knobs(kind.options) if kind.options else ["No options but `seed`."]
         out.append("")
     out += ["## Pruners", ""]
-    for name, options in search.PRUNER_OPTIONS.items():
+    for name, pruner in search.PRUNERS.items():
         out += [f"### `{name}`", ""]
-        out += _knobs(options) if options else ["No options."]
+        out += _knobs(pruner.options) if pruner.options else ["No options."]
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 

@@ -212,7 +212,7 @@ class ExperimentCreate(Strict):
     search_space: dict[Key, ParamSpec] = Field(default_factory=dict, max_length=100)
     fixed: dict[Key, Scalar] = Field(default_factory=dict, max_length=100)
     sampler: SamplerSpec = Field(default_factory=lambda: SamplerSpec(seed=None))
-    # Default: sweep.service.search.DEFAULT_PRUNER with one objective, none with several.
+    # Default: sweep.service.search.pruners.DEFAULT_PRUNER with one objective, none with several.
     pruner: PrunerSpec | None = None
     budget: Budget
     requirements: Requirements = Field(

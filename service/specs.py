@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sweep.models import catalog
-from sweep.service import optimizer, search
+from sweep.service import search
 from sweep.service.errors import InvalidSpec
 from sweep.service.schemas import (
     CategoricalParam,
@@ -68,7 +68,7 @@ def normalize(spec: ExperimentCreate, uploaded: Uploaded | None = None) -> dict[
     normalized["objective"] = normalized["objectives"][0]
     if spec.pruner is None:
         normalized["pruner"] = search.default_pruner(len(objectives))
-    optimizer.check_spec(normalized, len(objectives))
+    search.check_spec(normalized, len(objectives))
     check_warm_start(normalized, spec.warm_start)
     return normalized
 

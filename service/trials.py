@@ -14,7 +14,6 @@ from sweep.models import catalog
 from sweep.service import lifecycle, rows, search, specs
 from sweep.service.db import notify_on_commit
 from sweep.service.errors import Conflict, NotFound
-from sweep.service.optimizer import Suggestion
 from sweep.service.schemas import (
     BestTrials,
     MetricRead,
@@ -23,6 +22,7 @@ from sweep.service.schemas import (
     TrialRead,
     WarmStartTrial,
 )
+from sweep.service.search import Suggestion
 from sweep.service.states import ENDED_EXPERIMENT_STATES, TrialState
 from sweep.service.tables import Experiment, Trial, TrialMetric, TrialWeights
 

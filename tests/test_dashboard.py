@@ -14,7 +14,7 @@ import pytest
 
 from sweep.client import SweepClient
 from sweep.service.config import Settings
-from sweep.service.plots import PLOTS
+from sweep.service.search.plots import PLOTS
 from sweep.service.tokens import create_in_database
 from tests.factories import budget, make_spec
 from tests.processes import ServerProcess, serve, start_worker, stop_workers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.testclient import TestClient
 
-from sweep.service.plots import PLOTS
+from sweep.service.search.plots import PLOTS
 from tests.factories import attempt_headers, budget, make_spec, remember
 from tests.test_search import finish_quickly, small, submit
 

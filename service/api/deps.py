@@ -16,8 +16,8 @@ from sweep.service.db import Database
 from sweep.service.errors import TooLarge
 from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
-from sweep.service.optimizer import Optimizer
 from sweep.service.schemas import MAX_INT
+from sweep.service.search import Optimizer
 from sweep.service.tables import Experiment, Trial
 
 

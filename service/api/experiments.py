@@ -2,7 +2,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Response, status
 
-from sweep.service import experiments, interop, plots, trials
+from sweep.service import experiments, trials
 from sweep.service.api.deps import (
     CONTROL,
     READ,
@@ -26,6 +26,7 @@ from sweep.service.schemas import (
     TrialPage,
     TrialRead,
 )
+from sweep.service.search import interop, plots
 from sweep.service.states import ExperimentState, TrialState
 
 router = APIRouter(prefix="/experiments", tags=["experiments"])

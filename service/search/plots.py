@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from sweep.service import specs
 from sweep.service.errors import Conflict
-from sweep.service.optimizer import Optimizer
+from sweep.service.search.optimizer import Optimizer
 from sweep.service.tables import Experiment, Trial, Worker, utcnow
 
 if TYPE_CHECKING:

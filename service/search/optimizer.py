@@ -1,7 +1,7 @@
-"""Optuna behind a few verbs: ask, should_prune, and keeping each study in step with SQL.
+"""Optuna behind a few verbs: ask, should_prune, importance, history, and keeping each study in
+step with SQL.
 
-With sweep.service.search (the samplers and pruners a spec may name), the only module of the
-service that imports optuna. Each experiment has an in-memory study
+Each experiment has an in-memory study
 built from its SQL rows on first use and brought up to date incrementally: trials created
 since it last looked (by number) and trials finished since it last looked (by finish_seq).
 Both counters only move under the experiment's row lock, so they commit in order and a
@@ -40,10 +40,18 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sweep.service import search
 from sweep.service.db import on_rollback
-from sweep.service.errors import Conflict, InvalidSpec
+from sweep.service.errors import Conflict
 from sweep.service.schemas import Importance
+from sweep.service.search.pruners import make_pruner
+from sweep.service.search.samplers import make_sampler
+from sweep.service.search.space import (
+    config_key,
+    distributions,
+    is_active,
+    run_once_size,
+    unseen_configuration,
+)
 from sweep.service.states import TrialState
 from sweep.service.tables import Experiment, Trial, TrialMetric
 
@@ -80,22 +88,6 @@ def reseed(sampler: optuna.samplers.BaseSampler, seed: int) -> None:
             reseed(value, seed)
         elif isinstance(getattr(value, "rng", None), np.random.RandomState):
             value.rng.seed(seed)
-
-
-def check_spec(spec: dict[str, Any], n_objectives: int = 1) -> None:
-    """Raise InvalidSpec unless the spec's sampler, pruner and search space are usable."""
-    search.check(spec, n_objectives)
-    try:  # one real ask on a scratch study: what fails here would fail every claim
-        study = optuna.create_study(
-            sampler=search.make_sampler(spec),
-            pruner=search.make_pruner(spec["pruner"]),
-            directions=_directions(spec),
-        )
-        _suggest_all(study.ask(), search.distributions(spec["search_space"]), spec)
-    except Exception as exc:
-        raise InvalidSpec(
-            f"the sampler cannot work with this spec: {exc}", field="sampler"
-        ) from exc
 
 
 @dataclass(frozen=True)
@@ -207,7 +199,7 @@ class Optimizer:
                 s.study.enqueue_trial(fixed)
             started = time.perf_counter()
             trial = s.study.ask()
-            params = _suggest_all(trial, s.dists, s.spec)
+            params = suggest_all(trial, s.dists, s.spec)
             if self.on_ask is not None:
                 self.on_ask(time.perf_counter() - started)
             s.trial_ids[number] = trial._trial_id
@@ -216,10 +208,10 @@ class Optimizer:
             study_attrs = s.storage.get_study_system_attrs(s.study_id)
             if study_attrs != experiment.study_attrs:  # the caller holds the experiment's lock
                 experiment.study_attrs = copy.deepcopy(study_attrs)
-            if unique and search.config_key(params) in seen:
+            if unique and config_key(params) in seen:
                 rng = random.Random(number if seed is None else seed + number)
                 space = s.spec["search_space"]
-                unseen = search.unseen_configuration(space, seen, s.size or 0, rng)
+                unseen = unseen_configuration(space, seen, s.size or 0, rng)
                 assert unseen is not None  # fewer seen than the space holds
                 params = unseen
                 # The study holds the sampler's own params for this trial: rebuild it from
@@ -287,17 +279,17 @@ def _new_study(experiment: Experiment) -> _Study:
         storage=storage,
         # A fixed name: pruners such as Hyperband derive a trial's bracket from it.
         study_name=f"experiment-{experiment.id}",
-        sampler=search.make_sampler(experiment.spec),
-        pruner=search.make_pruner(experiment.spec["pruner"]),
-        directions=_directions(experiment.spec),
+        sampler=make_sampler(experiment.spec),
+        pruner=make_pruner(experiment.spec["pruner"]),
+        directions=directions(experiment.spec),
     )
     return _Study(
         study=study,
         storage=storage,
         study_id=storage.get_study_id_from_name(study.study_name),
         spec=experiment.spec,
-        dists=search.distributions(experiment.spec["search_space"]),
-        size=search.run_once_size(experiment.spec),
+        dists=distributions(experiment.spec["search_space"]),
+        size=run_once_size(experiment.spec),
     )
 
 
@@ -391,7 +383,7 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
     s.finish_seq = max(s.finish_seq, trial.finish_seq or 0)
 
 
-def _directions(spec: dict[str, Any]) -> list[StudyDirection]:
+def directions(spec: dict[str, Any]) -> list[StudyDirection]:
     objectives = spec.get("objectives") or [spec["objective"]]
     return [StudyDirection[o["direction"].upper()] for o in objectives]
 
@@ -403,7 +395,7 @@ def _number(trial: Trial) -> int:
 
 def _seen(s: _Study) -> set[Any]:
     trials = s.storage.get_all_trials(s.study_id, deepcopy=False)
-    return {search.config_key(t.params) for t in trials}
+    return {config_key(t.params) for t in trials}
 
 
 def _set_system_attrs(s: _Study, trial_id: int, attrs: dict[str, Any]) -> None:
@@ -411,13 +403,13 @@ def _set_system_attrs(s: _Study, trial_id: int, attrs: dict[str, Any]) -> None:
         s.storage.set_trial_system_attr(trial_id, key, value)
 
 
-def _suggest_all(
+def suggest_all(
     trial: optuna.Trial, dists: dict[str, BaseDistribution], spec: dict[str, Any]
 ) -> dict[str, Any]:
     """Define-by-run in spec order: a parameter is suggested only when its condition holds."""
     params: dict[str, Any] = {}
     for name, dist in dists.items():
-        if search.is_active(spec["search_space"][name], params):
+        if is_active(spec["search_space"][name], params):
             params[name] = _suggest(trial, name, dist)
     return params
 

@@ -10,8 +10,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sweep.service import specs
-from sweep.service.optimizer import Optimizer
 from sweep.service.schemas import OptunaStudy, OptunaTrial
+from sweep.service.search.optimizer import Optimizer
 from sweep.service.tables import Experiment, Trial
 
 
