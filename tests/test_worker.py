@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
 import threading
 import time
 from typing import Any
@@ -221,3 +223,49 @@ def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -
     [trial] = trials_of(client, experiment_id)
     assert (trial["state"], trial["last_epoch"], trial["has_weights"]) == ("pruned", 1, False)
     assert not [p for p in paths if p.endswith(("/weights", "/complete"))]
+
+
+def test_a_stop_that_cuts_a_claim_short_gives_its_trial_back(client: TestClient) -> None:
+    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1})
+
+    def stop_once_a_trial_is_handed_out(response: httpx.Response) -> None:
+        if response.request.url.path.endswith("/claim") and response.status_code == 200:
+            os.kill(os.getpid(), signal.SIGTERM)  # the answer is lost to the worker
+
+    client.event_hooks["response"].append(stop_once_a_trial_is_handed_out)
+    options = WorkerOptions(name="w", device=torch.device("cpu"), wait_seconds=5)
+    worker = Worker(ServiceClient("", http=client), options)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        worker.install_signal_handlers()
+        assert worker.run() == 0
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    [trial] = trials_of(client, experiment_id)
+    # Asked again at once, the claim brought the trial back, and the worker gave it back.
+    assert (trial["state"], trial["failure_reason"], trial["retries"]) == ("queued", "preempted", 0)
+
+
+def test_a_stop_signal_cuts_an_idle_long_poll_short(client: TestClient) -> None:
+    options = WorkerOptions(name="w", device=torch.device("cpu"), wait_seconds=20)
+    worker = Worker(ServiceClient("", http=client), options)
+    saved = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+    polling = threading.Event()
+    client.event_hooks["request"].append(
+        lambda request: request.url.path.endswith("/claim") and polling.set()
+    )
+    stopper = threading.Thread(
+        target=lambda: polling.wait(30) and os.kill(os.getpid(), signal.SIGTERM)
+    )
+    try:
+        worker.install_signal_handlers()
+        stopper.start()
+        started = time.monotonic()
+        assert worker.run() == 0
+        waited = time.monotonic() - started
+    finally:
+        stopper.join()
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    assert waited < 10  # not the 20 seconds the server would have held the claim

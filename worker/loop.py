@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
@@ -45,6 +46,11 @@ DATASETS_KEPT = 4  # datasets held on the device at once, least recently used dr
 
 class Interrupted(Exception):
     """The worker was asked to shut down in the middle of a trial."""
+
+
+class _StopWaiting(BaseException):
+    """Raised by the stop signal's handler while the worker waits idle in a claim's long poll,
+    which it cuts short. Not an Exception: the HTTP client's error handling lets it through."""
 
 
 # The call that ends a trial on the service and its arguments after (trial_id, token).
@@ -79,14 +85,24 @@ class Worker:
         self.metrics = WorkerMetrics()
         self.worker_id: int | None = None
         self.ran_out_of_memory = False
+        self._waiting = False  # idle in a claim's long poll, which a stop signal may cut short
 
     def install_signal_handlers(self) -> None:
-        """SIGTERM/SIGINT: stop after the current epoch (busy) or the current claim (idle).
+        """SIGTERM/SIGINT: stop after the current epoch (busy), or at once (idle).
 
-        The handler only sets a flag, so a claim in flight is never cut off half way.
+        A busy worker's handler only sets a flag, which training checks between batches. An
+        idle worker's long poll is cut short; the claim is then asked again without waiting,
+        so a trial its answer might have carried comes back and is given back (`_claim`).
         """
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            self.stop.set()
+            if self._waiting:
+                self._waiting = False
+                raise _StopWaiting()
+
         for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda *_: self.stop.set())
+            signal.signal(sig, stop)
 
     def run(self) -> int:
         """Run trials until stopped, out of trials, or idle too long; returns trials run."""
@@ -152,10 +168,24 @@ class Worker:
     def _claim(self, worker_id: int) -> dict[str, Any] | None:
         """The next trial, or None; a server error is logged and waited out, not fatal."""
         try:
-            return self.client.claim(worker_id, self.options.wait_seconds)
+            try:
+                self._waiting = True
+                return self.client.claim(worker_id, self.options.wait_seconds)
+            finally:
+                self._waiting = False
+        except _StopWaiting:  # told to stop: whatever the cut answer held comes back now
+            return self._claim_now(worker_id)
         except (ServiceError, ConnectionError) as exc:
             log.error("claim failed: %s", exc)
             self.stop.wait(self.options.wait_seconds)
+            return None
+
+    def _claim_now(self, worker_id: int) -> dict[str, Any] | None:
+        """The trial this worker holds, if a claim handed it one, asked without waiting."""
+        try:
+            return self.client.claim(worker_id, 0)
+        except (ServiceError, ConnectionError) as exc:
+            log.error("claim failed: %s", exc)
             return None
 
     def run_trial(self, assignment: dict[str, Any]) -> None:
