@@ -20,7 +20,7 @@ with warnings.catch_warnings():
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.factories import authorize
+from tests.helpers import authorize
 from tests.processes import ServerProcess
 
 PG_ADMIN = os.environ.get("SWEEP_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -71,6 +71,17 @@ def client(settings: Settings) -> Iterator[TestClient]:
     """The real app in process (real SQL, real Optuna), reached through httpx."""
     with TestClient(create_app(settings)) as test_client:
         yield authorize(test_client)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Torch on one thread: small models train faster, and results do not depend on the cores."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture

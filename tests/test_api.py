@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.factories import attempt_headers, budget, make_spec, remember
+from tests.helpers import attempt_headers, budget, claim, make_spec, register
 
 API = "/api/v1"
 
@@ -17,16 +17,6 @@ def create(client: TestClient, **overrides: Any) -> dict[str, Any]:
     response = client.post(f"{API}/experiments", json=make_spec(**overrides))
     assert response.status_code == 201, response.text
     return dict(response.json())
-
-
-def register(client: TestClient, name: str = "w") -> int:
-    return int(client.post(f"{API}/workers", json={"name": name}).json()["id"])
-
-
-def claim(client: TestClient, worker: int, **body: Any) -> dict[str, Any] | None:
-    response = client.post(f"{API}/workers/{worker}/claim", json=body)
-    assert response.status_code in (200, 204), response.text
-    return remember(None if response.status_code == 204 else dict(response.json()))
 
 
 def report(client: TestClient, trial_id: int, epoch: int, accuracy: float) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from sweep.service.api.deps import Allow
 from sweep.service.app import create_app
 from sweep.service.auth import Role
 from sweep.service.config import Settings
-from tests.factories import authorize, budget, make_spec
+from tests.helpers import authorize, budget, make_spec
 
 API = "/api/v1"
 PUBLIC = {("GET", f"{API}/healthz")}

@@ -9,12 +9,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from sweep.client import SweepClient
-from tests.factories import budget, make_spec
+from tests.helpers import budget, make_spec, wait_until
 from tests.processes import ServerProcess, start_worker, stop_workers
 
 FAST_LEASES = {"SWEEP_LEASE_SECONDS": "4", "SWEEP_LEASE_CHECK_SECONDS": "0.5"}
@@ -68,13 +67,6 @@ class Fleet:
                 return rng.choice(candidates)
             time.sleep(0.05)
         return rng.choice(self.alive)
-
-
-def wait_until(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.2)
 
 
 @pytest.mark.timeout(600)

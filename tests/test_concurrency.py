@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import create_engine, func, select
 
 from sweep.service.tables import Trial
-from tests.factories import budget, make_spec
+from tests.helpers import budget, make_spec
 from tests.processes import ServerProcess
 
 N_THREADS, N_TRIALS, MAX_CONCURRENT = 16, 50, 5

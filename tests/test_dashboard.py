@@ -16,9 +16,8 @@ from sweep.client import SweepClient
 from sweep.service.config import Settings
 from sweep.service.search.plots import PLOTS
 from sweep.service.tokens import create_in_database
-from tests.factories import budget, make_spec
+from tests.helpers import budget, make_spec, wait_for_end
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
-from tests.test_end_to_end import wait_for_end
 
 CHROMIUM = os.environ.get("SWEEP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"

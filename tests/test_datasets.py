@@ -3,7 +3,6 @@ specs, fetched once by workers and cached by content hash."""
 
 from __future__ import annotations
 
-import csv
 import io
 from pathlib import Path
 from typing import Any
@@ -12,46 +11,18 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from sklearn.datasets import load_wine
 
 from sweep.client import SweepClient
 from sweep.service.tables import Blob
-from sweep.worker.client import ServiceClient
-from sweep.worker.loop import Worker, WorkerOptions
-from tests.factories import authorize, budget
-from tests.test_observability import scrape, value
-from tests.test_search import small, submit
+from tests.helpers import authorize, budget, run_worker, scrape, small, submit, value, wine_csv
 
 API = "/api/v1"
 SPACE = {"lr": {"type": "float", "low": 1e-3, "high": 0.1, "log": True}}
 CONTENT_ROUTE = f"{API}/datasets/content/{{sha256}}"
 
 
-def wine_csv() -> bytes:
-    """scikit-learn's wine as a CSV whose target holds class names."""
-    X, y = load_wine(return_X_y=True)
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow([f"f{i}" for i in range(X.shape[1])] + ["cultivar"])
-    for row, label in zip(X, y, strict=True):
-        writer.writerow([*row, f"cultivar_{'abc'[label]}"])
-    return out.getvalue().encode()
-
-
 def put(client: TestClient, name: str, data: bytes, **params: Any) -> Any:
     return client.put(f"{API}/datasets/{name}", params=params, content=data)
-
-
-def run_worker(client: TestClient, cache: Path) -> int:
-    options = WorkerOptions(
-        name="w",
-        device=torch.device("cpu"),
-        wait_seconds=0.1,
-        exit_when_idle=0.3,
-        max_trials=1,
-        cache_dir=cache,
-    )
-    return Worker(ServiceClient("", http=client), options).run()
 
 
 def test_a_csv_becomes_a_dataset_specs_name_and_workers_cache(
@@ -72,8 +43,12 @@ def test_a_csv_becomes_a_dataset_specs_name_and_workers_cache(
     stored = client.get(f"{API}/experiments/{experiment_id}").json()["spec"]["dataset"]
     assert stored["sha256"] == dataset["sha256"] and stored["standardize"] is True
 
-    assert run_worker(client, tmp_path) == 1  # the first worker downloads...
-    assert run_worker(client, tmp_path) == 1  # ...the second reads its host's cache
+    assert (
+        run_worker(client, max_trials=1, cache_dir=tmp_path) == 1
+    )  # the first worker downloads...
+    assert (
+        run_worker(client, max_trials=1, cache_dir=tmp_path) == 1
+    )  # ...the second reads its host's cache
     assert (tmp_path / "datasets" / f"{dataset['sha256']}.npz").exists()
     downloads = value(
         scrape(client.get("/metrics").text),
@@ -113,7 +88,7 @@ def test_an_npz_regression_dataset_trains(client: TestClient, tmp_path: Path) ->
         budget=budget(1),
     )
     experiment_id = submit(client, spec)
-    assert run_worker(client, tmp_path) == 1
+    assert run_worker(client, max_trials=1, cache_dir=tmp_path) == 1
     [trial] = client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"]
     assert trial["state"] == "completed" and trial["value"] > 0.5
 

@@ -7,7 +7,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
@@ -15,36 +14,10 @@ import torch
 from sweep.client import SweepClient
 from sweep.models.registry import build_for_trial
 from sweep.worker.train import evaluate, to_device
-from tests.factories import budget, make_spec
+from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
 N_TRIALS = 20
-
-
-def wait_for_end(client: SweepClient, experiment_id: int, timeout: float) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        experiment = client.experiment(experiment_id)
-        if experiment["state"] in ("completed", "cancelled"):
-            return experiment
-        time.sleep(0.5)
-    raise AssertionError(f"experiment still {experiment['state']}: {experiment['counts']}")
-
-
-def assert_metrics_intact(client: SweepClient, experiment_id: int) -> list[dict[str, Any]]:
-    """Every finished trial's curve is whole: epochs 1..last, and its value comes from it."""
-    trials = client.trials(experiment_id, limit=1000)["items"]
-    details = [client.trial(t["id"]) for t in trials]
-    for trial in details:
-        epochs = [m["epoch"] for m in trial["metrics"]]
-        assert epochs == list(range(1, trial["last_epoch"] + 1)), trial
-        curve = [m["values"]["val_accuracy"] for m in trial["metrics"]]
-        if trial["state"] == "completed":
-            assert trial["value"] == max(curve)
-            assert trial["has_weights"]
-        elif trial["state"] == "pruned":
-            assert trial["value"] == curve[-1]
-    return details
 
 
 @pytest.mark.timeout(300)

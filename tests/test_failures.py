@@ -4,21 +4,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-import torch
 from fastapi.testclient import TestClient
 
 from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from sweep.worker.client import ServiceClient
-from sweep.worker.loop import Worker, WorkerOptions
-from tests.factories import authorize, budget, make_spec
+from tests.helpers import authorize, budget, quick_spec, run_worker, submit, trials_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
 API = "/api/v1"
-QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
 # scikit-learn refuses to split 20 samples into 10 stratified classes: an error on the worker.
 BROKEN = {"name": "synthetic", "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5}}
 # 1e6 x 4096 float64 features are 30 GiB: more than the machine has, a real MemoryError.
@@ -35,34 +32,11 @@ def client(settings: Settings) -> Iterator[TestClient]:
         yield authorize(test_client)
 
 
-def submit(client: TestClient, **overrides: Any) -> int:
-    response = client.post(f"{API}/experiments", json=make_spec(**{**QUICK, **overrides}))
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def run_worker(client: TestClient, **options: Any) -> int:
-    worker = Worker(
-        ServiceClient("", http=client),
-        WorkerOptions(
-            name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5, **options
-        ),
-    )
-    return worker.run()
-
-
-def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
-    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def test_out_of_memory_is_its_own_kind_and_the_sampler_learns_it(client: TestClient) -> None:
-    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1}, dataset=TOO_BIG)
-    healthy = submit(client, budget=budget(1, 1), fixed={"epochs": 1})
+    experiment_id = submit(
+        client, quick_spec(budget=budget(1, 1), fixed={"epochs": 1}, dataset=TOO_BIG)
+    )
+    healthy = submit(client, quick_spec(budget=budget(1, 1), fixed={"epochs": 1}))
     assert run_worker(client) == 2  # and the worker went on to the next one
     [trial] = trials_of(client, experiment_id)
     assert (trial["state"], trial["failure_reason"]) == ("failed", "oom")
@@ -81,9 +55,11 @@ def test_errors_in_a_row_fail_the_experiment_before_it_burns_its_budget(
 ) -> None:
     experiment_id = submit(
         client,
-        fixed={"epochs": 2},
-        dataset=BROKEN,
-        budget={**budget(20, 1), "max_consecutive_errors": 3},
+        quick_spec(
+            fixed={"epochs": 2},
+            dataset=BROKEN,
+            budget={**budget(20, 1), "max_consecutive_errors": 3},
+        ),
     )
     assert run_worker(client) == 3
     experiment = client.get(f"{API}/experiments/{experiment_id}").json()
@@ -96,11 +72,13 @@ def test_errors_in_a_row_fail_the_experiment_before_it_burns_its_budget(
 def test_a_success_resets_the_error_count(client: TestClient) -> None:
     broken = submit(
         client,
-        fixed={"epochs": 1},
-        dataset=BROKEN,
-        budget={**budget(2, 1), "max_consecutive_errors": 3},
+        quick_spec(
+            fixed={"epochs": 1},
+            dataset=BROKEN,
+            budget={**budget(2, 1), "max_consecutive_errors": 3},
+        ),
     )
-    fine = submit(client, fixed={"epochs": 1}, budget=budget(1, 1))
+    fine = submit(client, quick_spec(fixed={"epochs": 1}, budget=budget(1, 1)))
     run_worker(client)
     assert client.get(f"{API}/experiments/{broken}").json()["state"] == "completed"
     assert client.get(f"{API}/experiments/{fine}").json()["state"] == "completed"
@@ -109,7 +87,9 @@ def test_a_success_resets_the_error_count(client: TestClient) -> None:
 def test_an_experiment_past_its_timeout_stops_and_tells_running_trials(
     client: TestClient,
 ) -> None:
-    experiment_id = submit(client, fixed={"epochs": 3}, budget={**budget(5, 1), "timeout_s": 0.5})
+    experiment_id = submit(
+        client, quick_spec(fixed={"epochs": 3}, budget={**budget(5, 1), "timeout_s": 0.5})
+    )
     worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
     trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()
     deadline = time.monotonic() + 10

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.factories import make_spec
+from tests.helpers import make_spec
 from tests.processes import ServerProcess
 
 MIN_REQUESTS = 1000

@@ -17,9 +17,8 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
 from sweep.client import SweepClient
-from tests.factories import attempt_headers, budget, remember
+from tests.helpers import attempt_headers, budget, remember, run_worker, small, submit
 from tests.processes import serve
-from tests.test_search import small, submit, train
 
 API = "/api/v1"
 SPACE = {
@@ -42,7 +41,7 @@ def test_an_experiment_becomes_the_optuna_study_the_service_holds(
 ) -> None:
     spec = small(SPACE, fixed={"epochs": 3, "hidden_layers": 1}, budget=budget(4))
     experiment_id = submit(client, spec)
-    assert train(client) == 4
+    assert run_worker(client) == 4
     sweep = sweep_client(client)
 
     study = sweep.to_optuna_study(experiment_id)
@@ -102,7 +101,7 @@ def test_a_finished_optuna_study_starts_the_sampler_warm(
     assert all(t["worker_id"] is None and not t["has_weights"] for t in imported)
     # The sampler sees them: the next trial is number 6, and the study holds all six.
     assert len(sweep.to_optuna_study(experiment["id"]).trials) == 6
-    assert train(client) == 2
+    assert run_worker(client) == 2
     ran = [t for t in sweep.all_trials(experiment["id"]) if t["number"] >= 6]
     assert len(ran) == 2 and all(t["state"] == "completed" for t in ran)
     assert sweep.experiment(experiment["id"])["state"] == "completed"

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sweep.client import SweepClient
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.factories import authorize, budget, make_spec
+from tests.helpers import authorize, budget, call, claim_trial, make_spec
 from tests.processes import ServerProcess, start_worker, stop_workers
 
 API = "/api/v1"
@@ -33,21 +33,6 @@ def start(client: TestClient, max_retries: int = 3, n_trials: int = 1) -> int:
     return int(client.post(f"{API}/experiments", json=spec).json()["id"])
 
 
-def claim(client: TestClient, name: str) -> dict[str, Any]:
-    worker = client.post(f"{API}/workers", json={"name": name}).json()["id"]
-    response = client.post(f"{API}/workers/{worker}/claim", json={})
-    assert response.status_code == 200, response.text
-    return dict(response.json())
-
-
-def call(client: TestClient, trial: dict[str, Any], action: str, **body: Any) -> Any:
-    return client.post(
-        f"{API}/trials/{trial['trial_id']}/{action}",
-        json=body or None,
-        headers={"X-Attempt-Token": trial["token"]},
-    )
-
-
 def wait_for_state(client: TestClient, trial_id: int, state: str) -> dict[str, Any]:
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
@@ -62,12 +47,12 @@ def test_an_expired_lease_hands_the_same_trial_out_again_and_fences_the_old_atte
     client: TestClient,
 ) -> None:
     start(client)
-    first = claim(client, "a")
+    first = claim_trial(client, "a")
     assert call(client, first, "reports", epoch=1, metrics={"val_accuracy": 0.5}).status_code == 200
     queued = wait_for_state(client, first["trial_id"], "queued")  # worker a went silent
     assert queued["retries"] == 1
 
-    second = claim(client, "b")
+    second = claim_trial(client, "b")
     assert (second["trial_id"], second["number"], second["params"]) == (
         first["trial_id"],
         first["number"],
@@ -96,7 +81,7 @@ def test_an_expired_lease_hands_the_same_trial_out_again_and_fences_the_old_atte
 
 def test_heartbeats_keep_the_lease(client: TestClient) -> None:
     start(client)
-    trial = claim(client, "a")
+    trial = claim_trial(client, "a")
     for _ in range(int(3 * LEASE / 0.15)):
         assert call(client, trial, "heartbeat").json() == {"action": "continue", "reason": None}
         time.sleep(0.15)
@@ -106,9 +91,9 @@ def test_heartbeats_keep_the_lease(client: TestClient) -> None:
 
 def test_a_trial_lost_too_often_fails_as_lost(client: TestClient) -> None:
     experiment_id = start(client, max_retries=1)
-    first = claim(client, "a")
+    first = claim_trial(client, "a")
     wait_for_state(client, first["trial_id"], "queued")
-    claim(client, "b")
+    claim_trial(client, "b")
     lost = wait_for_state(client, first["trial_id"], "failed")
     assert (lost["failure_reason"], lost["attempt"], lost["retries"]) == ("lost", 2, 1)
     assert client.get(f"{API}/experiments/{experiment_id}").json()["state"] == "completed"
@@ -116,16 +101,16 @@ def test_a_trial_lost_too_often_fails_as_lost(client: TestClient) -> None:
 
 def test_release_requeues_at_once_without_counting_a_retry(client: TestClient) -> None:
     start(client, max_retries=0)
-    first = claim(client, "a")
+    first = claim_trial(client, "a")
     released = call(client, first, "release").json()
     assert (released["state"], released["retries"]) == ("queued", 0)
-    second = claim(client, "b")
+    second = claim_trial(client, "b")
     assert (second["trial_id"], second["attempt"]) == (first["trial_id"], 2)
 
 
 def test_cancel_ends_queued_trials(client: TestClient) -> None:
     experiment_id = start(client, n_trials=2)
-    first, second = claim(client, "a"), claim(client, "b")
+    first, second = claim_trial(client, "a"), claim_trial(client, "b")
     call(client, first, "release")
     client.post(f"{API}/experiments/{experiment_id}/cancel")
     assert client.get(f"{API}/trials/{first['trial_id']}").json()["state"] == "cancelled"
@@ -167,7 +152,7 @@ def test_a_killed_worker_trial_is_finished_by_another(sqlite_url: str, tmp_path:
 
 def test_a_new_attempt_resumes_from_the_last_checkpoint(client: TestClient) -> None:
     start(client)
-    first = claim(client, "a")
+    first = claim_trial(client, "a")
     assert first["resume_epoch"] == 0
     for epoch in (1, 2, 3):
         call(client, first, "reports", epoch=epoch, metrics={"val_accuracy": epoch / 10})
@@ -180,7 +165,7 @@ def test_a_new_attempt_resumes_from_the_last_checkpoint(client: TestClient) -> N
     )
     call(client, first, "release")
 
-    second = claim(client, "b")
+    second = claim_trial(client, "b")
     assert (second["attempt"], second["resume_epoch"]) == (2, 2)
     trial = client.get(f"{API}/trials/{first['trial_id']}").json()
     assert [m["epoch"] for m in trial["metrics"]] == [1, 2]  # epoch 3 is trained again

@@ -16,7 +16,7 @@ from sweep.models.datasets import load_dataset
 from sweep.service.app import create_app
 from sweep.service.config import Settings
 from sweep.worker.train import TrialConfig, to_device, train_trial
-from tests.factories import authorize, budget, make_spec
+from tests.helpers import authorize, budget, make_spec
 
 API = "/api/v1"
 

@@ -12,30 +12,14 @@ import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.factories import authorize, budget
+from tests.helpers import authorize, budget, run_worker, scrape, small, submit, value, wait_for_end
 from tests.processes import free_port, serve, start_worker, stop_workers
-from tests.test_end_to_end import wait_for_end
-from tests.test_search import small, submit, train
 
 API = "/api/v1"
 SPACE = {"dropout": {"type": "float", "low": 0.0, "high": 0.3}}
-
-
-def scrape(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of a Prometheus text exposition, by name and labels (parsed, not grepped)."""
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: dict[Any, float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_server_metrics_move_as_a_sweep_runs(client: TestClient) -> None:
@@ -45,7 +29,7 @@ def test_server_metrics_move_as_a_sweep_runs(client: TestClient) -> None:
     swept = submit(client, small(SPACE, budget=budget(3)))
     waiting = submit(client, small(SPACE, budget=budget(5)))
     client.post(f"{API}/experiments/{waiting}/pause")
-    assert train(client) == 3
+    assert run_worker(client) == 3
 
     after = scrape(client.get("/metrics").text)
     assert value(after, "sweep_claims_total", outcome="trial") == 3

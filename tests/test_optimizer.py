@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.factories import attempt_headers, authorize, budget, make_spec, remember
+from tests.helpers import attempt_headers, authorize, budget, make_spec, remember
 
 API = "/api/v1"
 SPEC = make_spec(

@@ -5,8 +5,15 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 
 from sweep.service.search.plots import PLOTS
-from tests.factories import attempt_headers, budget, make_spec, remember
-from tests.test_search import finish_quickly, small, submit
+from tests.helpers import (
+    attempt_headers,
+    budget,
+    finish_quickly,
+    make_spec,
+    remember,
+    small,
+    submit,
+)
 
 API = "/api/v1"
 

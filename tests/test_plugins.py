@@ -13,9 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import budget
+from tests.helpers import budget, wait_for_end
 from tests.processes import serve, start_worker, stop_workers
-from tests.test_end_to_end import wait_for_end
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.factories import budget, make_spec
+from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
 from tests.processes import serve
-from tests.test_end_to_end import assert_metrics_intact, wait_for_end
 
 
 def children(pid: int) -> list[int]:

@@ -6,7 +6,6 @@ import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psycopg
 import pytest
@@ -15,7 +14,7 @@ from fastapi.testclient import TestClient
 from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.factories import authorize, budget, make_spec
+from tests.helpers import authorize, budget, call, claim, make_spec
 from tests.processes import ServerProcess, start_worker
 
 API = "/api/v1"
@@ -25,20 +24,6 @@ API = "/api/v1"
 def client(settings: Settings) -> Iterator[TestClient]:
     with TestClient(create_app(settings)) as test_client:
         yield authorize(test_client)
-
-
-def claim(client: TestClient, name: str) -> dict[str, Any] | None:
-    worker = client.post(f"{API}/workers", json={"name": name}).json()["id"]
-    response = client.post(f"{API}/workers/{worker}/claim", json={})
-    return None if response.status_code == 204 else dict(response.json())
-
-
-def call(client: TestClient, trial: dict[str, Any], action: str, **body: Any) -> Any:
-    return client.post(
-        f"{API}/trials/{trial['trial_id']}/{action}",
-        json=body or None,
-        headers={"X-Attempt-Token": trial["token"]},
-    )
 
 
 def test_a_locked_queued_trial_never_lets_a_claim_overshoot_the_budget(

@@ -3,22 +3,29 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
 import pytest
-import torch
 import yaml
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, select
 
 from sweep.service.config import Settings
 from sweep.service.tables import Trial
-from sweep.worker.client import ServiceClient
-from sweep.worker.loop import Worker, WorkerOptions
-from tests.factories import attempt_headers, budget, make_spec, remember
+from tests.helpers import (
+    attempt_headers,
+    budget,
+    finish_quickly,
+    remember,
+    run_worker,
+    small,
+    submit,
+    trials_of,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
 API = "/api/v1"
 NUMBERS = {
@@ -44,29 +51,6 @@ SAMPLERS: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
 SAMPLER_MARKS = {"cmaes": "cma:", "grid": "grid_id", "nsga2": "NSGAIISampler:generation"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
-
-
-def submit(client: TestClient, spec: dict[str, Any]) -> int:
-    response = client.post(f"{API}/experiments", json=spec)
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def train(client: TestClient) -> int:
-    """A real worker trains every trial there is; returns how many it ran."""
-    options = WorkerOptions(
-        name="w", device=torch.device("cpu"), wait_seconds=0.1, exit_when_idle=0.3
-    )
-    return Worker(ServiceClient("", http=client), options).run()
-
-
-def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
-    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
-
-
 def system_attrs(settings: Settings, experiment_id: int) -> list[dict[str, Any]]:
     engine = create_engine(settings.database_url)
     with engine.connect() as conn:
@@ -80,18 +64,13 @@ def system_attrs(settings: Settings, experiment_id: int) -> list[dict[str, Any]]
     return attrs
 
 
-def small(search_space: dict[str, Any], **overrides: Any) -> dict[str, Any]:
-    defaults = {"fixed": {"epochs": 2, "hidden_layers": 1}, "pruner": {"name": "none"}}
-    return make_spec(search_space=search_space, **{**defaults, **overrides})
-
-
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_each_sampler_runs_a_real_sweep(client: TestClient, settings: Settings, name: str) -> None:
     options, space = SAMPLERS[name]
     spec = small(space, sampler={"name": name, "seed": 3, "options": options}, budget=budget(5, 1))
     experiment_id = submit(client, spec)
 
-    ran = train(client)
+    ran = run_worker(client)
 
     trials = trials_of(client, experiment_id)
     status = client.get(f"{API}/experiments/{experiment_id}").json()
@@ -252,7 +231,7 @@ def test_each_pruner_runs_a_real_sweep(client: TestClient, name: str) -> None:
         fixed={"epochs": 4, "hidden_layers": 1, "optimizer": "adam"},
     )
     experiment_id = submit(client, spec)
-    assert train(client) == 6
+    assert run_worker(client) == 6
     status = client.get(f"{API}/experiments/{experiment_id}").json()
     assert status["state"] == "completed"
     assert status["counts"]["completed"] + status["counts"]["pruned"] == 6
@@ -300,31 +279,6 @@ CONDITIONAL = {
         "when": {"param": "hidden_layers", "gte": 2},
     },
 }
-
-
-def finish_quickly(
-    client: TestClient, worker: int, value: float | Callable[[dict[str, Any]], float] = 0.5
-) -> dict[str, Any] | None:
-    """Claim a trial and complete it at once with `value` (or value(params)); None when there
-    is nothing to claim."""
-    response = client.post(f"{API}/workers/{worker}/claim", json={})
-    if response.status_code == 204:
-        return None
-    trial = remember(response.json())
-    assert trial is not None
-    tid = trial["trial_id"]
-    if callable(value):
-        value = value(trial["params"])
-    client.post(
-        f"{API}/trials/{tid}/reports",
-        headers=attempt_headers(tid),
-        json={"epoch": 1, "metrics": {"val_accuracy": value}},
-    )
-    done = client.post(
-        f"{API}/trials/{tid}/complete", headers=attempt_headers(tid), json={"value": value}
-    )
-    assert done.status_code == 200, done.text
-    return dict(trial)
 
 
 @pytest.mark.parametrize("sampler", ["tpe", "random"])
@@ -575,7 +529,7 @@ def test_a_multi_objective_sweep_returns_the_pareto_front(client: TestClient, sa
         budget=budget(8, 1),
     )
     experiment_id = submit(client, spec)
-    assert train(client) == 8
+    assert run_worker(client) == 8
 
     trials = trials_of(client, experiment_id)
     assert all(t["state"] == "completed" and len(t["values"]) == 2 for t in trials)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -30,17 +29,10 @@ from sweep.worker.train import (
     train_trial,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
+
 CPU = torch.device("cpu")
 Reports = list[tuple[int, dict[str, float]]]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Small models train faster on one thread, and results do not depend on the core count."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 _DATA: dict[str, DeviceData] = {}

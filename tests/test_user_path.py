@@ -12,8 +12,8 @@ import optuna
 import pytest
 
 from sweep.client import SweepClient
+from tests.helpers import wine_csv
 from tests.processes import serve, start_worker, stop_workers
-from tests.test_datasets import wine_csv
 
 SPEC = """\
 name: wine-from-csv

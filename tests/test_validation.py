@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from tests.factories import attempt_headers, make_spec, remember
+from tests.helpers import attempt_headers, make_spec, remember
 
 API = "/api/v1"
 

@@ -8,7 +8,6 @@ import random
 import signal
 import threading
 import time
-from typing import Any
 
 import httpx
 import pytest
@@ -22,53 +21,43 @@ from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
 from sweep.worker.retry import RetryPolicy
 from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
-from tests.factories import budget, make_spec
+from tests.helpers import budget, quick_spec, submit, trials_of
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
 API = "/api/v1"
-QUICK = {"search_space": {"dropout": {"type": "float", "low": 0.0, "high": 0.1}}}
-
-
-def submit(client: TestClient, **overrides: Any) -> int:
-    response = client.post(f"{API}/experiments", json=make_spec(**{**QUICK, **overrides}))
-    assert response.status_code == 201, response.text
-    return int(response.json()["id"])
-
-
-def trials_of(client: TestClient, experiment_id: int) -> list[dict[str, Any]]:
-    return list(client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"])
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def test_diverged_and_crashing_trials_fail_without_killing_the_worker(client: TestClient) -> None:
     diverging = submit(
         client,
-        name="diverges",
-        budget=budget(2, 1),
-        fixed={
-            "epochs": 3,
-            "lr": 5.0,
-            "optimizer": "sgd",
-            "activation": "leaky_relu",
-            "hidden_layers": 3,
-            "hidden_units": 128,
-        },
+        quick_spec(
+            name="diverges",
+            budget=budget(2, 1),
+            fixed={
+                "epochs": 3,
+                "lr": 5.0,
+                "optimizer": "sgd",
+                "activation": "leaky_relu",
+                "hidden_layers": 3,
+                "hidden_units": 128,
+            },
+        ),
     )
     # scikit-learn refuses to split 20 samples into 10 stratified classes: a worker-side error.
     crashing = submit(
         client,
-        name="crashes",
-        budget=budget(1, 1),
-        fixed={"epochs": 2},
-        dataset={
-            "name": "synthetic",
-            "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5},
-        },
+        quick_spec(
+            name="crashes",
+            budget=budget(1, 1),
+            fixed={"epochs": 2},
+            dataset={
+                "name": "synthetic",
+                "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5},
+            },
+        ),
     )
-    healthy = submit(client, name="fine", budget=budget(1, 1), fixed={"epochs": 2})
+    healthy = submit(client, quick_spec(name="fine", budget=budget(1, 1), fixed={"epochs": 2}))
 
     worker = Worker(
         ServiceClient("", http=client),
@@ -90,7 +79,7 @@ def test_diverged_and_crashing_trials_fail_without_killing_the_worker(client: Te
 
 
 def test_cancelled_experiment_stops_the_running_trial(client: TestClient) -> None:
-    experiment_id = submit(client, budget=budget(3, 1), fixed={"epochs": 50})
+    experiment_id = submit(client, quick_spec(budget=budget(3, 1), fixed={"epochs": 50}))
     service = ServiceClient("", http=client)
     worker = Worker(service, WorkerOptions(name="w", device=torch.device("cpu")))
     worker_id = service.register("w", "host", "cpu", 1)
@@ -153,7 +142,9 @@ def test_a_trial_whose_experiment_was_deleted_does_not_stop_the_worker(
         "options": {"n_samples": 20, "n_classes": 10, "n_informative": 5},
     }
     for dataset in ("digits", crashing):
-        experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 2}, dataset=dataset)
+        experiment_id = submit(
+            client, quick_spec(budget=budget(1, 1), fixed={"epochs": 2}, dataset=dataset)
+        )
         service = ServiceClient("", http=client)
         worker = Worker(service, WorkerOptions(name="w", device=torch.device("cpu")))
         assignment = service.claim(service.register("w", "host", "cpu", 1), 0)
@@ -213,7 +204,9 @@ def test_an_answer_that_ends_the_trial_stops_training_at_the_next_batch() -> Non
 
 def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -> None:
     pruner = {"name": "threshold", "options": {"lower": 2.0}}  # val_accuracy is always lower
-    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1}, pruner=pruner)
+    experiment_id = submit(
+        client, quick_spec(budget=budget(1, 1), fixed={"epochs": 1}, pruner=pruner)
+    )
     paths: list[str] = []
     client.event_hooks["request"].append(lambda request: paths.append(request.url.path))
     options = WorkerOptions(
@@ -226,7 +219,7 @@ def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -
 
 
 def test_a_stop_that_cuts_a_claim_short_gives_its_trial_back(client: TestClient) -> None:
-    experiment_id = submit(client, budget=budget(1, 1), fixed={"epochs": 1})
+    experiment_id = submit(client, quick_spec(budget=budget(1, 1), fixed={"epochs": 1}))
 
     def stop_once_a_trial_is_handed_out(response: httpx.Response) -> None:
         if response.request.url.path.endswith("/claim") and response.status_code == 200:
