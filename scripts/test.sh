@@ -3,11 +3,21 @@
 # PostgreSQL tests use 127.0.0.1:5432 (user postgres, database test; SWEEP_TEST_PG overrides);
 # with CI=true they fail when it is unreachable instead of being skipped (so does the
 # browser test without Chromium).
+#
+#   scripts/test.sh              everything (what CI runs)
+#   scripts/test.sh --fast       lint, types, and the tests on SQLite that start no server,
+#                                worker or pool process (markers `processes`, `postgres`)
+#   scripts/test.sh -k leases    other arguments go to pytest
 set -euo pipefail
 cd "$(dirname "$0")/.."
+fast=false
+if [ "${1:-}" = "--fast" ]; then
+  fast=true
+  shift
+fi
 scripts/install.sh worker,dev
 # The dashboard test drives Debian's Chromium (installed here, never downloaded by the tests).
-if ! command -v chromium >/dev/null; then
+if ! $fast && ! command -v chromium >/dev/null; then
   sudo=$([ "$(id -u)" = 0 ] || echo sudo)
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
@@ -15,4 +25,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-.venv/bin/python -m pytest "$@"
+if $fast; then
+  exec .venv/bin/python -m pytest -m "not processes and not postgres" "$@"
+fi
+exec .venv/bin/python -m pytest "$@"

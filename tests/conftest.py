@@ -20,6 +20,7 @@ with warnings.catch_warnings():
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
+from tests import processes
 from tests.helpers import authorize
 from tests.processes import ServerProcess
 
@@ -31,6 +32,10 @@ def _pg_unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"PostgreSQL is required in CI and unreachable: {reason}")
     pytest.skip(f"PostgreSQL unreachable: {reason}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    processes.ITEMS.update((item.nodeid, item) for item in items)  # checked by processes.spawn
 
 
 @pytest.fixture

@@ -24,8 +24,21 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# The collected tests by id (conftest fills it in): a test that starts a process, or whose
+# fixture does, must be marked `processes`, so that `scripts/test.sh --fast` starts none.
+ITEMS: dict[str, pytest.Item] = {}
+
+
+def check_marked() -> None:
+    running = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" ", 1)[0]
+    item = ITEMS.get(running)
+    if item is not None and item.get_closest_marker("processes") is None:
+        raise AssertionError(f"{running} starts processes: mark it pytest.mark.processes")
+
+
 def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """Run `python ARGS` with its output in log_path."""
+    check_marked()
     with log_path.open("wb") as log:
         return subprocess.Popen(
             [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT

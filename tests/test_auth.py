@@ -262,6 +262,7 @@ def test_a_project_token_lists_only_its_project(
     assert {e["project"] for e in everything} == {"a", "b"}
 
 
+@pytest.mark.processes
 def test_the_cli_makes_the_first_admin_token(tmp_path: Path) -> None:
     env = {"SWEEP_DATABASE_URL": f"sqlite:///{tmp_path / 'sweep.db'}", "PATH": "/usr/bin"}
     made = subprocess.run(

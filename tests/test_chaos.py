@@ -16,6 +16,8 @@ from sweep.client import SweepClient
 from tests.helpers import budget, make_spec, wait_until
 from tests.processes import ServerProcess, start_worker, stop_workers
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 FAST_LEASES = {"SWEEP_LEASE_SECONDS": "4", "SWEEP_LEASE_CHECK_SECONDS": "0.5"}
 
 

@@ -11,6 +11,8 @@ import pytest
 
 from tests.processes import serve
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 CLI = [sys.executable, "-m", "sweep.cli"]
 
 

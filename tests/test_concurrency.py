@@ -16,6 +16,8 @@ from sweep.service.tables import Trial
 from tests.helpers import budget, make_spec
 from tests.processes import ServerProcess
 
+pytestmark = pytest.mark.processes  # two real API processes
+
 N_THREADS, N_TRIALS, MAX_CONCURRENT = 16, 50, 5
 
 

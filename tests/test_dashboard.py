@@ -19,6 +19,8 @@ from sweep.service.tokens import create_in_database
 from tests.helpers import budget, make_spec, wait_for_end
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 CHROMIUM = os.environ.get("SWEEP_TEST_CHROMIUM", "/usr/bin/chromium")
 ARTIFACTS = Path(__file__).parent / "artifacts"
 WAIT_MS = 30_000

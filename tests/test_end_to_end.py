@@ -17,6 +17,8 @@ from sweep.worker.train import evaluate, to_device
 from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 N_TRIALS = 20
 
 

@@ -19,6 +19,8 @@ import pytest
 from tests.helpers import make_spec
 from tests.processes import ServerProcess
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 MIN_REQUESTS = 1000
 
 

@@ -171,6 +171,7 @@ def test_the_client_needs_neither_torch_nor_the_server_stack() -> None:
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+@pytest.mark.processes
 def test_export_and_import_from_the_command_line(
     request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
 ) -> None:

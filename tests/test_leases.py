@@ -117,6 +117,7 @@ def test_cancel_ends_queued_trials(client: TestClient) -> None:
     assert call(client, second, "heartbeat").json()["action"] == "stop"
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(240)
 def test_a_killed_worker_trial_is_finished_by_another(sqlite_url: str, tmp_path: Path) -> None:
     server = ServerProcess(
@@ -178,6 +179,7 @@ def test_a_new_attempt_resumes_from_the_last_checkpoint(client: TestClient) -> N
     assert client.get(url, headers={"X-Attempt-Token": second["token"]}).status_code == 409
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(240)
 def test_sigterm_checkpoints_and_gives_the_trial_back_to_resume_elsewhere(
     sqlite_url: str, tmp_path: Path

@@ -98,6 +98,7 @@ def json_lines(path: Path) -> list[dict[str, Any]]:
     return lines
 
 
+@pytest.mark.processes
 def test_one_trial_story_across_server_and_worker_logs(
     request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
 ) -> None:

@@ -56,6 +56,7 @@ def test_the_plugin_joins_the_catalog_where_it_is_installed(plugin_path: str) ->
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)
 
 
+@pytest.mark.processes
 def test_plugin_trials_go_to_workers_that_have_the_plugin(
     request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path, plugin_path: str
 ) -> None:

@@ -14,6 +14,8 @@ import pytest
 from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
 from tests.processes import serve
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 
 def children(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout

@@ -99,6 +99,7 @@ def test_another_process_rebuilds_its_study_when_a_trial_was_rewound(
         assert seen.intermediate_values == {1: 0.1, 2: 0.9}
 
 
+@pytest.mark.processes
 @pytest.mark.timeout(120)
 def test_an_idle_worker_stops_promptly_while_the_server_is_down(
     sqlite_url: str, tmp_path: Path

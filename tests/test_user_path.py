@@ -15,6 +15,8 @@ from sweep.client import SweepClient
 from tests.helpers import wine_csv
 from tests.processes import serve, start_worker, stop_workers
 
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
+
 SPEC = """\
 name: wine-from-csv
 model: mlp
