@@ -8,6 +8,8 @@
 #   scripts/test.sh --fast       lint, types, and the tests on SQLite that start no server,
 #                                worker or pool process (markers `processes`, `postgres`)
 #   scripts/test.sh -k leases    other arguments go to pytest
+#
+# Test files run in parallel, one pytest process per core (`-n 0` as an argument: in one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=false
@@ -25,7 +27,8 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+parallel=(-n auto --dist loadfile)
 if $fast; then
-  exec .venv/bin/python -m pytest -m "not processes and not postgres" "$@"
+  exec .venv/bin/python -m pytest "${parallel[@]}" -m "not processes and not postgres" "$@"
 fi
-exec .venv/bin/python -m pytest "$@"
+exec .venv/bin/python -m pytest "${parallel[@]}" "$@"

@@ -292,10 +292,12 @@ def test_idle_claim_waits_and_wakes_when_work_arrives(client: TestClient) -> Non
         result["assignment"] = claim(client, worker, wait_seconds=20)
         result["waited"] = time.monotonic() - began
 
+    asked = threading.Event()
+    client.event_hooks["request"].append(lambda request: asked.set())
     began = time.monotonic()
     waiter = threading.Thread(target=wait_for_work)
     waiter.start()
-    time.sleep(0.3)
+    assert asked.wait(30)  # the claim is on its way: the work comes after it
     create(client, budget=budget(1))
     waiter.join(timeout=30)
     assert result["assignment"] is not None

@@ -15,7 +15,17 @@ from fastapi.testclient import TestClient
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, run_worker, scrape, small, submit, value, wait_for_end
+from tests.helpers import (
+    authorize,
+    budget,
+    run_worker,
+    scrape,
+    small,
+    submit,
+    value,
+    wait_for_end,
+    wait_until,
+)
 from tests.processes import free_port, serve, start_worker, stop_workers
 
 API = "/api/v1"
@@ -124,9 +134,13 @@ def test_one_trial_story_across_server_and_worker_logs(
     trace = f"w{trial['worker_id']}-t{trial['id']}-a1"
     said = [e for e in json_lines(logs / "w0.log") if e["request_id"] == trace]
     assert any(f"trial {trial['id']} completed" in e["message"] for e in said)
-    time.sleep(0.5)  # the server's last access lines
-    served = [e for e in json_lines(logs / "server-1.log") if e.get("request_id") == trace]
-    routes = {e["route"] for e in served}
-    assert {f"{API}/trials/{{trial_id}}/reports", f"{API}/trials/{{trial_id}}/complete"} <= routes
+    wanted = {f"{API}/trials/{{trial_id}}/reports", f"{API}/trials/{{trial_id}}/complete"}
+
+    def access_lines() -> list[dict[str, Any]]:
+        """The server's access lines of the trial, once its last ones are written."""
+        lines = [e for e in json_lines(logs / "server-1.log") if e.get("request_id") == trace]
+        return lines if wanted <= {e["route"] for e in lines} else []
+
+    served = wait_until(access_lines, 30, "the server's access lines of the trial")
     assert all(e["trial_id"] == trial["id"] and e["status"] < 300 for e in served)
     assert all(e["logger"] == "sweep.access" and e["duration_ms"] > 0 for e in served)

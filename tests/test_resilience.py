@@ -11,10 +11,11 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from sweep.client import SweepClient
 from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, call, claim, make_spec
+from tests.helpers import authorize, budget, call, claim, make_spec, wait_until
 from tests.processes import ServerProcess, start_worker
 
 API = "/api/v1"
@@ -107,10 +108,12 @@ def test_an_idle_worker_stops_promptly_while_the_server_is_down(
     server = ServerProcess(sqlite_url, tmp_path / "logs")
     server.start()
     worker = start_worker(server, tmp_path / "logs", "w")
+    log = tmp_path / "logs" / "w.log"
     try:
-        time.sleep(6)  # registered and polling
+        with SweepClient(server.url, token=server.admin_token) as client:
+            wait_until(client.workers, 60, "the worker to register")  # and handle SIGTERM
         server.kill()
-        time.sleep(1)
+        wait_until(lambda: "failed" in log.read_text(), 60, "the worker to find the server gone")
         stopped = time.monotonic()
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
