@@ -10,6 +10,7 @@ locks its experiment never deadlocks with another doing the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -20,23 +21,12 @@ from sweep.service.tables import Experiment, Trial
 
 
 def experiment(session: Session, experiment_id: int) -> Experiment:
-    found = session.get(Experiment, experiment_id)
-    if found is None:
-        raise NotFound(f"experiment {experiment_id} not found")
-    return found
+    return _get(session, Experiment, experiment_id)
 
 
 def lock_experiment(session: Session, experiment_id: int) -> Experiment:
     """The experiment with its row locked until the transaction ends (waits for the lock)."""
-    found = session.scalars(
-        select(Experiment)
-        .where(Experiment.id == experiment_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
-    if found is None:
-        raise NotFound(f"experiment {experiment_id} not found")
-    return found
+    return _lock(session, Experiment, experiment_id)
 
 
 def lock_experiments(session: Session, experiment_ids: set[int]) -> Sequence[Experiment]:
@@ -51,22 +41,36 @@ def lock_experiments(session: Session, experiment_ids: set[int]) -> Sequence[Exp
 
 
 def trial(session: Session, trial_id: int) -> Trial:
-    found = session.get(Trial, trial_id)
-    if found is None:
-        raise NotFound(f"trial {trial_id} not found")
-    return found
+    return _get(session, Trial, trial_id)
 
 
 def lock_trial(session: Session, trial_id: int) -> Trial:
+    return _lock(session, Trial, trial_id)
+
+
+Row = TypeVar("Row", Experiment, Trial)
+
+
+def _get(session: Session, table: type[Row], row_id: int) -> Row:
+    found = session.get(table, row_id)
+    if found is None:
+        raise NotFound(f"{_NAMES[table]} {row_id} not found")
+    return found
+
+
+def _lock(session: Session, table: type[Row], row_id: int) -> Row:
     found = session.scalars(
-        select(Trial)
-        .where(Trial.id == trial_id)
+        select(table)
+        .where(table.id == row_id)
         .with_for_update(key_share=True)
         .execution_options(populate_existing=True)
     ).one_or_none()
     if found is None:
-        raise NotFound(f"trial {trial_id} not found")
+        raise NotFound(f"{_NAMES[table]} {row_id} not found")
     return found
+
+
+_NAMES: dict[type[Experiment | Trial], str] = {Experiment: "experiment", Trial: "trial"}
 
 
 def count_trials(session: Session, experiment_id: int, *states: TrialState) -> int:

