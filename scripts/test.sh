@@ -9,7 +9,7 @@
 #                                worker or pool process (markers `processes`, `postgres`)
 #   scripts/test.sh -k leases    other arguments go to pytest
 #
-# Test files run in parallel, one pytest process per core (`-n 0` as an argument: in one).
+# Tests run in parallel, one pytest process per core (`-n 0` as an argument: in one).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 fast=false
@@ -27,7 +27,7 @@ fi
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
-parallel=(-n auto --dist loadfile)
+parallel=(-n auto --dist worksteal)
 if $fast; then
   exec .venv/bin/python -m pytest "${parallel[@]}" -m "not processes and not postgres" "$@"
 fi

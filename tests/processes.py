@@ -75,7 +75,6 @@ class ServerProcess:
         env = {
             **os.environ,
             "SWEEP_DATABASE_URL": self.database_url,
-            "SWEEP_CLAIM_POLL_SECONDS": "0.1",
             **self.extra_env,
         }
         command = [
