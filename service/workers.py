@@ -56,7 +56,7 @@ def device_kind(worker: Worker) -> str:
 
 def cannot_run(worker: Worker, experiment: Experiment) -> str | None:
     """Why `worker` may not be handed this experiment's trials, or None. A claim asks the same
-    in SQL (service.claims)."""
+    in SQL (sweep.service.attempts)."""
     if worker.project is not None and worker.project != experiment.project:
         return f"it runs project {worker.project!r}"
     if experiment.needs_device is not None and device_kind(worker) != experiment.needs_device:
