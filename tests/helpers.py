@@ -195,13 +195,16 @@ def wait_until(condition: Callable[[], Any], timeout: float, what: str, poll: fl
 
 def wait_for_end(client: Any, experiment_id: int, timeout: float) -> dict[str, Any]:
     """The experiment (a SweepClient's answer) once it has completed or been cancelled."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        experiment = client.experiment(experiment_id)
-        if experiment["state"] in ("completed", "cancelled"):
-            return dict(experiment)
-        time.sleep(0.5)
-    raise AssertionError(f"experiment still {experiment['state']}: {experiment['counts']}")
+    seen: dict[str, Any] = {}
+
+    def ended() -> dict[str, Any] | None:
+        seen.update(client.experiment(experiment_id))
+        return seen if seen["state"] in ("completed", "cancelled") else None
+
+    try:
+        return dict(wait_until(ended, timeout, f"experiment {experiment_id} to end", poll=0.5))
+    except AssertionError as exc:
+        raise AssertionError(f"experiment still {seen['state']}: {seen['counts']}") from exc
 
 
 def assert_metrics_intact(client: Any, experiment_id: int) -> list[dict[str, Any]]:

@@ -19,6 +19,9 @@ from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
 pytestmark = pytest.mark.processes  # real server, worker or pool processes
 
+# Long enough that a worker busy beside other tests renews it in time once the server is back.
+LEASE = 3
+
 N_TRIALS = 20
 
 
@@ -92,7 +95,7 @@ def test_server_killed_mid_sweep_loses_nothing(
         request,
         sqlite_url,
         tmp_path / "logs",
-        env={"SWEEP_LEASE_SECONDS": "2", "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
+        env={"SWEEP_LEASE_SECONDS": str(LEASE), "SWEEP_LEASE_CHECK_SECONDS": "0.5"},
     )
     spec = make_spec(fixed={"epochs": 8}, budget=budget(12, 2))
     experiment_id = client.submit(spec)["id"]
@@ -103,7 +106,7 @@ def test_server_killed_mid_sweep_loses_nothing(
             assert time.monotonic() < deadline
             time.sleep(0.2)
         server.kill()  # mid-sweep, mid-trial: SIGKILL, nothing gets to clean up
-        time.sleep(4)
+        time.sleep(2 * LEASE)  # the outage itself, not a wait for a state
         server.start()
         experiment = wait_for_end(client, experiment_id, timeout=240)
     finally:
