@@ -282,6 +282,7 @@ def _claimable(
             | (Experiment.needs_memory_gb <= (worker.device_memory_gb or 0)),
             Experiment.needs_model.is_(None) | Experiment.needs_model.in_(worker.models),
             Experiment.needs_dataset.is_(None) | Experiment.needs_dataset.in_(worker.datasets),
+            Experiment.needs_program.is_(None) | Experiment.needs_program.in_(worker.programs),
         )
         .order_by(Experiment.id)
         .limit(1)
@@ -328,11 +329,15 @@ def _assignment(
         lease_seconds=lease_seconds,
         heartbeat_seconds=lease_seconds / HEARTBEATS_PER_LEASE,
         resume_epoch=resume_epoch,
-        model=spec["model"],
-        dataset=spec["dataset"],
+        program=spec.get("program"),
+        model=spec.get("model"),
+        dataset=spec.get("dataset"),
         objective=spec["objective"],
+        objectives=specs.objectives(spec),
         params=trial.params,
         config=trials.config(spec, trial),
+        processes=spec["requirements"].get("resources", {}).get("processes", 1),
+        trial_timeout_s=spec["budget"].get("trial_timeout_s"),
     )
 
 
@@ -364,23 +369,30 @@ def report(
     if body.epoch != trial.last_epoch + 1:
         raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
     experiment = rows.experiment(session, trial.experiment_id)
+    program = experiment.needs_program is not None
     for wanted in specs.objectives(experiment.spec):
-        if wanted["metric"] not in body.metrics:
+        # The built-in trainer reports every metric each epoch; a program reports what it has.
+        if wanted["metric"] not in body.metrics and not program:
             raise InvalidSpec(
                 f"the report lacks the objective metric {wanted['metric']!r}",
                 field=f"metrics.{wanted['metric']}",
             )
-    objective = body.metrics[experiment.metric]
+    objective = body.metrics.get(experiment.metric)
     session.add(
         TrialMetric(trial_id=trial.id, epoch=body.epoch, objective=objective, values=body.metrics)
     )
     trial.last_epoch = body.epoch
-    trial.last_objective = objective
+    if objective is not None:
+        trial.last_objective = objective
     session.flush()
     if experiment.state in ENDED_EXPERIMENT_STATES:
         why = f"experiment {experiment.state}"
         lifecycle.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
         return ReportOut(action="stop", reason=why)
+    if (overdue := _timed_out(session, trial, experiment)) is not None:
+        return ReportOut(action="stop", reason=overdue)
+    if objective is None:
+        return ReportOut(action="continue")
     if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
         lifecycle.finish(session, trial, TrialState.PRUNED, value=objective)
         return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
@@ -442,6 +454,9 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
     metrics = session.get(TrialMetric, (trial.id, epoch))
     if metrics is None:
         raise Conflict(f"trial {trial_id} reported no epoch; its objectives have no values")
+    missing = [o["metric"] for o in wanted if metrics.values.get(o["metric"]) is None]
+    if missing:
+        raise Conflict(f"trial {trial_id}: epoch {epoch} reported no {', '.join(missing)}")
     values = [float(metrics.values[o["metric"]]) for o in wanted]
     lifecycle.finish(
         session, trial, TrialState.COMPLETED, value=values[0], values=values, best_epoch=epoch
@@ -470,7 +485,22 @@ def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: flo
     experiment = rows.experiment(session, trial.experiment_id)
     if experiment.state in ENDED_EXPERIMENT_STATES:
         return HeartbeatOut(action="stop", reason=f"experiment {experiment.state}")
+    if (overdue := _timed_out(session, trial, experiment)) is not None:
+        return HeartbeatOut(action="stop", reason=overdue)
     return HeartbeatOut(action="continue")
+
+
+def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:
+    """Fail an attempt that ran past the budget's trial_timeout_s; the answer to its worker
+    says why, and the worker kills what it runs."""
+    limit = experiment.spec["budget"].get("trial_timeout_s")
+    if limit is None or trial.started_at is None:
+        return None
+    if utcnow() - trial.started_at < timedelta(seconds=limit):
+        return None
+    message = f"timed out: attempt {trial.attempt} ran past budget.trial_timeout_s ({limit:g} s)"
+    lifecycle.finish(session, trial, TrialState.FAILED, reason="error", message=message)
+    return message
 
 
 def store_checkpoint(

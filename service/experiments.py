@@ -35,11 +35,16 @@ def submit(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
 
 def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
     uploaded = None
-    if spec.dataset.name not in catalog.datasets():
+    if spec.dataset is not None and spec.dataset.name not in catalog.datasets():
         found = datasets.find(session, project, spec.dataset.name)
         uploaded = datasets.for_spec(found) if found is not None else None
     normalized = specs.normalize(spec, uploaded)
-    bundled_data = spec.dataset.name in catalog.BUNDLED_DATASETS
+    plugin_model = spec.model is not None and spec.model not in catalog.BUNDLED_MODELS
+    plugin_data = (
+        spec.dataset is not None
+        and spec.dataset.name not in catalog.BUNDLED_DATASETS
+        and uploaded is None
+    )
     experiment = Experiment(
         name=spec.name,
         project=project,
@@ -55,8 +60,9 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
         finish_seq=0,
         needs_device=spec.requirements.device,
         needs_memory_gb=spec.requirements.min_device_memory_gb,
-        needs_model=None if spec.model in catalog.BUNDLED_MODELS else spec.model,
-        needs_dataset=None if bundled_data or uploaded else spec.dataset.name,
+        needs_model=spec.model if plugin_model else None,
+        needs_dataset=spec.dataset.name if spec.dataset and plugin_data else None,
+        needs_program=spec.program,
     )
     session.add(experiment)
     session.flush()

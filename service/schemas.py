@@ -35,6 +35,8 @@ Label = Annotated[StrictStr, Field(max_length=200), NoNul]
 Int = Annotated[StrictInt, Field(ge=-MAX_INT, le=MAX_INT)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
 Scalar = StrictBool | Int | StrictFloat | Label
+# A program a worker registers and a spec names: code on the worker, never in the spec.
+ProgramName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
 class Strict(BaseModel):
@@ -172,6 +174,14 @@ class Budget(Strict):
     max_consecutive_errors: StrictInt = Field(5, ge=0, le=100_000)
     # Seconds after submission when the experiment stops, finished or not.
     timeout_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
+    # Seconds one attempt of a trial may run before it fails as timed out (its program is killed).
+    trial_timeout_s: float | None = Field(None, gt=0, le=10 * 365 * 86400)
+
+
+class Resources(Strict):
+    """What one trial of a program takes: its processes (a torchrun job's ranks)."""
+
+    processes: StrictInt = Field(1, ge=1, le=64)
 
 
 class Requirements(Strict):
@@ -179,6 +189,7 @@ class Requirements(Strict):
 
     device: Literal["cpu", "cuda", "mps"] | None = None
     min_device_memory_gb: float | None = Field(None, gt=0, le=100_000)
+    resources: Resources = Field(default_factory=lambda: Resources(processes=1))
 
 
 class WarmStartTrial(Strict):
@@ -204,8 +215,10 @@ class ExperimentCreate(Strict):
         Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
         | None
     ) = None
-    model: Name
-    dataset: DatasetSpec
+    # What trains: a program registered on the workers, or a model of the catalog on a dataset.
+    program: ProgramName | None = None
+    model: Name | None = None
+    dataset: DatasetSpec | None = None
     # One objective, or several (a multi-objective sweep: GET .../best is the Pareto front).
     objective: Objective | None = None
     objectives: list[Objective] | None = Field(None, min_length=1, max_length=4)
@@ -216,7 +229,9 @@ class ExperimentCreate(Strict):
     pruner: PrunerSpec | None = None
     budget: Budget
     requirements: Requirements = Field(
-        default_factory=lambda: Requirements(device=None, min_device_memory_gb=None)
+        default_factory=lambda: Requirements(
+            device=None, min_device_memory_gb=None, resources=Resources(processes=1)
+        )
     )
     # Trials to start from: they become the experiment's first trials (finished, no curves
     # nor weights), and n_trials is raised by their count, so the budget buys new ones.
@@ -388,6 +403,8 @@ class WorkerRegister(Strict):
     # The plugin models and datasets installed where it runs (bundled ones everyone has).
     models: list[Key] = Field(default_factory=list, max_length=1000)
     datasets: list[Key] = Field(default_factory=list, max_length=1000)
+    # The programs it runs (sweep worker --program, or the sweep.programs entry points).
+    programs: list[ProgramName] = Field(default_factory=list, max_length=1000)
 
 
 class WorkerRead(BaseModel):
@@ -399,6 +416,7 @@ class WorkerRead(BaseModel):
     device_memory_gb: float | None
     models: list[str]
     datasets: list[str]
+    programs: list[str]
     created_at: datetime
     last_seen_at: datetime
 
@@ -424,11 +442,19 @@ class Assignment(BaseModel):
     heartbeat_seconds: float
     # An earlier attempt left a checkpoint after this epoch: resume from it (0: start over).
     resume_epoch: int
-    model: str
-    dataset: dict[str, Any]
+    # A program's name, or the catalog model and dataset the built-in trainer trains.
+    program: str | None = None
+    model: str | None = None
+    dataset: dict[str, Any] | None = None
     objective: dict[str, Any]
+    # Every objective, in spec order (the first is `objective`).
+    objectives: list[dict[str, Any]]
     params: dict[str, Any]
+    # What the trial runs with: for a model, every hyperparameter resolved; for a program,
+    # its params merged with the spec's fixed values.
     config: dict[str, Any]
+    processes: int = 1  # a program's processes per trial
+    trial_timeout_s: float | None = None
 
 
 class ReportIn(Strict):

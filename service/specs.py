@@ -6,6 +6,7 @@ the field, before anything is written.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +23,11 @@ from sweep.service.schemas import (
     WarmStartTrial,
 )
 
+# What the objectives' metric names and the parameters' values are checked against: a
+# problem's description, or None (for a model: the catalog; for a program: nothing).
+MetricCheck = Callable[[str], str | None]
+ValueCheck = Callable[[str, object, str], None]
+
 
 @dataclass(frozen=True)
 class Uploaded:
@@ -33,8 +39,58 @@ class Uploaded:
 
 def normalize(spec: ExperimentCreate, uploaded: Uploaded | None = None) -> dict[str, Any]:
     """The spec as stored: validated against the catalog (or the uploaded dataset it names),
-    every default spelled out."""
+    or for a program, on its own terms; every default spelled out."""
+    if spec.program is not None:
+        return _normalize_program(spec)
+    model, dataset = _model_and_dataset(spec, uploaded)
+    _check_dataset_options(dataset, spec.dataset.options if spec.dataset else {})
+    metrics = catalog.objective_metrics(dataset.task)
+
+    def check_metric(metric: str) -> str | None:
+        if metric in metrics:
+            return None
+        return (
+            f"dataset {dataset.name!r} ({dataset.task}) does not report {metric!r}; "
+            f"it reports {list(metrics)}"
+        )
+
+    def check_value(name: str, value: object, field: str) -> None:
+        _check_value(model, name, value, field)
+
+    objectives = _objectives(spec, check_metric)
+    for name, param in spec.search_space.items():
+        _check_param(model, name, param)
+    _check_space(spec, check_value)
+    normalized = spec.model_dump(mode="json", exclude={"warm_start", "program"})
+    if uploaded is not None:
+        normalized["dataset"] |= uploaded.fields
+    return _finish(normalized, spec, objectives)
+
+
+def _normalize_program(spec: ExperimentCreate) -> dict[str, Any]:
+    """A program's spec: its parameters are its own (any names; types, bounds and conditions
+    checked as for a model), its objective any metric it reports."""
+    for field in ("model", "dataset"):
+        if getattr(spec, field) is not None:
+            raise InvalidSpec(
+                f"a spec names a program or a model and dataset, not both: "
+                f"program {spec.program!r} brings its own {field}",
+                field=field,
+            )
+    objectives = _objectives(spec, lambda metric: None)
+    _check_space(spec, lambda name, value, field: None)
+    normalized = spec.model_dump(mode="json", exclude={"warm_start", "model", "dataset"})
+    return _finish(normalized, spec, objectives)
+
+
+def _model_and_dataset(
+    spec: ExperimentCreate, uploaded: Uploaded | None
+) -> tuple[catalog.ModelInfo, catalog.DatasetInfo]:
+    if spec.model is None:
+        raise InvalidSpec("name a program, or a model and a dataset", field="program")
     model = _known("model", spec.model, catalog.models())
+    if spec.dataset is None:
+        raise InvalidSpec(f"model {spec.model!r} needs a dataset to train on", field="dataset")
     if uploaded is not None:
         dataset = uploaded.info
     elif spec.dataset.name in catalog.datasets():
@@ -50,19 +106,23 @@ def normalize(spec: ExperimentCreate, uploaded: Uploaded | None = None) -> dict[
             f"model {model.name!r} needs image data; dataset {dataset.name!r} is not",
             field="dataset.name",
         )
-    _check_dataset_options(dataset, spec.dataset.options)
-    objectives = _objectives(spec, dataset)
+    return model, dataset
+
+
+def _check_space(spec: ExperimentCreate, check_value: ValueCheck) -> None:
+    """Conditions name earlier parameters; fixed values are not searched too."""
     for name, param in spec.search_space.items():
-        _check_param(model, name, param)
         if param.when is not None:
-            _check_condition(model, spec, name, param.when)
+            _check_condition(spec, name, param.when, check_value)
     for name, value in spec.fixed.items():
         if name in spec.search_space:
             raise InvalidSpec(f"{name!r} is both fixed and searched", field=f"fixed.{name}")
-        _check_value(model, name, value, f"fixed.{name}")
-    normalized = spec.model_dump(mode="json", exclude={"warm_start"})
-    if uploaded is not None:
-        normalized["dataset"] |= uploaded.fields
+        check_value(name, value, f"fixed.{name}")
+
+
+def _finish(
+    normalized: dict[str, Any], spec: ExperimentCreate, objectives: list[Objective]
+) -> dict[str, Any]:
     # Both spelled out: "objective" is the first, which picks the epoch and drives pruning.
     normalized["objectives"] = [o.model_dump(mode="json") for o in objectives]
     normalized["objective"] = normalized["objectives"][0]
@@ -78,22 +138,18 @@ def objectives(spec: dict[str, Any]) -> list[dict[str, Any]]:
     return list(spec.get("objectives") or [spec["objective"]])
 
 
-def _objectives(spec: ExperimentCreate, dataset: catalog.DatasetInfo) -> list[Objective]:
+def _objectives(spec: ExperimentCreate, check_metric: MetricCheck) -> list[Objective]:
     if spec.objective is not None and spec.objectives is not None:
         raise InvalidSpec("give objective or objectives, not both", field="objectives")
     if spec.objective is None and spec.objectives is None:
         raise InvalidSpec("an objective is required", field="objective")
     chosen = [spec.objective] if spec.objective is not None else spec.objectives or []
     where = "objective" if spec.objective is not None else "objectives"
-    metrics = catalog.objective_metrics(dataset.task)
     for i, objective in enumerate(chosen):
         field = f"{where}.metric" if where == "objective" else f"objectives[{i}].metric"
-        if objective.metric not in metrics:
-            raise InvalidSpec(
-                f"dataset {dataset.name!r} ({dataset.task}) does not report "
-                f"{objective.metric!r}; it reports {list(metrics)}",
-                field=field,
-            )
+        problem = check_metric(objective.metric)
+        if problem:
+            raise InvalidSpec(problem, field=field)
         if objective.metric in [o.metric for o in chosen[:i]]:
             raise InvalidSpec(f"{objective.metric!r} is an objective twice", field=field)
     return chosen
@@ -207,7 +263,7 @@ def _check_value(model: catalog.ModelInfo, name: str, value: object, field: str)
 
 
 def _check_condition(
-    model: catalog.ModelInfo, spec: ExperimentCreate, name: str, when: Condition
+    spec: ExperimentCreate, name: str, when: Condition, check_value: ValueCheck
 ) -> None:
     """A condition names an earlier parameter and values that parameter can take."""
     field = f"search_space.{name}.when"
@@ -222,7 +278,7 @@ def _check_condition(
         raise InvalidSpec("a condition needs 'in' or a bound (gte, gt, lte, lt)", field=field)
     parent = spec.search_space[when.param]
     for i, value in enumerate(when.in_ or ()):
-        _check_value(model, when.param, value, f"{field}.in[{i}]")
+        check_value(when.param, value, f"{field}.in[{i}]")
         if isinstance(parent, CategoricalParam) and not any(
             type(c) is type(value) and c == value for c in parent.choices
         ):

@@ -93,6 +93,8 @@ class Experiment(Base):
     # The plugin model and dataset a worker must have installed (None: bundled ones)
     needs_model: Mapped[str | None] = mapped_column(String(200), nullable=True)
     needs_dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    # The program a worker must run (None: the built-in trainer, which every worker has)
+    needs_program: Mapped[str | None] = mapped_column(String(64), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -143,6 +145,7 @@ class Worker(Base):
     # Plugin models and datasets installed where it runs
     models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     datasets: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    programs: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The project of the token that registered it; only that project's tokens may claim for it.
     project: Mapped[str | None] = mapped_column(String(100), nullable=True)

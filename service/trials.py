@@ -31,7 +31,10 @@ IMPORTED = "sweep:imported"
 
 
 def config(spec: dict[str, Any], trial: Trial) -> dict[str, Any]:
-    """Every hyperparameter the trial trains with: params, the spec's fixed values, defaults."""
+    """Every hyperparameter the trial trains with: params, the spec's fixed values, defaults
+    (a program's: its params and the fixed values, as they are)."""
+    if spec.get("program") is not None:
+        return {**spec["fixed"], **trial.params}
     return catalog.resolve_hyperparameters(spec["model"], {**spec["fixed"], **trial.params})
 
 

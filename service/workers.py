@@ -25,6 +25,7 @@ def register(session: Session, *, body: WorkerRegister, project: str | None) -> 
         device_memory_gb=body.device_memory_gb,
         models=body.models,
         datasets=body.datasets,
+        programs=body.programs,
         pid=body.pid,
         project=project,
     )
@@ -68,6 +69,8 @@ def cannot_run(worker: Worker, experiment: Experiment) -> str | None:
         return f"it lacks the plugin model {experiment.needs_model!r}"
     if experiment.needs_dataset is not None and experiment.needs_dataset not in worker.datasets:
         return f"it lacks the plugin dataset {experiment.needs_dataset!r}"
+    if experiment.needs_program is not None and experiment.needs_program not in worker.programs:
+        return f"it does not run the program {experiment.needs_program!r}"
     return None
 
 
@@ -89,6 +92,8 @@ def waiting_for(experiment: Experiment, workers: list[Worker]) -> str | None:
         needs.append(f"the plugin model {experiment.needs_model!r}")
     if experiment.needs_dataset is not None:
         needs.append(f"the plugin dataset {experiment.needs_dataset!r}")
+    if experiment.needs_program is not None:
+        needs.append(f"the program {experiment.needs_program!r} (sweep worker --program)")
     reasons = Counter(str(cannot_run(w, experiment)) for w in workers)
     have = "; ".join(f"{n} because {why}" for why, n in reasons.most_common())
     return f"no live worker can run it: it needs {' and '.join(needs) or 'its project'}; {have}"
