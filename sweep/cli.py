@@ -197,9 +197,27 @@ def worker(
         int | None,
         typer.Option(help="serve Prometheus metrics on this port (a pool: port, port+1, ...)"),
     ] = None,
+    program: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--program",
+            help="run your own code: NAME=module:function or NAME='python train.py {args}' "
+            "(repeatable; specs name it as program: NAME)",
+        ),
+    ] = None,
+    grace_seconds: Annotated[
+        float, typer.Option(min=0, help="a program that must end gets this long after SIGTERM")
+    ] = 30.0,
 ) -> None:
     """Run a worker: claim trials from the server and train them. With --devices (or
     --trials-per-device above 1), run a pool of worker processes on this host instead."""
+    from sweep.worker.programs import ProgramError, installed
+
+    try:
+        programs = installed(program or [])
+    except ProgramError as exc:
+        console.print(f"[red]{exc}[/red]")
+        raise typer.Exit(2) from exc
     if devices is not None or trials_per_device > 1:
         from sweep.worker.pool import Pool, resolve_devices
 
@@ -207,6 +225,9 @@ def worker(
         passed = [] if max_trials is None else ["--max-trials", str(max_trials)]
         if exit_when_idle is not None:
             passed += ["--exit-when-idle", str(exit_when_idle)]
+        for option in program or []:
+            passed += ["--program", option]
+        passed += ["--grace-seconds", str(grace_seconds)]
         pool = Pool(
             server,
             devices=resolve_devices(devices or (device or "all")),
@@ -232,6 +253,8 @@ def worker(
         threads=threads,
         exit_on_oom=exit_on_oom,
         metrics_port=metrics_port,
+        programs=programs,
+        grace_seconds=grace_seconds,
     )
     if exit_on_oom and ran.ran_out_of_memory:
         from sweep.worker.pool import EXIT_OUT_OF_MEMORY

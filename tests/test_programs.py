@@ -3,11 +3,14 @@ it, reports with the program's own metrics, and the per-attempt time limit."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.helpers import API, call, claim, claim_trial, register, submit
+from sweep.client import SweepClient
+from tests.helpers import API, call, claim, claim_trial, register, submit, wait_for_end
+from tests.processes import ServerProcess, start_worker, stop_workers
 
 
 def program_spec(**overrides: Any) -> dict[str, Any]:
@@ -136,3 +139,46 @@ def test_an_attempt_past_its_time_limit_fails_and_its_worker_is_told_to_stop(
     assert (ended["state"], ended["failure_reason"]) == ("failed", "error")
     assert "budget.trial_timeout_s" in ended["failure_message"]
     assert client.get(f"{API}/experiments/{experiment_id}").json()["counts"]["failed"] == 1
+
+
+# --- real servers, real workers, real programs ----------------------------------------------
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "programs"
+SCRIPT = f"train_cnn={{python}} {EXAMPLES / 'train_cnn.py'} {{args}}"
+
+
+def cnn_spec(n_trials: int, **overrides: Any) -> dict[str, Any]:
+    spec = program_spec(
+        search_space={
+            "lr": {"type": "float", "low": 3e-3, "high": 3e-2, "log": True},
+            "focal_gamma": {"type": "float", "low": 0.0, "high": 3.0},
+            "augment": {"type": "categorical", "choices": ["none", "shift", "flip"]},
+        },
+        fixed={"epochs": 3},
+        pruner={"name": "none"},
+        budget={"n_trials": n_trials, "max_concurrent": 1},
+    )
+    spec.update(overrides)
+    return spec
+
+
+@pytest.mark.processes
+def test_a_script_program_completes_a_sweep_on_its_own_metric(
+    server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    client = SweepClient(server.url, token=server.admin_token)
+    request.addfinalizer(client.close)
+    experiment = client.submit(cnn_spec(2))
+    worker = start_worker(server, tmp_path, "cnn", "--program", SCRIPT, "--max-trials", "2")
+    try:
+        ended = wait_for_end(client, experiment["id"], timeout=120)
+    finally:
+        stop_workers([worker])
+    assert ended["state"] == "completed", ended
+    for trial in client.all_trials(experiment["id"]):
+        detail = client.trial(trial["id"])
+        assert detail["state"] == "completed", detail
+        curve = [m["values"] for m in detail["metrics"]]
+        assert [c["step"] for c in curve] == [1.0, 2.0, 3.0]
+        assert detail["value"] == max(c["val_macro_f1"] for c in curve)
+        assert detail["has_weights"]

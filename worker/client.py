@@ -59,8 +59,10 @@ class ServiceClient:
         pid: int,
         memory_gb: float | None = None,
         plugins: tuple[list[str], list[str]] = ([], []),
+        programs: list[str] | None = None,
     ) -> int:
-        """Register; `plugins` are the plugin models and datasets installed here."""
+        """Register; `plugins` are the plugin models and datasets installed here, `programs`
+        the names of the programs it runs."""
         body = {
             "name": name,
             "hostname": hostname,
@@ -69,6 +71,7 @@ class ServiceClient:
             "device_memory_gb": memory_gb,
             "models": plugins[0],
             "datasets": plugins[1],
+            "programs": programs or [],
         }
         worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
         return int(worker["id"])

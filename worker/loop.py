@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import threading
@@ -28,6 +29,8 @@ from sweep.worker.client import ServiceClient, ServiceError, TrialGone
 from sweep.worker.heartbeat import Heartbeat
 from sweep.worker.metrics import WorkerMetrics
 from sweep.worker.outbox import Outbox
+from sweep.worker.program_run import Outcome, ProgramRun, Setting
+from sweep.worker.programs import Program
 from sweep.worker.train import (
     DeviceData,
     Diverged,
@@ -72,6 +75,10 @@ class WorkerOptions:
     metrics_port: int | None = None  # serve Prometheus metrics on this port
     # Where uploaded datasets are kept between runs, by content hash.
     cache_dir: Path = field(default_factory=lambda: Path.home() / ".cache" / "sweep")
+    # The programs this worker runs, by name (sweep.worker.programs).
+    programs: dict[str, Program] = field(default_factory=dict)
+    # How long a program that must end has after SIGTERM before it is killed.
+    grace_seconds: float = 30.0
 
 
 class Worker:
@@ -114,7 +121,13 @@ class Worker:
             memory_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
         installed = (list(plugins.model_plugins()), list(plugins.dataset_plugins()))
         worker_id = self.worker_id = self.client.register(
-            self.options.name, socket.gethostname(), str(device), os.getpid(), memory_gb, installed
+            self.options.name,
+            socket.gethostname(),
+            str(device),
+            os.getpid(),
+            memory_gb,
+            installed,
+            programs=sorted(self.options.programs),
         )
         logs.request_id.set(f"w{worker_id}")  # on its claims; each trial's calls say more
         log.info(
@@ -217,7 +230,10 @@ class Worker:
             Heartbeat(self.client, trial_id, token, interval) as beat,
             Outbox(self.client, trial_id, token) as outbox,
         ):
-            ending = self._run(assignment, beat, outbox)
+            if assignment.get("program") is not None:
+                ending = self._run_program(assignment, beat, outbox)
+            else:
+                ending = self._run(assignment, beat, outbox)
         if ending is not None:  # everything reported before it was delivered first
             call, *args = ending
             self._tell(call, trial_id, token, *args)
@@ -253,6 +269,74 @@ class Worker:
         assert ending is not None
         self._ended("completed" if ending[0] == self._finish else ending[1])
         return ending
+
+    def _run_program(self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox) -> Ending:
+        """Run the trial's program in its own process group and say how the trial ends."""
+        trial_id, name = assignment["trial_id"], assignment["program"]
+        program = self.options.programs.get(name)
+        if program is None:  # the service routes by program: only after a change of mind
+            return (
+                self.client.fail,
+                "error",
+                f"worker {self.options.name} has no program {name!r}",
+            )
+        if program.function is not None and assignment["processes"] > 1:
+            message = (
+                f"program {name!r} is a function, which runs as one process; "
+                f"requirements.resources.processes = {assignment['processes']} needs a command "
+                "that starts them (torchrun --nproc_per_node={processes} ...)"
+            )
+            return (self.client.fail, "error", message)
+        try:
+            restore = None
+            if assignment["resume_epoch"] > 0:
+                restore = self.client.download_checkpoint(trial_id, assignment["token"])
+        except TrialGone as exc:
+            log.info("trial %d ended elsewhere: %s", trial_id, exc)
+            return None
+        setting = Setting(
+            device=str(self.options.device),
+            grace_seconds=self.options.grace_seconds,
+            work_dir=self.options.cache_dir / "programs",
+        )
+        run = ProgramRun(
+            program,
+            assignment,
+            setting,
+            outbox=outbox,
+            beat=beat,
+            shutdown=self.stop,
+            restore=restore,
+        )
+        try:
+            outcome = run.run()
+        except OSError as exc:  # the command does not exist, is not executable, ...
+            outcome = Outcome("failed", "error", f"could not start program {name!r}: {exc}")
+        finally:
+            shutil.rmtree(run.dir, ignore_errors=True)
+        self._ended(outcome.reason or outcome.kind)
+        if outcome.kind == "stopped":
+            log.info("trial %d stopped: %s", trial_id, outcome.message)
+            return None
+        if outcome.kind == "released":
+            return (self.client.release,)
+        if outcome.kind == "failed":
+            log.warning(
+                "trial %d failed (%s): %s",
+                trial_id,
+                outcome.reason,
+                outcome.message.splitlines()[0],
+            )
+            self.ran_out_of_memory = self.ran_out_of_memory or outcome.reason == "oom"
+            return (self.client.fail, outcome.reason, outcome.message)
+        return (self._complete_program, outcome)
+
+    def _complete_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
+        if outcome.model is not None:
+            self.client.upload_weights(trial_id, token, outcome.model)
+        assert outcome.value is not None and outcome.epoch is not None
+        self.client.complete(trial_id, token, outcome.value, outcome.epoch)
+        log.info("trial %d completed: %.4f at report %d", trial_id, outcome.value, outcome.epoch)
 
     def _ended(self, outcome: str) -> None:
         self.metrics.trial_ended(outcome, self.options.device)

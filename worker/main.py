@@ -10,6 +10,7 @@ import torch
 from sweep import logs
 from sweep.worker.client import ServiceClient
 from sweep.worker.loop import Worker, WorkerOptions, pick_device
+from sweep.worker.programs import Program
 
 
 def run_worker(
@@ -23,6 +24,8 @@ def run_worker(
     threads: int | None = None,
     exit_on_oom: bool = False,
     metrics_port: int | None = None,
+    programs: dict[str, Program] | None = None,
+    grace_seconds: float = 30.0,
 ) -> Worker:
     """Run trials from `server` until SIGTERM; returns the worker, with what it did."""
     logs.configure()
@@ -35,6 +38,8 @@ def run_worker(
         exit_when_idle=exit_when_idle,
         exit_on_oom=exit_on_oom,
         metrics_port=metrics_port,
+        programs=programs or {},
+        grace_seconds=grace_seconds,
     )
     runner = Worker(ServiceClient(server, token=token), options)
     runner.install_signal_handlers()

@@ -17,10 +17,16 @@ import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 from sweep.worker.client import ServiceClient, TrialGone
-from sweep.worker.train import Snapshot
+
+
+class Snapshot(Protocol):
+    """A checkpoint, serialized only when its turn comes."""
+
+    def to_bytes(self) -> bytes: ...
+
 
 log = logging.getLogger("sweep.worker")
 
