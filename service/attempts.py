@@ -30,6 +30,7 @@ from sweep.service.schemas import (
     CompleteIn,
     FailIn,
     HeartbeatOut,
+    ReleaseIn,
     ReportIn,
     ReportOut,
     TrialRead,
@@ -147,7 +148,7 @@ def claim(
     held = _held(session, worker_id)
     if held is not None:
         owner = rows.experiment(session, held.experiment_id)
-        return _assignment(owner, held, lease_seconds, _checkpoint_epoch(session, held))
+        return _assignment(session, owner, held, lease_seconds, _checkpoint_epoch(session, held))
     experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
         return None
@@ -168,7 +169,7 @@ def claim(
     trial.started_at = utcnow()
     extend_lease(trial, lease_seconds)
     session.flush()
-    return _assignment(experiment, trial, lease_seconds, resume_epoch)
+    return _assignment(session, experiment, trial, lease_seconds, resume_epoch)
 
 
 def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial | None:
@@ -316,7 +317,7 @@ def _lock_claimable(
 
 
 def _assignment(
-    experiment: Experiment, trial: Trial, lease_seconds: float, resume_epoch: int
+    session: Session, experiment: Experiment, trial: Trial, lease_seconds: float, resume_epoch: int
 ) -> Assignment:
     spec = experiment.spec
     assert trial.token is not None and trial.number is not None
@@ -338,7 +339,28 @@ def _assignment(
         config=trials.config(spec, trial),
         processes=spec["requirements"].get("resources", {}).get("processes", 1),
         trial_timeout_s=spec["budget"].get("trial_timeout_s"),
+        resumed_scores=_resumed_scores(session, experiment, trial, resume_epoch),
     )
+
+
+def _resumed_scores(
+    session: Session, experiment: Experiment, trial: Trial, resume_epoch: int
+) -> list[tuple[int, list[float]]]:
+    """For a program's resumed attempt: the objectives at each epoch kept from earlier
+    attempts (the built-in trainer keeps its own in its checkpoint)."""
+    if resume_epoch == 0 or experiment.needs_program is None:
+        return []
+    names = [o["metric"] for o in specs.objectives(experiment.spec)]
+    kept = session.execute(
+        select(TrialMetric.epoch, TrialMetric.values)
+        .where(TrialMetric.trial_id == trial.id, TrialMetric.epoch <= resume_epoch)
+        .order_by(TrialMetric.epoch)
+    )
+    return [
+        (epoch, [float(values[name]) for name in names])
+        for epoch, values in kept
+        if all(values.get(name) is not None for name in names)
+    ]
 
 
 # --- what the worker tells about its attempt ---------------------------------------------
@@ -531,11 +553,18 @@ def load_checkpoint(session: Session, *, trial_id: int, token: str) -> TrialChec
     return checkpoint
 
 
-def release(session: Session, *, trial_id: int, token: str) -> TrialRead:
-    """The worker lets go of its attempt (it is shutting down): back to the queue at once.
-    Not counted against max_retries."""
+def release(session: Session, *, trial_id: int, token: str, body: ReleaseIn) -> TrialRead:
+    """The worker lets go of its attempt: back to the queue at once. When it is shutting
+    down, that is not counted against max_retries; when the trial's program was killed from
+    outside (an out-of-memory killer, an operator), it is, and fails once they are spent."""
     trial = running_attempt(session, trial_id, token)
-    lifecycle.requeue(session, trial, "preempted")
+    if body.reason == "killed":
+        if trial.retries >= rows.experiment(session, trial.experiment_id).max_retries:
+            message = f"{body.message or 'killed'}, {trial.retries + 1} times"
+            lifecycle.finish(session, trial, TrialState.FAILED, reason="error", message=message)
+            return trials.read(trial)
+        trial.retries += 1
+    lifecycle.requeue(session, trial, body.reason)
     return trials.read(trial)
 
 

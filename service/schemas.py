@@ -455,6 +455,8 @@ class Assignment(BaseModel):
     config: dict[str, Any]
     processes: int = 1  # a program's processes per trial
     trial_timeout_s: float | None = None
+    # A program's resumed attempt: (epoch, objectives) of the reports kept from earlier ones.
+    resumed_scores: list[tuple[int, list[float]]] = Field(default_factory=list)
 
 
 class ReportIn(Strict):
@@ -482,6 +484,14 @@ class CompleteIn(Strict):
         if not math.isfinite(value):
             raise ValueError("value must be a finite number")
         return value
+
+
+class ReleaseIn(Strict):
+    """Why a worker gives its attempt back: it is shutting down (preempted; not a retry), or
+    the trial's program was killed by something else than the worker (killed; a retry)."""
+
+    reason: Literal["preempted", "killed"] = "preempted"
+    message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""
 
 
 class FailIn(Strict):

@@ -200,8 +200,10 @@ def _install_hooks(found: Trial) -> None:
     previous_hook = sys.excepthook
 
     def hook(kind: type[BaseException], error: BaseException, tb: TracebackType | None) -> None:
-        if not isinstance(error, Pruned | Stopped):
-            found._failed(error)
+        if isinstance(error, Pruned | Stopped):  # the worker knows why: no traceback
+            print(f"sweep: trial {type(error).__name__.lower()}: {error}", file=sys.stderr)
+            return
+        found._failed(error)
         previous_hook(kind, error, tb)
 
     sys.excepthook = hook

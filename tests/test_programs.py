@@ -3,14 +3,25 @@ it, reports with the program's own metrics, and the per-attempt time limit."""
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from sweep.client import SweepClient
-from tests.helpers import API, call, claim, claim_trial, register, submit, wait_for_end
-from tests.processes import ServerProcess, start_worker, stop_workers
+from tests.helpers import (
+    API,
+    call,
+    claim,
+    claim_trial,
+    register,
+    submit,
+    wait_for_end,
+    wait_until,
+)
+from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
 
 def program_spec(**overrides: Any) -> dict[str, Any]:
@@ -133,8 +144,12 @@ def test_an_attempt_past_its_time_limit_fails_and_its_worker_is_told_to_stop(
     experiment_id = submit(client, program_spec(budget={"n_trials": 1, "trial_timeout_s": 0.01}))
     trial = claim_trial(client, register(client, "w", programs=["train_cnn"]))
     assert trial["trial_timeout_s"] == 0.01
-    answer = call(client, trial, "heartbeat").json()
-    assert answer["action"] == "stop" and "timed out" in answer["reason"]
+
+    def stopped() -> dict[str, Any] | None:
+        answer: dict[str, Any] = call(client, trial, "heartbeat").json()
+        return answer if answer["action"] == "stop" else None
+
+    assert "timed out" in wait_until(stopped, 10, "the time limit", poll=0.01)["reason"]
     ended = client.get(f"{API}/trials/{trial['trial_id']}").json()
     assert (ended["state"], ended["failure_reason"]) == ("failed", "error")
     assert "budget.trial_timeout_s" in ended["failure_message"]
@@ -182,3 +197,154 @@ def test_a_script_program_completes_a_sweep_on_its_own_metric(
         assert [c["step"] for c in curve] == [1.0, 2.0, 3.0]
         assert detail["value"] == max(c["val_macro_f1"] for c in curve)
         assert detail["has_weights"]
+
+
+BEHAVE = Path(__file__).resolve().parent / "programs" / "behave.py"
+BEHAVIOUR = f"behave={{python}} {BEHAVE} {{args}}"
+# Short leases: heartbeats every second, so a time limit or a takeover shows at once.
+QUICK_LEASES = {"SWEEP_LEASE_SECONDS": "4", "SWEEP_LEASE_CHECK_SECONDS": "0.5"}
+
+
+def behave_spec(modes: list[str], **overrides: Any) -> dict[str, Any]:
+    """One trial per mode of tests/programs/behave.py, in grid order."""
+    spec = program_spec(
+        program="behave",
+        objective={"metric": "score", "direction": "maximize"},
+        search_space={"mode": {"type": "categorical", "choices": modes}},
+        fixed={"steps": 3},
+        sampler={"name": "grid", "seed": 0},
+        pruner={"name": "none"},
+        budget={"n_trials": len(modes), "max_concurrent": 2, "max_consecutive_errors": 0},
+    )
+    spec.update(overrides)
+    return spec
+
+
+def by_mode(client: SweepClient, experiment_id: int) -> dict[str, dict[str, Any]]:
+    return {
+        t["params"]["mode"]: dict(client.trial(t["id"])) for t in client.all_trials(experiment_id)
+    }
+
+
+def running(pid: int) -> bool:
+    """Whether `pid` is a live process (a zombie waiting to be reaped is not)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
+@pytest.mark.processes
+def test_every_ending_of_a_program_becomes_the_outcome_it_should(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs", env=QUICK_LEASES)
+    pidfile = tmp_path / "hang.pids"
+    modes = ["ok", "silent", "exit3", "raise_sdk", "nan", "nan_sdk", "memory", "memory_sdk"]
+    modes += ["hang", "hostile"]
+    spec = behave_spec(
+        modes,
+        fixed={"steps": 3, "pidfile": str(pidfile)},
+        budget={
+            "n_trials": len(modes),
+            "max_concurrent": 2,
+            "max_consecutive_errors": 0,
+            "trial_timeout_s": 4,
+        },
+    )
+    experiment = client.submit(spec)
+    workers = [
+        start_worker(server, tmp_path, f"w{i}", "--program", BEHAVIOUR, "--grace-seconds", "1")
+        for i in range(2)
+    ]
+    try:
+        wait_for_end(client, experiment["id"], timeout=120)
+    finally:
+        stop_workers(workers)
+    trials = by_mode(client, experiment["id"])
+    outcome = {mode: (t["state"], t["failure_reason"]) for mode, t in trials.items()}
+    assert outcome == {
+        "ok": ("completed", None),
+        "hostile": ("completed", None),
+        "silent": ("failed", "error"),
+        "exit3": ("failed", "error"),
+        "raise_sdk": ("failed", "error"),
+        "nan": ("failed", "diverged"),
+        "nan_sdk": ("failed", "diverged"),
+        "memory": ("failed", "oom"),
+        "memory_sdk": ("failed", "oom"),
+        "hang": ("failed", "error"),
+    }
+    message = {mode: t["failure_message"] or "" for mode, t in trials.items()}
+    assert trials["ok"]["value"] == 0.9 and trials["hostile"]["value"] == 0.9
+    assert "never reported score" in message["silent"]
+    assert "exit code 3" in message["exit3"] and "about to exit 3" in message["exit3"]
+    assert "ValueError: bad batch" in message["raise_sdk"]
+    assert "score is nan at step 2" in message["nan"]
+    assert "MemoryError" in message["memory_sdk"]
+    assert "timed out" in message["hang"]
+    # The hung program's own child went with it.
+    program, grandchild = (int(pid) for pid in pidfile.read_text().split())
+    wait_until(lambda: not running(program) and not running(grandchild), 10, "the group to go")
+    # Malformed report lines were passed over; the good ones made the curve.
+    assert [m["values"]["score"] for m in trials["hostile"]["metrics"]] == [0.3, 0.6, 0.9]
+    logged = "".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
+    assert "ignored a malformed report line" in logged and "cut" in logged
+
+
+def children(pid: int) -> list[int]:
+    """The live processes whose parent is `pid`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+        if int(fields[1]) == pid and fields[0] not in ("Z", "X"):
+            found.append(int(stat.parent.name))
+    return found
+
+
+def reported(client: SweepClient, trial_id: int) -> list[float]:
+    return [m["values"]["step"] for m in client.trial(trial_id)["metrics"]]
+
+
+FUNCTION = "train_cnn=train_fn:train"
+ON_PATH = {"PYTHONPATH": str(EXAMPLES)}  # a function program is imported from the path
+
+
+@pytest.mark.processes
+def test_a_function_program_resumes_after_its_process_is_killed_and_its_worker_preempted(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs", env=QUICK_LEASES)
+    experiment = client.submit(cnn_spec(1, fixed={"epochs": 12, "n_train": 1200}))
+    worker = start_worker(server, tmp_path, "fn", "--program", FUNCTION, env=ON_PATH)
+    stock = start_worker(server, tmp_path, "stock")  # never handed the program's trial
+    try:
+        trial_id = wait_until(lambda: client.trials(experiment["id"])["items"], 60, "a trial")[0][
+            "id"
+        ]
+        # Killed from outside (as by the out-of-memory killer) after two epochs: a retry.
+        wait_until(lambda: len(reported(client, trial_id)) >= 2, 60, "two epochs")
+        (program,) = wait_until(lambda: children(worker.pid), 10, "the program")
+        os.kill(program, signal.SIGKILL)
+        wait_until(lambda: client.trial(trial_id)["attempt"] == 2, 30, "a second attempt")
+        # The worker is told to stop: its program checkpoints and the trial goes back.
+        wait_until(lambda: len(reported(client, trial_id)) >= 4, 60, "four epochs")
+        worker.send_signal(signal.SIGTERM)
+        assert worker.wait(timeout=30) == 0
+        assert client.trial(trial_id)["failure_reason"] == "preempted"
+        worker = start_worker(server, tmp_path, "fn-2", "--program", FUNCTION, env=ON_PATH)
+        ended = wait_for_end(client, experiment["id"], timeout=120)
+    finally:
+        stop_workers([worker, stock])
+    assert ended["counts"]["completed"] == 1
+    trial = client.trial(trial_id)
+    assert trial["attempt"] == 3 and trial["retries"] == 1
+    assert trial["resumed_from"] >= 3
+    assert reported(client, trial_id) == [float(step) for step in range(1, 13)]
+    assert trial["has_weights"]
+    logged = (tmp_path / "stock.log").read_text()
+    assert f"trial {trial_id}" not in logged

@@ -93,8 +93,11 @@ class ServiceClient:
         path = f"/trials/{trial_id}/heartbeat"
         return dict(self._call("POST", path, token=token, retry=False).json())
 
-    def release(self, trial_id: int, token: str) -> None:
-        self._call("POST", f"/trials/{trial_id}/release", token=token)
+    def release(
+        self, trial_id: int, token: str, reason: str = "preempted", message: str = ""
+    ) -> None:
+        body = {"reason": reason, "message": message}
+        self._call("POST", f"/trials/{trial_id}/release", token=token, json=body)
 
     def upload_checkpoint(self, trial_id: int, token: str, epoch: int, data: bytes) -> None:
         headers = {"content-type": "application/octet-stream"}

@@ -314,12 +314,13 @@ class Worker:
             outcome = Outcome("failed", "error", f"could not start program {name!r}: {exc}")
         finally:
             shutil.rmtree(run.dir, ignore_errors=True)
-        self._ended(outcome.reason or outcome.kind)
+        self._ended(outcome.reason if outcome.kind == "failed" else outcome.kind)
         if outcome.kind == "stopped":
             log.info("trial %d stopped: %s", trial_id, outcome.message)
             return None
         if outcome.kind == "released":
-            return (self.client.release,)
+            log.info("trial %d given back: %s", trial_id, outcome.message or outcome.reason)
+            return (self.client.release, outcome.reason, outcome.message)
         if outcome.kind == "failed":
             log.warning(
                 "trial %d failed (%s): %s",

@@ -95,12 +95,15 @@ class ProgramRun:
         self._restore = restore
         self._lock = threading.Lock()
         self.epoch = assignment["resume_epoch"]  # the service's count of this trial's reports
-        self.scored: list[tuple[int, list[float]]] = []  # (epoch, objectives) of full reports
+        # (epoch, objectives) of the reports that held every objective, earlier attempts' too
+        self.scored = [(int(e), list(v)) for e, v in assignment.get("resumed_scores", [])]
         self.diverged: str | None = None
         self.failure: str | None = None  # what the SDK said ended the program
         self.out_of_memory = False
         self.model: Path | None = None
         self.uses_sdk = False
+        self.killed = False  # by this worker, once the grace period was over
+        self.told_to_end = False  # by SIGTERM, or an answer that raised Pruned or Stopped
         self.tail: deque[str] = deque(maxlen=TAIL_LINES)
         self._cut_warned = False
 
@@ -150,11 +153,13 @@ class ProgramRun:
                 log.info(
                     "trial %d: %s; ending its program", self.attempt.trial_id, self.verdict()[1]
                 )
+                self.told_to_end = True
                 _signal_group(process.pid, signal.SIGTERM)
             elif (
                 ending_since is not None
                 and time.monotonic() - ending_since > self.setting.grace_seconds
             ):
+                self.killed = True
                 _signal_group(process.pid, signal.SIGKILL)
 
     def _outcome(self, code: int) -> Outcome:
@@ -163,8 +168,10 @@ class ProgramRun:
             return self._failed("diverged", self.diverged)
         if self.outbox.verdict is not None or self.beat.stop_reason is not None:
             return Outcome("stopped", message=(self.verdict()[1]))
-        if self.shutdown.is_set():
-            return Outcome("released")
+        if self.shutdown.is_set() and (code != 0 or self.told_to_end):
+            return Outcome("released", reason="preempted")
+        if code == -signal.SIGKILL and not self.killed:  # the OOM killer, an operator: retry
+            return Outcome("released", reason="killed", message="its program was killed by SIGKILL")
         if self.out_of_memory or (code != 0 and _mentions_out_of_memory(self.tail)):
             return self._failed(
                 "oom", self.failure or f"the program ran out of memory ({_exit(code)})"
@@ -234,6 +241,7 @@ class ProgramRun:
         elif op != "verdict":
             return {"refused": f"unknown op {op!r}"}
         action, reason = self.verdict()
+        self.told_to_end = self.told_to_end or action != sdk.CONTINUE
         return {"action": action, "reason": reason}
 
     def report(self, step: object, metrics: object) -> None:

@@ -19,6 +19,7 @@ from sweep.service.schemas import (
     CompleteIn,
     FailIn,
     HeartbeatOut,
+    ReleaseIn,
     ReportIn,
     ReportOut,
     TrialDetail,
@@ -83,9 +84,15 @@ def heartbeat(
 
 
 @router.post("/{trial_id}/release", tags=["worker protocol"], dependencies=[RUN])
-def release(trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep) -> TrialRead:
-    """Give the trial back (the worker is shutting down): it is queued for another attempt."""
-    return attempts.release(session, trial_id=trial_id, token=token)
+def release(
+    trial_id: VisibleTrialId,
+    token: AttemptToken,
+    session: SessionDep,
+    body: ReleaseIn | None = None,
+) -> TrialRead:
+    """Give the trial back (the worker is shutting down, or the trial's program was killed):
+    it is queued for another attempt."""
+    return attempts.release(session, trial_id=trial_id, token=token, body=body or ReleaseIn())
 
 
 @router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], dependencies=[RUN])
