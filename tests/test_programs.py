@@ -4,6 +4,7 @@ it, reports with the program's own metrics, and the per-attempt time limit."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 from typing import Any
@@ -288,7 +289,7 @@ def test_every_ending_of_a_program_becomes_the_outcome_it_should(
     program, grandchild = (int(pid) for pid in pidfile.read_text().split())
     wait_until(lambda: not running(program) and not running(grandchild), 10, "the group to go")
     # Malformed report lines were passed over; the good ones made the curve.
-    assert [m["values"]["score"] for m in trials["hostile"]["metrics"]] == [0.3, 0.6, 0.9]
+    assert [m["values"]["score"] for m in trials["hostile"]["metrics"]] == [0.6, 0.75, 0.9]
     logged = "".join(p.read_text(errors="replace") for p in tmp_path.glob("w*.log"))
     assert "ignored a malformed report line" in logged and "cut" in logged
 
@@ -348,3 +349,86 @@ def test_a_function_program_resumes_after_its_process_is_killed_and_its_worker_p
     assert trial["has_weights"]
     logged = (tmp_path / "stock.log").read_text()
     assert f"trial {trial_id}" not in logged
+
+
+@pytest.mark.processes
+def test_pruning_ends_a_program_through_the_sdk_or_by_sigterm(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    pids = tmp_path / "program.pid"
+    spec = behave_spec(
+        [],
+        search_space={
+            "mode": {"type": "categorical", "choices": ["slow", "slow_sdk"]},
+            "quality": {"type": "categorical", "choices": [0.1, 0.9]},
+        },
+        fixed={"steps": 6, "delay": 0.3, "pidfile": str(pids)},
+        pruner={"name": "threshold", "options": {"lower": 0.3}},
+        budget={"n_trials": 4, "max_concurrent": 1},
+    )
+    experiment = client.submit(spec)
+    worker = start_worker(server, tmp_path, "w", "--program", BEHAVIOUR, "--max-trials", "4")
+    try:
+        assert worker.wait(timeout=120) == 0  # each program ended before the worker did
+    finally:
+        stop_workers([worker])
+    logged = (tmp_path / "w.log").read_text()
+    for trial in client.all_trials(experiment["id"]):
+        mode, quality = trial["params"]["mode"], trial["params"]["quality"]
+        detail = client.trial(trial["id"])
+        if quality == 0.9:
+            assert (detail["state"], detail["value"]) == ("completed", 0.9)
+            continue
+        assert detail["state"] == "pruned" and reported(client, trial["id"]) == [1.0]
+        pid = int(Path(f"{pids}.{trial['number']}").read_text())
+        assert not running(pid)
+        ended = re.search(rf"trial {trial['id']}: its program ended \((.*)\)", logged)
+        assert ended is not None
+        # With the SDK the report raised sweep.Pruned (uncaught: exit 1); without it, SIGTERM
+        # ended the script.
+        assert ended[1] == ("exit code 1" if mode == "slow_sdk" else "killed by SIGTERM")
+    assert "sweep: trial pruned" in logged
+
+
+DDP = (
+    "train_ddp={python} -m torch.distributed.run --standalone --nproc_per_node={processes} "
+    f"{EXAMPLES / 'train_ddp.py'} {{args}}"
+)
+
+
+@pytest.mark.processes
+def test_a_torchrun_job_of_two_processes_reports_once_and_every_rank_stops_when_pruned(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    two = {"resources": {"processes": 2}}
+    completes = client.submit(cnn_spec(1, program="train_ddp", requirements=two))
+    # A threshold above which a maximized metric is pruned: every trial, at its first report.
+    pruned = client.submit(
+        cnn_spec(
+            1,
+            program="train_ddp",
+            requirements=two,
+            pruner={"name": "threshold", "options": {"upper": 0.0}},
+        )
+    )
+    # It exits by itself after both trials, once their programs have ended.
+    worker = start_worker(server, tmp_path, "ddp", "--program", DDP, "--max-trials", "2")
+    try:
+        assert worker.wait(timeout=120) == 0
+    finally:
+        stop_workers([worker])
+    (done,) = client.all_trials(completes["id"])
+    detail = client.trial(done["id"])
+    assert detail["state"] == "completed" and detail["has_weights"]
+    # Rank 0's reports only, one per epoch.
+    assert reported(client, done["id"]) == [1.0, 2.0, 3.0]
+    assert detail["value"] == max(m["values"]["val_macro_f1"] for m in detail["metrics"])
+    (stopped,) = client.all_trials(pruned["id"])
+    assert client.trial(stopped["id"])["state"] == "pruned"
+    assert reported(client, stopped["id"]) == [1.0]
+    logged = (tmp_path / "ddp.log").read_text()
+    # Both ranks got sweep.Pruned at the same report and returned: the job ended by itself.
+    assert "rank 0: pruned" in logged and "rank 1: pruned" in logged
+    assert f"trial {stopped['id']}: its program ended (exit code 0)" in logged

@@ -134,31 +134,36 @@ class ProgramRun:
             )
             reader.start()
             code = self._wait(process)
+            log.info("trial %d: its program ended (%s)", self.attempt.trial_id, _exit(code))
             _signal_group(process.pid, signal.SIGKILL)  # children it left behind go too
             reader.join(timeout=10)
         self.outbox.drain()  # the answers to its last reports may end the trial
         return self._outcome(code)
 
     def _wait(self, process: subprocess.Popen[bytes]) -> int:
-        """Wait for the program to exit; once the trial must end, SIGTERM its process group,
-        and SIGKILL it after the grace period."""
-        ending_since: float | None = None
+        """Wait for the program to exit. Once the trial must end, a program that uses the SDK
+        has the grace period to end by itself (its next report raises), and is then sent
+        SIGTERM; a script without it, or any program when the worker shuts down, gets SIGTERM
+        at once. SIGKILL follows when the grace period after SIGTERM is over."""
+        since: float | None = None  # when the program was last asked to end
+        terminated = False
         while True:
             try:
                 return process.wait(timeout=0.1)
             except subprocess.TimeoutExpired:
                 pass
-            if ending_since is None and self.verdict()[0] != sdk.CONTINUE:
-                ending_since = time.monotonic()
-                log.info(
-                    "trial %d: %s; ending its program", self.attempt.trial_id, self.verdict()[1]
-                )
-                self.told_to_end = True
+            action, why = self.verdict()
+            if action == sdk.CONTINUE:
+                continue
+            if since is None:
+                log.info("trial %d: %s; ending its program", self.attempt.trial_id, why)
+                since = time.monotonic()
+            overdue = time.monotonic() - since > self.setting.grace_seconds
+            if not terminated and (overdue or not self.uses_sdk or self.shutdown.is_set()):
+                self.told_to_end = terminated = True
+                since = time.monotonic()
                 _signal_group(process.pid, signal.SIGTERM)
-            elif (
-                ending_since is not None
-                and time.monotonic() - ending_since > self.setting.grace_seconds
-            ):
+            elif terminated and overdue and not self.killed:
                 self.killed = True
                 _signal_group(process.pid, signal.SIGKILL)
 

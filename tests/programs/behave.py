@@ -3,6 +3,8 @@ ending. It reports "score" as SWEEP lines on stdout, or through the SDK for mode
 _sdk; it needs no torch.
 
     python behave.py --mode=ok --steps=3 --delay=0 --quality=0.9 [--pidfile=PATH]
+
+Its score rises from quality/2 to quality at the last step.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ def main() -> int:
     parser.add_argument("--pidfile", default="")
     args, _ = parser.parse_known_args()
     mode = args.mode
+    if args.pidfile and mode != "hang":
+        Path(f"{args.pidfile}.{os.environ['SWEEP_TRIAL_NUMBER']}").write_text(str(os.getpid()))
     report = line_report
     trial = None
     if mode.endswith("_sdk"):
@@ -77,7 +81,7 @@ def main() -> int:
     if mode == "ignore_term":  # a program that will not stop when asked
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
     for step in range(1, args.steps + 1):
-        report(step, score=args.quality * step / args.steps)
+        report(step, score=args.quality * (0.5 + 0.5 * step / args.steps))
         if trial is not None:
             trial.checkpoint({"step": step})
         time.sleep(args.delay)
