@@ -1,0 +1,1 @@
+"""Glue between Sweep's SDK and training frameworks: `sweep.integrations.lightning`."""
