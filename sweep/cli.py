@@ -33,6 +33,7 @@ app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_hel
 console = Console()
 
 SPEC_TEMPLATE = Path(__file__).with_name("spec_template.yaml")
+PROGRAM_TEMPLATE = Path(__file__).with_name("program_template.yaml")
 ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
 
 
@@ -278,11 +279,21 @@ def submit(spec_file: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
 def init(
     path: Annotated[Path, typer.Argument(help="where to write it")] = Path("sweep.yaml"),
     force: Annotated[bool, typer.Option(help="overwrite an existing file")] = False,
+    program: Annotated[
+        str | None, typer.Option(help="a spec for your own code, run as this program")
+    ] = None,
 ) -> None:
     """Write a commented example spec to edit and submit."""
     if path.exists() and not force:
         raise _fail(FileExistsError(f"{path} exists; --force overwrites it"))
-    path.write_text(SPEC_TEMPLATE.read_text())
+    if program is None:
+        path.write_text(SPEC_TEMPLATE.read_text())
+    else:
+        from sweep.worker.programs import NAME
+
+        if not NAME.match(program):
+            raise typer.BadParameter("use 1-64 letters, digits and _ . -", param_hint="--program")
+        path.write_text(PROGRAM_TEMPLATE.read_text().replace("NAME", program))
     console.print(f"wrote {path}; edit it, then: sweep submit {path}")
 
 
@@ -327,6 +338,32 @@ def trials(
     except ApiError as exc:
         raise _fail(exc) from exc
     console.print(trials_table(page["items"], f"{page['total']} trial(s)"))
+
+
+@app.command("trial")
+def show_trial(
+    trial_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    lines: Annotated[int, typer.Option(help="lines of its program's output to show")] = 20,
+) -> None:
+    """One trial: its state, params, config, how it ended, and its program's output."""
+    try:
+        t = _client(server).trial(trial_id)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    number = "-" if t["number"] is None else t["number"]
+    console.print(
+        f"trial [bold]{t['id']}[/bold] (#{number} of experiment {t['experiment_id']}): "
+        f"{t['state']}, value {_fmt(t['value'])}, attempt {t['attempt']}, "
+        f"{t['last_epoch']} report(s)"
+    )
+    console.print(f"params: {_params(t['params'])}")
+    if t["failure_reason"]:
+        console.print(f"{t['failure_reason']}: {t['failure_message'] or ''}", markup=False)
+    if t.get("output") and lines > 0:
+        kept = (t["output"] or "").splitlines()
+        console.rule(f"the last {min(lines, len(kept))} lines of its output")
+        console.print("\n".join(kept[-lines:]), markup=False, highlight=False)
 
 
 def trials_table(items: list[Trial], title: str) -> Table:

@@ -34,6 +34,12 @@ def test_init_ls_trials_watch_and_migrate(
     [experiment] = client.experiments()["items"]
     assert experiment["name"] == "my-sweep" and experiment["n_trials"] == 30
 
+    assert "wrote own.yaml" in sweep("init", "own.yaml", "--program", "train_cnn")
+    assert "submitted" in sweep("submit", "own.yaml")  # so is the program's
+    own = client.experiments()["items"][0]
+    assert (own["spec"]["program"], own["name"]) == ("train_cnn", "train_cnn-sweep")
+    client.cancel(own["id"])
+
     listed = sweep("ls", "--state", "running")
     assert "my-sweep" in listed and "0/30" in listed
     client.enqueue(experiment["id"], {"lr": 0.01, "dropout": 0.1})

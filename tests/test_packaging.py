@@ -113,6 +113,8 @@ def test_the_wheel_holds_the_sweep_package_only(wheels: dict[str, Path]) -> None
     for shipped in (
         "sweep/examples/digits-mlp.yaml",
         "sweep/spec_template.yaml",
+        "sweep/program_template.yaml",
+        "sweep/run_function.py",
         "sweep/service/migrations/env.py",
         "sweep/service/migrations/versions/0001_initial_tables.py",
         "sweep/service/web/static/index.html",
