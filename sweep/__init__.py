@@ -27,15 +27,21 @@ from sweep.sdk import Pruned, Stopped, Trial, trial
 
 if TYPE_CHECKING:
     from sweep.client import ApiError, SweepClient
+    from sweep.optimize import optimize
 
 __version__ = "0.1.0"
-__all__ = ["ApiError", "Pruned", "Stopped", "SweepClient", "Trial", "trial"]
+__all__ = ["ApiError", "Pruned", "Stopped", "SweepClient", "Trial", "optimize", "trial"]
 
 
 def __getattr__(name: str) -> Any:
-    """The client is imported on first use: a program that only reports never loads httpx."""
+    """The client and optimize (the worker, torch) are imported on first use: a program that
+    only reports loads neither."""
     if name in ("ApiError", "SweepClient"):
         from sweep import client
 
         return getattr(client, name)
+    if name == "optimize":
+        from sweep.optimize import optimize
+
+        return optimize
     raise AttributeError(f"module 'sweep' has no attribute {name!r}")
