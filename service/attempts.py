@@ -33,6 +33,7 @@ from sweep.service.schemas import (
     ReleaseIn,
     ReportIn,
     ReportOut,
+    Score,
     TrialRead,
 )
 from sweep.service.search import Optimizer
@@ -345,7 +346,7 @@ def _assignment(
 
 def _resumed_scores(
     session: Session, experiment: Experiment, trial: Trial, resume_epoch: int
-) -> list[tuple[int, list[float]]]:
+) -> list[Score]:
     """For a program's resumed attempt: the objectives at each epoch kept from earlier
     attempts (the built-in trainer keeps its own in its checkpoint)."""
     if resume_epoch == 0 or experiment.needs_program is None:
@@ -357,7 +358,7 @@ def _resumed_scores(
         .order_by(TrialMetric.epoch)
     )
     return [
-        (epoch, [float(values[name]) for name in names])
+        Score(epoch=epoch, values=[float(values[name]) for name in names])
         for epoch, values in kept
         if all(values.get(name) is not None for name in names)
     ]
@@ -465,6 +466,7 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
             f"trial {trial_id}: epoch {body.epoch} was never reported "
             f"(last reported: {trial.last_epoch})"
         )
+    trial.output = body.output
     wanted = specs.objectives(rows.experiment(session, trial.experiment_id).spec)
     if len(wanted) == 1:
         lifecycle.finish(
@@ -493,6 +495,7 @@ def fail(session: Session, *, trial_id: int, token: str, body: FailIn) -> TrialR
         return trials.read(trial)
     if trial.state != TrialState.RUNNING:
         raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    trial.output = body.output
     lifecycle.finish(session, trial, TrialState.FAILED, reason=body.reason, message=body.message)
     return trials.read(trial)
 

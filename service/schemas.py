@@ -36,6 +36,7 @@ Int = Annotated[StrictInt, Field(ge=-MAX_INT, le=MAX_INT)]
 Id = Annotated[StrictInt, Field(ge=1, le=MAX_INT)]
 Scalar = StrictBool | Int | StrictFloat | Label
 # A program a worker registers and a spec names: code on the worker, never in the spec.
+OUTPUT_LIMIT = 64 * 1024
 ProgramName = Annotated[StrictStr, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
@@ -335,6 +336,8 @@ class TrialDetail(TrialRead):
     # Every hyperparameter the trial trained with: its params, the spec's fixed values, defaults.
     config: dict[str, Any]
     metrics: list[MetricRead]
+    # A program's trial: the tail of its output (stdout and stderr) when it last ended.
+    output: str | None = None
 
 
 class TrialPage(BaseModel):
@@ -427,6 +430,13 @@ class ClaimRequest(Strict):
     experiment_id: Id | None = None
 
 
+class Score(BaseModel):
+    """The objectives' values an epoch reported, in spec order."""
+
+    epoch: int
+    values: list[float]
+
+
 class Assignment(BaseModel):
     """What a worker needs to run one trial."""
 
@@ -455,8 +465,8 @@ class Assignment(BaseModel):
     config: dict[str, Any]
     processes: int = 1  # a program's processes per trial
     trial_timeout_s: float | None = None
-    # A program's resumed attempt: (epoch, objectives) of the reports kept from earlier ones.
-    resumed_scores: list[tuple[int, list[float]]] = Field(default_factory=list)
+    # A program's resumed attempt: the objectives of the reports kept from earlier ones.
+    resumed_scores: list[Score] = Field(default_factory=list)
 
 
 class ReportIn(Strict):
@@ -474,9 +484,14 @@ class ReportOut(BaseModel):
     reason: str | None = None
 
 
+# The tail of a program's output, sent with its end.
+Output = Annotated[StrictStr, Field(max_length=OUTPUT_LIMIT), NoNul]
+
+
 class CompleteIn(Strict):
     value: float
     epoch: StrictInt | None = Field(None, ge=1, le=1_000_000)
+    output: Output | None = None
 
     @field_validator("value")
     @classmethod
@@ -497,6 +512,7 @@ class ReleaseIn(Strict):
 class FailIn(Strict):
     reason: Literal["diverged", "oom", "error", "interrupted"]
     message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""
+    output: Output | None = None
 
 
 Project = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]

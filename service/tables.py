@@ -195,6 +195,8 @@ class Trial(Base):
     )
     failure_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
     failure_message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    # The tail of its program's output (stdout and stderr), from its last attempt that ended.
+    output: Mapped[str | None] = mapped_column(Text, nullable=True)
     has_weights: Mapped[bool] = mapped_column(default=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

@@ -150,6 +150,7 @@ def detail(session: Session, trial: Trial) -> TrialDetail:
         **read(trial).model_dump(),
         config=config(experiment.spec, trial),
         metrics=[MetricRead.model_validate(m, from_attributes=True) for m in metrics],
+        output=trial.output,
     )
 
 

@@ -93,6 +93,7 @@ class Metric(TypedDict):
 class TrialDetail(Trial):
     config: dict[str, Any]
     metrics: list[Metric]
+    output: str | None  # a program's trial: the tail of its output
 
 
 T = TypeVar("T")

@@ -36,7 +36,7 @@ import tempfile
 import threading
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 CONTINUE, STOP, PRUNE = "continue", "stop", "prune"
 _SEVERITY = {CONTINUE: 0, STOP: 1, PRUNE: 2}
@@ -56,7 +56,7 @@ class Stopped(Exception):
 class Trial:
     """One attempt of one trial, as the program sees it."""
 
-    def __init__(self, channel: _Channel | None, hello: dict[str, Any]) -> None:
+    def __init__(self, channel: Channel | None, hello: dict[str, Any]) -> None:
         self._channel = channel
         self.params: dict[str, Any] = dict(hello.get("params", {}))
         self.trial_id: int | None = hello.get("trial_id")
@@ -67,7 +67,13 @@ class Trial:
         self.rank = int(os.environ.get("RANK", "0"))
         self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
         self._restore: dict[str, Any] | None = hello.get("restore")
+        self._checkpoint_dir: str | None = hello.get("checkpoint_dir")
         self._shutting_down = threading.Event()
+
+    @property
+    def connected(self) -> bool:
+        """Whether a worker runs this trial (else reports are printed, nothing is kept)."""
+        return self._channel is not None
 
     # --- reports and the service's answer ----------------------------------------------
 
@@ -154,7 +160,7 @@ class Trial:
             self._channel.ask({"op": "model", "path": str(path), "kind": kind})
 
     def _scratch(self) -> Path:
-        return Path(os.environ.get("SWEEP_CHECKPOINT_DIR") or tempfile.gettempdir())
+        return Path(self._checkpoint_dir or tempfile.gettempdir())
 
     def _failed(self, error: BaseException) -> None:
         """Tell the worker what ended the program (an out-of-memory error is not a bug)."""
@@ -218,6 +224,12 @@ def _install_hooks(found: Trial) -> None:
 
     if signal.getsignal(signal.SIGTERM) in (signal.SIG_DFL, None):
         signal.signal(signal.SIGTERM, on_term)
+
+
+class Channel(Protocol):
+    """How a trial reaches the worker that runs it."""
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]: ...
 
 
 class _Channel:

@@ -97,6 +97,11 @@ def test_the_client_needs_neither_torch_nor_the_server() -> None:
     assert_loads_none("from sweep import SweepClient", server)
 
 
+def test_a_program_that_reports_loads_nothing_but_the_sdk() -> None:
+    heavy = ("torch", "numpy", "httpx", "yaml", "fastapi", "sqlalchemy", "optuna", "pydantic")
+    assert_loads_none("import sweep\nsweep.trial().report(1, loss=0.5)", heavy)
+
+
 def test_only_the_search_package_imports_optuna() -> None:
     # On the server: samplers, pruners, suggestions, plots, the study export. On the user's
     # side, the client and CLI build and read Optuna studies (to_optuna_study, export, import).
@@ -106,17 +111,21 @@ def test_only_the_search_package_imports_optuna() -> None:
 
 
 def test_worker_talks_to_the_service_only_over_http() -> None:
-    # The one module they share is the logging setup, which needs nothing but the stdlib.
+    # The modules they share are the logging setup and the SDK (whose protocol the worker
+    # speaks with its programs), which need nothing but the stdlib.
     for path in (ROOT / "worker").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
                 assert not [a for a in node.names if a.name.startswith("sweep.service")], path
             elif isinstance(node, ast.ImportFrom) and node.module == "sweep":
-                assert [a.name for a in node.names] in (["logs"], ["cli"]), path
+                assert [a.name for a in node.names] in (["logs"], ["cli"], ["sdk"]), path
             elif isinstance(node, ast.ImportFrom):
                 assert not (node.module or "").startswith("sweep.service"), path
     stdlib = set(sys.stdlib_module_names) | {"__future__"}
     assert {m.split(".")[0] for m in imported_modules(ROOT / "sweep" / "logs.py")} <= stdlib
+    # The SDK imports torch only to save or load an object, or in a distributed job.
+    sdk = {m.split(".")[0] for m in imported_modules(ROOT / "sweep" / "sdk.py")}
+    assert sdk <= stdlib | {"torch"}
     assert importers("models", "sweep.service") == set()
     assert importers("worker", "sqlalchemy") == set()
 
@@ -138,6 +147,7 @@ def test_the_catalog_needs_no_training_stack() -> None:
 
 def test_torch_stays_in_the_worker_and_models() -> None:
     assert importers("service", "torch") == set()
-    # The CLI starts workers, importing them lazily inside the `sweep worker` command.
+    # The CLI starts workers, importing them lazily inside the `sweep worker` command, and
+    # sweep.optimize runs them inside its call.
     assert importers("service", "sweep.worker") == set()
-    assert importers("sweep", "sweep.worker") == {"sweep/cli.py"}
+    assert importers("sweep", "sweep.worker") == {"sweep/cli.py", "sweep/optimize.py"}

@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import re
 import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -285,6 +287,17 @@ def test_every_ending_of_a_program_becomes_the_outcome_it_should(
     assert "score is nan at step 2" in message["nan"]
     assert "MemoryError" in message["memory_sdk"]
     assert "timed out" in message["hang"]
+    # The tail of each program's output is kept with its trial, and the CLI shows it.
+    assert "about to exit 3" in trials["exit3"]["output"]
+    assert 'SWEEP {"step": 3, "score": 0.9}' in trials["ok"]["output"]
+    shown = subprocess.run(
+        [sys.executable, "-m", "sweep.cli", "trial", str(trials["exit3"]["id"])],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SWEEP_SERVER": server.url, "SWEEP_TOKEN": server.admin_token},
+    )
+    assert shown.returncode == 0, shown.stderr
+    assert "failed" in shown.stdout and "about to exit 3" in shown.stdout
     # The hung program's own child went with it.
     program, grandchild = (int(pid) for pid in pidfile.read_text().split())
     wait_until(lambda: not running(program) and not running(grandchild), 10, "the group to go")
@@ -431,4 +444,111 @@ def test_a_torchrun_job_of_two_processes_reports_once_and_every_rank_stops_when_
     logged = (tmp_path / "ddp.log").read_text()
     # Both ranks got sweep.Pruned at the same report and returned: the job ended by itself.
     assert "rank 0: pruned" in logged and "rank 1: pruned" in logged
+    assert f"trial {stopped['id']}: its program ended (exit code 0)" in logged
+
+
+@pytest.mark.processes
+def test_a_program_whose_attempt_was_taken_over_changes_nothing(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs", env=QUICK_LEASES)
+    spec = behave_spec(["slow"], fixed={"steps": 60, "delay": 0.25, "quality": 0.8})
+    experiment = client.submit(spec)
+    frozen = start_worker(server, tmp_path, "frozen", "--program", BEHAVIOUR)
+    taker = None
+    try:
+        trial_id = wait_until(lambda: client.trials(experiment["id"])["items"], 60, "a trial")[0][
+            "id"
+        ]
+        wait_until(lambda: len(reported(client, trial_id)) >= 2, 60, "two reports")
+        # The worker freezes (its program does not): no heartbeat, and the lease runs out.
+        frozen.send_signal(signal.SIGSTOP)
+        taker = start_worker(server, tmp_path, "taker", "--program", BEHAVIOUR)
+        wait_until(lambda: client.trial(trial_id)["attempt"] == 2, 60, "the takeover")
+        wait_until(lambda: len(reported(client, trial_id)) >= 2, 60, "the new attempt's reports")
+        # Back again: everything it queued meanwhile is refused, and it ends its program.
+        frozen.send_signal(signal.SIGCONT)
+        ended = wait_for_end(client, experiment["id"], timeout=120)
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+        stop_workers([frozen, *([taker] if taker else [])])
+    assert ended["counts"]["completed"] == 1
+    trial = client.trial(trial_id)
+    assert trial["attempt"] == 2 and trial["value"] == 0.8
+    # One report per step, all from the second attempt.
+    assert reported(client, trial_id) == [float(step) for step in range(1, 61)]
+    logged = (tmp_path / "frozen.log").read_text()
+    assert "no longer ours" in logged
+    assert f"trial {trial_id}: its program ended (killed by SIGTERM)" in logged
+
+
+@pytest.mark.processes
+def test_optimize_runs_an_experiment_in_this_process(
+    server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    import sweep
+
+    calls: list[str] = []
+
+    def train(trial: sweep.Trial) -> None:
+        kind = trial.params["kind"]
+        calls.append(kind)
+        if kind == "boom":
+            raise ValueError("no such thing")
+        for epoch in range(1, 4):
+            trial.report(epoch, quality=trial.params["scale"] * epoch)
+
+    spec = program_spec(
+        search_space={
+            "kind": {"type": "categorical", "choices": ["fine", "boom"]},
+            "scale": {"type": "categorical", "choices": [0.1, 0.2]},
+        },
+        objective={"metric": "quality", "direction": "maximize"},
+        fixed={},
+        sampler={"name": "grid", "seed": 0},
+        pruner={"name": "none"},
+        budget={"n_trials": 4, "max_concurrent": 2, "max_consecutive_errors": 0},
+    )
+    del spec["program"]  # it is named after the function
+    ended = sweep.optimize(spec, train, n_workers=2, server=server.url, token=server.admin_token)
+    assert ended["state"] == "completed" and ended["spec"]["program"].endswith("train")
+    assert sorted(calls) == ["boom", "boom", "fine", "fine"]
+    client = SweepClient(server.url, token=server.admin_token)
+    request.addfinalizer(client.close)
+    for trial in client.all_trials(ended["id"]):
+        detail = client.trial(trial["id"])
+        if trial["params"]["kind"] == "boom":
+            assert detail["failure_reason"] == "error"
+            assert "ValueError: no such thing" in detail["failure_message"]
+        else:
+            assert detail["value"] == pytest.approx(3 * trial["params"]["scale"])
+
+
+LIGHTNING = "train_cnn=train_lightning:train"
+
+
+@pytest.mark.processes
+def test_a_lightning_program_reports_through_the_callback_and_stops_when_pruned(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    completes = client.submit(cnn_spec(1))
+    pruned = client.submit(cnn_spec(1, pruner={"name": "threshold", "options": {"upper": 0.0}}))
+    worker = start_worker(
+        server, tmp_path, "pl", "--program", LIGHTNING, "--max-trials", "2", env=ON_PATH
+    )
+    try:
+        assert worker.wait(timeout=180) == 0
+    finally:
+        stop_workers([worker])
+    (done,) = client.all_trials(completes["id"])
+    detail = client.trial(done["id"])
+    assert detail["state"] == "completed" and detail["has_weights"], detail
+    assert reported(client, done["id"]) == [1.0, 2.0, 3.0]
+    assert detail["value"] == max(m["values"]["val_macro_f1"] for m in detail["metrics"])
+    (stopped,) = client.all_trials(pruned["id"])
+    assert client.trial(stopped["id"])["state"] == "pruned"
+    assert reported(client, stopped["id"]) == [1.0]
+    logged = (tmp_path / "pl.log").read_text()
+    # The fit wound down and trainer.fit raised sweep.Pruned: the function ended quietly.
     assert f"trial {stopped['id']}: its program ended (exit code 0)" in logged

@@ -13,6 +13,7 @@ from sweep.worker.retry import RetryPolicy
 
 API = "/api/v1"
 RETRYABLE_STATUS = {502, 503, 504}
+OUTPUT_LIMIT = 64 * 1024  # characters of a program's output kept with its trial
 log = logging.getLogger("sweep.worker")
 
 
@@ -51,6 +52,9 @@ class ServiceClient:
         # Once set (the worker is shutting down), waiting to retry is cut short.
         self.stop = stop or threading.Event()
 
+    def close(self) -> None:
+        self.http.close()
+
     def register(
         self,
         name: str,
@@ -76,8 +80,13 @@ class ServiceClient:
         worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
         return int(worker["id"])
 
-    def claim(self, worker_id: int, wait_seconds: float) -> dict[str, Any] | None:
-        body = {"wait_seconds": wait_seconds}
+    def claim(
+        self, worker_id: int, wait_seconds: float, experiment_id: int | None = None
+    ) -> dict[str, Any] | None:
+        """The next trial (of `experiment_id` only, when given), or None."""
+        body: dict[str, Any] = {"wait_seconds": wait_seconds}
+        if experiment_id is not None:
+            body["experiment_id"] = experiment_id
         response = self._call("POST", f"/workers/{worker_id}/claim", json=body)
         return None if response.status_code == 204 else dict(response.json())
 
@@ -121,13 +130,21 @@ class ServiceClient:
         headers = {"content-type": "application/octet-stream"}
         self._call("PUT", f"/trials/{trial_id}/weights", token=token, content=data, headers=headers)
 
-    def complete(self, trial_id: int, token: str, value: float, epoch: int) -> None:
-        body = {"value": value, "epoch": epoch}
+    def complete(
+        self, trial_id: int, token: str, value: float, epoch: int, output: str | None = None
+    ) -> None:
+        body = {"value": value, "epoch": epoch, "output": _tail(output, OUTPUT_LIMIT)}
         self._call("POST", f"/trials/{trial_id}/complete", token=token, json=body)
 
-    def fail(self, trial_id: int, token: str, reason: str, message: str) -> None:
-        # NUL characters cannot be stored; the tail of a long traceback matters most.
-        body = {"reason": reason, "message": message.replace("\x00", "?")[-20_000:]}
+    def fail(
+        self, trial_id: int, token: str, reason: str, message: str, output: str | None = None
+    ) -> None:
+        # The tail of a long traceback matters most.
+        body = {
+            "reason": reason,
+            "message": _tail(message, 20_000),
+            "output": _tail(output, OUTPUT_LIMIT),
+        }
         self._call("POST", f"/trials/{trial_id}/fail", token=token, json=body)
 
     def _call(
@@ -161,6 +178,11 @@ class ServiceClient:
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
             if self.stop.wait(delay):
                 raise ConnectionError(f"{method} {path}: not retried, shutting down ({problem})")
+
+
+def _tail(text: str | None, limit: int) -> str | None:
+    """The end of `text`, as the service stores it (no NUL characters)."""
+    return None if text is None else text.replace("\x00", "?")[-limit:]
 
 
 def _error(response: httpx.Response) -> ServiceError:

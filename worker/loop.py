@@ -79,6 +79,7 @@ class WorkerOptions:
     programs: dict[str, Program] = field(default_factory=dict)
     # How long a program that must end has after SIGTERM before it is killed.
     grace_seconds: float = 30.0
+    experiment_id: int | None = None  # claim this experiment's trials only
 
 
 class Worker:
@@ -183,7 +184,9 @@ class Worker:
         try:
             try:
                 self._waiting = True
-                return self.client.claim(worker_id, self.options.wait_seconds)
+                return self.client.claim(
+                    worker_id, self.options.wait_seconds, self.options.experiment_id
+                )
             finally:
                 self._waiting = False
         except _StopWaiting:  # told to stop: whatever the cut answer held comes back now
@@ -196,7 +199,7 @@ class Worker:
     def _claim_now(self, worker_id: int) -> dict[str, Any] | None:
         """The trial this worker holds, if a claim handed it one, asked without waiting."""
         try:
-            return self.client.claim(worker_id, 0)
+            return self.client.claim(worker_id, 0, self.options.experiment_id)
         except (ServiceError, ConnectionError) as exc:
             log.error("claim failed: %s", exc)
             return None
@@ -329,14 +332,14 @@ class Worker:
                 outcome.message.splitlines()[0],
             )
             self.ran_out_of_memory = self.ran_out_of_memory or outcome.reason == "oom"
-            return (self.client.fail, outcome.reason, outcome.message)
+            return (self.client.fail, outcome.reason, outcome.message, outcome.output)
         return (self._complete_program, outcome)
 
     def _complete_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
         if outcome.model is not None:
             self.client.upload_weights(trial_id, token, outcome.model)
         assert outcome.value is not None and outcome.epoch is not None
-        self.client.complete(trial_id, token, outcome.value, outcome.epoch)
+        self.client.complete(trial_id, token, outcome.value, outcome.epoch, outcome.output)
         log.info("trial %d completed: %.4f at report %d", trial_id, outcome.value, outcome.epoch)
 
     def _ended(self, outcome: str) -> None:

@@ -23,6 +23,7 @@ import socket
 import subprocess
 import threading
 import time
+import traceback
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,7 +37,8 @@ from sweep.worker.programs import Attempt, Program
 
 log = logging.getLogger("sweep.worker")
 
-TAIL_LINES = 50  # of the program's output, kept with a failed trial
+TAIL_LINES = 50  # of the program's output, in a failed trial's message
+OUTPUT_LINES = 500  # of the program's output, kept with its trial
 LINE_LIMIT = 64 * 1024  # a longer output line is cut
 MESSAGE_LIMIT = 1 << 20  # one message from the SDK
 REPORT_PREFIX = "SWEEP "
@@ -53,6 +55,7 @@ class Outcome:
     value: float | None = None
     epoch: int | None = None
     model: bytes | None = None  # what the program saved as its model
+    output: str | None = None  # the tail of its output
 
 
 @dataclass(frozen=True)
@@ -96,7 +99,7 @@ class ProgramRun:
         self._lock = threading.Lock()
         self.epoch = assignment["resume_epoch"]  # the service's count of this trial's reports
         # (epoch, objectives) of the reports that held every objective, earlier attempts' too
-        self.scored = [(int(e), list(v)) for e, v in assignment.get("resumed_scores", [])]
+        self.scored = [(s["epoch"], s["values"]) for s in assignment.get("resumed_scores", [])]
         self.diverged: str | None = None
         self.failure: str | None = None  # what the SDK said ended the program
         self.out_of_memory = False
@@ -104,7 +107,7 @@ class ProgramRun:
         self.uses_sdk = False
         self.killed = False  # by this worker, once the grace period was over
         self.told_to_end = False  # by SIGTERM, or an answer that raised Pruned or Stopped
-        self.tail: deque[str] = deque(maxlen=TAIL_LINES)
+        self.tail: deque[str] = deque(maxlen=OUTPUT_LINES)
         self._cut_warned = False
 
     # --- the run ---------------------------------------------------------------------------
@@ -114,6 +117,8 @@ class ProgramRun:
             directory.mkdir(parents=True, exist_ok=True)
         self.attempt.params_file.write_text(json.dumps(self.assignment["config"]))
         restored = self._restored()
+        if self.program.call is not None:
+            return self._run_in_process(self.program.call, restored)
         secret = secrets.token_hex(16)
         with _Channel(secret, lambda message: self._answer(message, restored)) as channel:
             argv = self.program.argv(self.attempt)
@@ -138,6 +143,25 @@ class ProgramRun:
             _signal_group(process.pid, signal.SIGKILL)  # children it left behind go too
             reader.join(timeout=10)
         self.outbox.drain()  # the answers to its last reports may end the trial
+        return self._outcome(code)
+
+    def _run_in_process(
+        self, call: Callable[[sdk.Trial], Any], restored: dict[str, Any] | None
+    ) -> Outcome:
+        """Call the function in this thread: the answers to its reports end it (nothing can
+        kill a thread), and its exceptions are its outcome."""
+        channel = _Local(lambda message: self._answer(message, restored))
+        trial = sdk.Trial(channel, channel.ask({"op": "hello"}))
+        code = 0
+        try:
+            call(trial)
+        except (sdk.Pruned, sdk.Stopped):
+            self.told_to_end = True
+        except Exception as error:
+            trial._failed(error)
+            self.tail.extend(traceback.format_exc().splitlines())
+            code = 1
+        self.outbox.drain()
         return self._outcome(code)
 
     def _wait(self, process: subprocess.Popen[bytes]) -> int:
@@ -186,14 +210,19 @@ class ProgramRun:
                 return self._failed("error", f"the program exited 0 but never reported {name}")
             epoch, values = self._chosen()
             model = self.model.read_bytes() if self.model is not None else None
-            return Outcome("completed", value=values[0], epoch=epoch, model=model)
+            return Outcome(
+                "completed", value=values[0], epoch=epoch, model=model, output=self.output()
+            )
         return self._failed("error", f"{self.failure or 'the program failed'} ({_exit(code)})")
 
     def _failed(self, reason: str, message: str) -> Outcome:
-        output = "\n".join(self.tail)
-        if output:
-            message = f"{message}\n--- the last {len(self.tail)} lines of its output ---\n{output}"
-        return Outcome("failed", reason=reason, message=message)
+        last = list(self.tail)[-TAIL_LINES:]
+        if last:
+            message += f"\n--- the last {len(last)} lines of its output ---\n" + "\n".join(last)
+        return Outcome("failed", reason=reason, message=message, output=self.output())
+
+    def output(self) -> str:
+        return "\n".join(self.tail)
 
     def _chosen(self) -> tuple[int, list[float]]:
         """The epoch whose values are the trial's: the last, or the best of the first
@@ -230,6 +259,7 @@ class ProgramRun:
                 "device": _program_device(self.setting.device),
                 "objective": self.objectives[0],
                 "restore": restored,
+                "checkpoint_dir": str(self.attempt.checkpoint_dir),
             }
         if op == "report":
             self.report(message.get("step"), message.get("metrics"))
@@ -361,6 +391,13 @@ class _Bytes:
 
     def to_bytes(self) -> bytes:
         return self.data
+
+
+class _Local:
+    """The SDK's channel for a function called in the worker's own process."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+        self.ask = answer
 
 
 class _Channel:

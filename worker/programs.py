@@ -20,6 +20,7 @@ import re
 import shlex
 import string
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -51,9 +52,13 @@ class Program:
     name: str
     function: str | None = None  # module:function
     command: tuple[str, ...] = ()  # the command's template, split into arguments
+    # A function called in the worker's own process (sweep.optimize): no process of its own.
+    call: Callable[[Any], Any] | None = None
 
     @property
     def kind(self) -> str:
+        if self.call is not None:
+            return "in-process"
         return "function" if self.function else "command"
 
     def argv(self, values: Attempt) -> list[str]:

@@ -1,4 +1,4 @@
-"""Programs: the one an experiment names, and those a worker runs
+"""Programs: the one an experiment names, those a worker runs, and a trial's output
 
 Revision ID: 0009
 Revises: 0008
@@ -21,9 +21,14 @@ def upgrade() -> None:
     op.add_column(
         "sweep_workers", sa.Column("programs", sa.JSON(), server_default="[]", nullable=False)
     )
+    op.add_column("sweep_trials", sa.Column("output", sa.Text(), nullable=True))
 
 
 def downgrade() -> None:
+    with op.batch_alter_table(
+        "sweep_trials", table_kwargs={"sqlite_autoincrement": True}
+    ) as batch_op:
+        batch_op.drop_column("output")
     with op.batch_alter_table(
         "sweep_workers", table_kwargs={"sqlite_autoincrement": True}
     ) as batch_op:
