@@ -29,6 +29,7 @@ import contextlib
 import json
 import os
 import pickle
+import queue
 import signal
 import socket
 import sys
@@ -86,11 +87,9 @@ class Trial:
         if self._channel is None:
             print(f"sweep: step {step}: {values}", file=sys.stderr)
             return
-        if self.rank == 0:
-            answer = self._channel.ask({"op": "report", "step": int(step), "metrics": values})
-        else:
-            answer = self._channel.ask({"op": "verdict"})
-        action, reason = self._agreed(answer)
+        if self.rank == 0:  # sent, not waited on: the worker's answer comes when it changes
+            self._channel.send({"op": "report", "step": int(step), "metrics": values})
+        action, reason = self._agreed(self._channel.verdict())
         if action == PRUNE:
             raise Pruned(reason)
         if action == STOP:
@@ -107,7 +106,7 @@ class Trial:
     def _verdict(self) -> tuple[str, str]:
         if self._channel is None:
             return (STOP, "shutting down") if self._shutting_down.is_set() else (CONTINUE, "")
-        return self._agreed(self._channel.ask({"op": "verdict"}))
+        return self._agreed(self._channel.verdict())
 
     def _agreed(self, answer: dict[str, Any]) -> tuple[str, str]:
         """The service's answer; in a distributed job, the gravest any rank got, on every rank
@@ -135,7 +134,10 @@ class Trial:
         if self._channel is None or self.rank != 0:
             return
         with _as_file(obj_or_path, self._scratch()) as (path, kind):
-            answer = self._channel.ask({"op": "checkpoint", "path": str(path), "kind": kind})
+            try:
+                answer = self._channel.ask({"op": "checkpoint", "path": str(path), "kind": kind})
+            except RuntimeError as refused:  # training goes on without it
+                answer = {"error": str(refused)}
         if not answer.get("ok"):
             import warnings
 
@@ -229,30 +231,76 @@ def _install_hooks(found: Trial) -> None:
 class Channel(Protocol):
     """How a trial reaches the worker that runs it."""
 
-    def ask(self, message: dict[str, Any]) -> dict[str, Any]: ...
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        """Send a message and wait for its answer."""
+        ...
+
+    def send(self, message: dict[str, Any]) -> None:
+        """Send a message that has no answer (a report)."""
+        ...
+
+    def verdict(self) -> dict[str, Any]:
+        """The worker's latest word on whether the trial goes on: {"action", "reason"}."""
+        ...
 
 
 class _Channel:
-    """Newline-delimited JSON with the worker that started the program, one call at a time."""
+    """Newline-delimited JSON with the worker that started the program. Reports go without
+    waiting; the worker pushes its verdict when it changes, which a listening thread keeps,
+    so a report costs one write, not a round trip."""
 
     def __init__(self, address: str, secret: str) -> None:
         host, port = address.rsplit(":", 1)
         self._socket = socket.create_connection((host, int(port)), timeout=60)
-        self._file = self._socket.makefile("rwb")
+        self._socket.settimeout(None)
+        # Small messages, sent at once rather than held back (Nagle).
+        self._socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._reader = self._socket.makefile("rb")
+        self._writer = self._socket.makefile("wb")
         self._secret = secret
-        self._lock = threading.Lock()
+        self._sending = threading.Lock()
+        self._asking = threading.Lock()
+        self._asked = 0  # calls made; each answer names the call it answers
+        self._answers: queue.Queue[dict[str, Any] | None] = queue.Queue()
+        self._latest: dict[str, Any] = {"action": CONTINUE, "reason": ""}
+        threading.Thread(target=self._listen, name="sweep-channel", daemon=True).start()
+
+    def send(self, message: dict[str, Any]) -> None:
+        line = json.dumps({**message, "secret": self._secret}).encode() + b"\n"
+        with self._sending:
+            try:
+                self._writer.write(line)
+                self._writer.flush()
+            except OSError as exc:
+                raise Stopped("the worker that ran this trial is gone") from exc
 
     def ask(self, message: dict[str, Any]) -> dict[str, Any]:
-        with self._lock:
-            self._file.write(json.dumps({**message, "secret": self._secret}).encode() + b"\n")
-            self._file.flush()
-            line = self._file.readline(_MAX_MESSAGE)
-        if not line:
+        with self._asking:
+            self._asked += 1
+            self.send({**message, "id": self._asked})
+            while (answer := self._answers.get()) is not None and answer.get("id") != self._asked:
+                pass  # an answer to a call that gave up waiting for it
+        if answer is None:
             raise Stopped("the worker that ran this trial is gone")
-        answer: dict[str, Any] = json.loads(line)
         if "refused" in answer:
             raise RuntimeError(f"sweep: the worker refused the call: {answer['refused']}")
         return answer
+
+    def verdict(self) -> dict[str, Any]:
+        return self._latest
+
+    def _listen(self) -> None:
+        try:
+            for line in iter(lambda: self._reader.readline(_MAX_MESSAGE), b""):
+                message = json.loads(line)
+                if message.get("push") == "verdict":
+                    self._latest = message
+                else:
+                    self._answers.put(message)
+        except (OSError, ValueError):
+            pass
+        self._latest = {"action": STOP, "reason": "the worker that ran this trial is gone"}
+        self._answers.put(None)
 
 
 @contextlib.contextmanager

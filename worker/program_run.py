@@ -138,7 +138,7 @@ class ProgramRun:
                 daemon=True,
             )
             reader.start()
-            code = self._wait(process)
+            code = self._wait(process, channel)
             log.info("trial %d: its program ended (%s)", self.attempt.trial_id, _exit(code))
             _signal_group(process.pid, signal.SIGKILL)  # children it left behind go too
             reader.join(timeout=10)
@@ -164,7 +164,7 @@ class ProgramRun:
         self.outbox.drain()
         return self._outcome(code)
 
-    def _wait(self, process: subprocess.Popen[bytes]) -> int:
+    def _wait(self, process: subprocess.Popen[bytes], channel: _Channel) -> int:
         """Wait for the program to exit. Once the trial must end, a program that uses the SDK
         has the grace period to end by itself (its next report raises), and is then sent
         SIGTERM; a script without it, or any program when the worker shuts down, gets SIGTERM
@@ -179,6 +179,7 @@ class ProgramRun:
             action, why = self.verdict()
             if action == sdk.CONTINUE:
                 continue
+            channel.push(action, why)  # every rank, including one that connected late
             if since is None:
                 log.info("trial %d: %s; ending its program", self.attempt.trial_id, why)
                 since = time.monotonic()
@@ -246,7 +247,9 @@ class ProgramRun:
 
     # --- what the program says -------------------------------------------------------------
 
-    def _answer(self, message: dict[str, Any], restored: dict[str, Any] | None) -> dict[str, Any]:
+    def _answer(
+        self, message: dict[str, Any], restored: dict[str, Any] | None
+    ) -> dict[str, Any] | None:
         op = message.get("op")
         if op == "hello":
             self.uses_sdk = True
@@ -263,7 +266,8 @@ class ProgramRun:
             }
         if op == "report":
             self.report(message.get("step"), message.get("metrics"))
-        elif op == "checkpoint":
+            return None  # not answered: the verdict is pushed when it changes
+        if op == "checkpoint":
             return self._checkpoint(Path(str(message["path"])), str(message.get("kind")))
         elif op == "model":
             self.model = self.dir / "model"
@@ -396,20 +400,34 @@ class _Bytes:
 class _Local:
     """The SDK's channel for a function called in the worker's own process."""
 
-    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
-        self.ask = answer
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any] | None]) -> None:
+        self.answer = answer
+
+    def ask(self, message: dict[str, Any]) -> dict[str, Any]:
+        return self.answer(message) or {}
+
+    def send(self, message: dict[str, Any]) -> None:
+        self.answer(message)
+
+    def verdict(self) -> dict[str, Any]:
+        return self.ask({"op": "verdict"})
 
 
 class _Channel:
     """The worker's end of the local channel: one thread per connection (a job of several
-    processes has one per rank), each message checked against the attempt's secret."""
+    processes has one per rank), each message checked against the attempt's secret. Reports
+    get no answer; `push` sends every connection the verdict once the trial must end."""
 
-    def __init__(self, secret: str, answer: Callable[[dict[str, Any]], dict[str, Any]]) -> None:
+    def __init__(
+        self, secret: str, answer: Callable[[dict[str, Any]], dict[str, Any] | None]
+    ) -> None:
         self.secret, self.answer = secret, answer
         self.server = socket.create_server(("127.0.0.1", 0))
         self.address = f"127.0.0.1:{self.server.getsockname()[1]}"
         self._closed = False
-        self._connections: list[socket.socket] = []
+        # Each SDK's connection, the stream over it and the lock its writes take.
+        self._streams: list[tuple[socket.socket, Any, threading.Lock]] = []
+        self._serving: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._accept, daemon=True)
 
     def __enter__(self) -> _Channel:
@@ -419,10 +437,22 @@ class _Channel:
     def __exit__(self, *exc: object) -> None:
         self._closed = True
         self.server.close()
-        for connection in self._connections:
+        # The program has exited: what it sent last is still read to the end (reports are not
+        # answered, so nothing else says they arrived), unless a process it left holds on.
+        deadline = time.monotonic() + 5
+        for thread in list(self._serving):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+        for connection, _, _ in list(self._streams):
             with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
                 connection.close()
+
+    def push(self, action: str, reason: str) -> None:
+        line = json.dumps({"push": "verdict", "action": action, "reason": reason}).encode()
+        for _, stream, lock in list(self._streams):
+            with contextlib.suppress(OSError, ValueError), lock:
+                stream.write(line + b"\n")
+                stream.flush()
 
     def _accept(self) -> None:
         while not self._closed:
@@ -430,10 +460,13 @@ class _Channel:
                 connection, _ = self.server.accept()
             except OSError:
                 return
-            self._connections.append(connection)
-            threading.Thread(target=self._serve, args=(connection,), daemon=True).start()
+            thread = threading.Thread(target=self._serve, args=(connection,), daemon=True)
+            self._serving.append(thread)
+            thread.start()
 
     def _serve(self, connection: socket.socket) -> None:
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        lock = threading.Lock()
         with contextlib.suppress(OSError), connection, connection.makefile("rwb") as stream:
             for line in iter(lambda: stream.readline(MESSAGE_LIMIT), b""):
                 try:
@@ -443,15 +476,22 @@ class _Channel:
                 except ValueError:
                     return  # not the SDK: hang up
                 if not secrets.compare_digest(str(message.get("secret", "")), self.secret):
-                    stream.write(b'{"refused": "wrong secret"}\n')
-                    stream.flush()
+                    with lock:
+                        refusal = {"refused": "wrong secret", "id": message.get("id")}
+                        stream.write(json.dumps(refusal).encode() + b"\n")
+                        stream.flush()
                     return
+                if message.get("op") == "hello":  # one of ours: it may be pushed verdicts
+                    self._streams.append((connection, stream, lock))
                 try:
                     reply = self.answer(message)
                 except (ValueError, OSError, KeyError) as exc:
                     reply = {"refused": str(exc)}
-                stream.write(json.dumps(reply).encode() + b"\n")
-                stream.flush()
+                if reply is not None:
+                    reply["id"] = message.get("id")
+                    with lock:
+                        stream.write(json.dumps(reply).encode() + b"\n")
+                        stream.flush()
 
 
 def _signal_group(pid: int, signum: int) -> None:
