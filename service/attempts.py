@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import secrets
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
@@ -43,6 +44,7 @@ from sweep.service.tables import (
     Trial,
     TrialCheckpoint,
     TrialMetric,
+    TrialOutputs,
     TrialWeights,
     Worker,
     utcnow,
@@ -223,11 +225,12 @@ def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
             TrialMetric.trial_id == trial.id, TrialMetric.epoch == resume
         )
     )
-    trial.has_weights = False
+    trial.has_weights = trial.has_outputs = False
     session.execute(
         delete(TrialMetric).where(TrialMetric.trial_id == trial.id, TrialMetric.epoch > resume)
     )
     session.execute(delete(TrialWeights).where(TrialWeights.trial_id == trial.id))
+    session.execute(delete(TrialOutputs).where(TrialOutputs.trial_id == trial.id))
     experiment_id = trial.experiment_id
     after_commit(session, lambda: optimizer.forget(experiment_id))
     return resume
@@ -285,6 +288,7 @@ def _claimable(
             Experiment.needs_model.is_(None) | Experiment.needs_model.in_(worker.models),
             Experiment.needs_dataset.is_(None) | Experiment.needs_dataset.in_(worker.datasets),
             Experiment.needs_program.is_(None) | Experiment.needs_program.in_(worker.programs),
+            Experiment.needs_gpus.is_(None) | (Experiment.needs_gpus <= worker.gpus),
         )
         .order_by(Experiment.id)
         .limit(1)
@@ -338,10 +342,16 @@ def _assignment(
         objectives=specs.objectives(spec),
         params=trial.params,
         config=trials.config(spec, trial),
-        processes=spec["requirements"].get("resources", {}).get("processes", 1),
+        processes=_processes(spec),
         trial_timeout_s=spec["budget"].get("trial_timeout_s"),
         resumed_scores=_resumed_scores(session, experiment, trial, resume_epoch),
     )
+
+
+def _processes(spec: dict[str, Any]) -> int:
+    """A program's processes per trial: as the spec says, else one per GPU it needs."""
+    resources = spec["requirements"].get("resources") or {}
+    return int(resources.get("processes") or resources.get("gpus") or 1)
 
 
 def _resumed_scores(
@@ -451,6 +461,20 @@ def store_weights(session: Session, *, trial_id: int, token: str, data: bytes) -
         session.flush()
     session.add(TrialWeights(trial_id=trial_id, data=data, size=len(data)))
     rows.trial(session, trial_id).has_weights = True
+    session.flush()
+
+
+def store_outputs(session: Session, *, trial_id: int, token: str, data: bytes) -> None:
+    """Keep the files a running trial's program left (a gzipped tar); again replaces them."""
+    if not data.startswith(b"\x1f\x8b"):
+        raise InvalidSpec("outputs must be a gzipped tar file", field="body")
+    trial = running_attempt(session, trial_id, token)
+    existing = session.get(TrialOutputs, trial_id)
+    if existing is not None:
+        existing.data, existing.size = data, len(data)
+    else:
+        session.add(TrialOutputs(trial_id=trial_id, data=data, size=len(data)))
+    trial.has_outputs = True
     session.flush()
 
 

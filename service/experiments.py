@@ -63,6 +63,7 @@ def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experim
         needs_model=spec.model if plugin_model else None,
         needs_dataset=spec.dataset.name if spec.dataset and plugin_data else None,
         needs_program=spec.program,
+        needs_gpus=spec.requirements.resources.gpus,
     )
     session.add(experiment)
     session.flush()

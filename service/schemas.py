@@ -180,9 +180,11 @@ class Budget(Strict):
 
 
 class Resources(Strict):
-    """What one trial of a program takes: its processes (a torchrun job's ranks)."""
+    """What one trial of a program takes: its processes (a torchrun job's ranks) and the GPUs
+    of one worker they share (its processes default to one per GPU)."""
 
-    processes: StrictInt = Field(1, ge=1, le=64)
+    processes: StrictInt | None = Field(None, ge=1, le=64)
+    gpus: StrictInt | None = Field(None, ge=1, le=64)
 
 
 class Requirements(Strict):
@@ -190,7 +192,7 @@ class Requirements(Strict):
 
     device: Literal["cpu", "cuda", "mps"] | None = None
     min_device_memory_gb: float | None = Field(None, gt=0, le=100_000)
-    resources: Resources = Field(default_factory=lambda: Resources(processes=1))
+    resources: Resources = Field(default_factory=lambda: Resources(processes=None, gpus=None))
 
 
 class WarmStartTrial(Strict):
@@ -231,7 +233,7 @@ class ExperimentCreate(Strict):
     budget: Budget
     requirements: Requirements = Field(
         default_factory=lambda: Requirements(
-            device=None, min_device_memory_gb=None, resources=Resources(processes=1)
+            device=None, min_device_memory_gb=None, resources=Resources(processes=None, gpus=None)
         )
     )
     # Trials to start from: they become the experiment's first trials (finished, no curves
@@ -327,6 +329,7 @@ class TrialRead(BaseModel):
     failure_reason: str | None
     failure_message: str | None
     has_weights: bool
+    has_outputs: bool = False  # a program's files, GET /trials/{id}/outputs
     created_at: datetime
     started_at: datetime | None  # when its latest attempt started
     finished_at: datetime | None
@@ -408,6 +411,7 @@ class WorkerRegister(Strict):
     datasets: list[Key] = Field(default_factory=list, max_length=1000)
     # The programs it runs (sweep worker --program, or the sweep.programs entry points).
     programs: list[ProgramName] = Field(default_factory=list, max_length=1000)
+    gpus: StrictInt = Field(0, ge=0, le=1024)  # the GPUs one of its trials may use
 
 
 class WorkerRead(BaseModel):
@@ -420,6 +424,7 @@ class WorkerRead(BaseModel):
     models: list[str]
     datasets: list[str]
     programs: list[str]
+    gpus: int
     created_at: datetime
     last_seen_at: datetime
 

@@ -18,6 +18,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -95,6 +96,7 @@ class Experiment(Base):
     needs_dataset: Mapped[str | None] = mapped_column(String(200), nullable=True)
     # The program a worker must run (None: the built-in trainer, which every worker has)
     needs_program: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    needs_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)  # on one worker
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -146,6 +148,7 @@ class Worker(Base):
     models: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     datasets: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
     programs: Mapped[list[str]] = mapped_column(JSON, default=list, server_default="[]")
+    gpus: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     pid: Mapped[int | None] = mapped_column(Integer, nullable=True)
     # The project of the token that registered it; only that project's tokens may claim for it.
     project: Mapped[str | None] = mapped_column(String(100), nullable=True)
@@ -198,6 +201,8 @@ class Trial(Base):
     # The tail of its program's output (stdout and stderr), from its last attempt that ended.
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     has_weights: Mapped[bool] = mapped_column(default=False)
+    # A program's trial: the files it left in SWEEP_OUTPUT_DIR are stored (TrialOutputs).
+    has_outputs: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     # When its latest attempt started (None: never started)
@@ -216,6 +221,19 @@ class TrialMetric(Base):
     epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
     objective: Mapped[float | None] = mapped_column(Float, nullable=True)
     values: Mapped[dict[str, float]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TrialOutputs(Base):
+    """The files a program left in SWEEP_OUTPUT_DIR, as a gzipped tar from its worker."""
+
+    __tablename__ = "sweep_trial_outputs"
+
+    trial_id: Mapped[int] = mapped_column(
+        ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
+    )
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    size: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 

@@ -24,7 +24,7 @@ from sweep.service.schemas import (
 )
 from sweep.service.search import Suggestion
 from sweep.service.states import ENDED_EXPERIMENT_STATES, TrialState
-from sweep.service.tables import Experiment, Trial, TrialMetric, TrialWeights
+from sweep.service.tables import Experiment, Trial, TrialMetric, TrialOutputs, TrialWeights
 
 # The system attr of trials that came in finished (warm start), not run here.
 IMPORTED = "sweep:imported"
@@ -220,6 +220,13 @@ def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
         pareto_front=False,
         trials=result.items,
     )
+
+
+def outputs(session: Session, trial: Trial) -> bytes:
+    stored = session.get(TrialOutputs, trial.id)
+    if stored is None:
+        raise NotFound(f"trial {trial.id} has no stored outputs (state {trial.state})")
+    return stored.data
 
 
 def weights(session: Session, trial: Trial) -> bytes:

@@ -26,6 +26,7 @@ def register(session: Session, *, body: WorkerRegister, project: str | None) -> 
         models=body.models,
         datasets=body.datasets,
         programs=body.programs,
+        gpus=body.gpus,
         pid=body.pid,
         project=project,
     )
@@ -71,6 +72,8 @@ def cannot_run(worker: Worker, experiment: Experiment) -> str | None:
         return f"it lacks the plugin dataset {experiment.needs_dataset!r}"
     if experiment.needs_program is not None and experiment.needs_program not in worker.programs:
         return f"it does not run the program {experiment.needs_program!r}"
+    if experiment.needs_gpus is not None and worker.gpus < experiment.needs_gpus:
+        return f"it has {worker.gpus} GPU(s)"
     return None
 
 
@@ -94,6 +97,8 @@ def waiting_for(experiment: Experiment, workers: list[Worker]) -> str | None:
         needs.append(f"the plugin dataset {experiment.needs_dataset!r}")
     if experiment.needs_program is not None:
         needs.append(f"the program {experiment.needs_program!r} (sweep worker --program)")
+    if experiment.needs_gpus is not None:
+        needs.append(f"{experiment.needs_gpus} GPUs on one worker (sweep worker --gpus)")
     reasons = Counter(str(cannot_run(w, experiment)) for w in workers)
     have = "; ".join(f"{n} because {why}" for why, n in reasons.most_common())
     return f"no live worker can run it: it needs {' and '.join(needs) or 'its project'}; {have}"

@@ -209,6 +209,10 @@ def worker(
     grace_seconds: Annotated[
         float, typer.Option(min=0, help="a program that must end gets this long after SIGTERM")
     ] = 30.0,
+    gpus: Annotated[
+        str | None,
+        typer.Option(help="GPUs one program trial uses at once, like 0,1 (resources.gpus)"),
+    ] = None,
 ) -> None:
     """Run a worker: claim trials from the server and train them. With --devices (or
     --trials-per-device above 1), run a pool of worker processes on this host instead."""
@@ -219,6 +223,17 @@ def worker(
     except ProgramError as exc:
         console.print(f"[red]{exc}[/red]")
         raise typer.Exit(2) from exc
+    gpu_list = None
+    if gpus is not None:
+        try:
+            gpu_list = [int(g) for g in gpus.split(",") if g.strip()]
+        except ValueError as exc:
+            raise typer.BadParameter("a list of GPU numbers like 0,1", param_hint="--gpus") from exc
+        if devices is not None or trials_per_device > 1:
+            raise typer.BadParameter(
+                "--gpus gives one worker several GPUs; --devices runs a worker per device",
+                param_hint="--gpus",
+            )
     if devices is not None or trials_per_device > 1:
         from sweep.worker.pool import Pool, resolve_devices
 
@@ -256,6 +271,7 @@ def worker(
         metrics_port=metrics_port,
         programs=programs,
         grace_seconds=grace_seconds,
+        gpus=gpu_list,
     )
     if exit_on_oom and ran.ran_out_of_memory:
         from sweep.worker.pool import EXIT_OUT_OF_MEMORY
@@ -502,13 +518,24 @@ def best_table(result: BestTrials) -> Table:
 
 
 @app.command()
-def download(trial_id: int, output: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
-    """Save a trial's trained weights (a state_dict) to OUTPUT."""
+def download(
+    trial_id: int,
+    output: Path,
+    server: ServerOpt = DEFAULT_SERVER,
+    outputs: Annotated[
+        bool, typer.Option("--outputs", help="the files its program left, as a .tar.gz")
+    ] = False,
+) -> None:
+    """Save a trial's trained weights (a state_dict, or what its program saved) to OUTPUT."""
     try:
-        _client(server).download_model(trial_id, output)
+        if outputs:
+            _client(server).download_outputs(trial_id, output)
+        else:
+            _client(server).download_model(trial_id, output)
     except ApiError as exc:
         raise _fail(exc) from exc
-    console.print(f"weights of trial {trial_id} saved to {output}")
+    what = "the files of" if outputs else "weights of"
+    console.print(f"{what} trial {trial_id} saved to {output}")
 
 
 def _control(action: str) -> None:

@@ -79,6 +79,7 @@ class Trial(TypedDict):
     failure_reason: str | None
     failure_message: str | None
     has_weights: bool
+    has_outputs: bool  # a program's files: download_outputs
     created_at: str
     started_at: str | None
     finished_at: str | None
@@ -296,6 +297,12 @@ class SweepClient:
 
     def trial(self, trial_id: int) -> TrialDetail:
         return cast(TrialDetail, self._json("GET", f"/trials/{trial_id}"))
+
+    def download_outputs(self, trial_id: int, path: str | Path) -> Path:
+        """The files the trial's program left in SWEEP_OUTPUT_DIR, as a .tar.gz at `path`."""
+        path = Path(path)
+        path.write_bytes(self._request("GET", f"/trials/{trial_id}/outputs").content)
+        return path
 
     def download_model(self, trial_id: int, path: str | Path) -> Path:
         """The trial's weights (a torch state_dict) saved to `path`."""

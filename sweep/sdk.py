@@ -83,6 +83,8 @@ class Trial:
         Raises Pruned when the service prunes the trial, Stopped when it must end."""
         if not metrics:
             raise ValueError("report at least one metric")
+        if any(not 1 <= len(name) <= 64 for name in metrics):
+            raise ValueError("a metric's name has 1 to 64 characters")
         values = {name: float(value) for name, value in metrics.items()}
         if self._channel is None:
             print(f"sweep: step {step}: {values}", file=sys.stderr)

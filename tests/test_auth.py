@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -155,6 +156,7 @@ def stage(client: TestClient, admin: dict[str, str]) -> Scene:
             f"{API}/trials/{tid}/checkpoint", params={"epoch": 1}, content=b"c", headers=attempt
         )
         client.put(f"{API}/trials/{tid}/weights", content=b"w", headers=attempt)
+        client.put(f"{API}/trials/{tid}/outputs", content=OUTPUTS, headers=attempt)
         trial[side] = {"id": tid, "token": claimed["token"]}
     made = client.post(f"{API}/tokens", json={"role": "viewer", "project": "a"}, headers=admin)
     return Scene(experiment, trial, worker, made.json()["id"])
@@ -186,11 +188,13 @@ def request_for(method: str, path: str, scene: Scene, side: str) -> dict[str, An
         ("POST", f"{API}/trials/{{trial_id}}/fail"): {"json": {"reason": "error"}},
         ("PUT", f"{API}/trials/{{trial_id}}/checkpoint"): {"params": {"epoch": 1}, "content": b"c"},
         ("PUT", f"{API}/trials/{{trial_id}}/weights"): {"content": b"w"},
+        ("PUT", f"{API}/trials/{{trial_id}}/outputs"): {"content": OUTPUTS},
     }
     return {"method": method, "url": url, "headers": headers, **bodies.get((method, path), {})}
 
 
 SCOPED = ("{experiment_id}", "{trial_id}")
+OUTPUTS = gzip.compress(b"files")  # what a worker uploads: a gzipped tar
 
 
 def test_the_matrix_every_route_by_every_role_for_own_and_other_project(

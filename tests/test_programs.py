@@ -8,6 +8,7 @@ import re
 import signal
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -51,10 +52,11 @@ def test_a_program_spec_takes_its_own_parameters_and_metric(client: Any) -> None
     assert stored["program"] == "train_cnn"
     assert "model" not in stored and "dataset" not in stored
     assert stored["objective"]["metric"] == "val_macro_f1"
-    assert stored["requirements"]["resources"] == {"processes": 1}
+    assert stored["requirements"]["resources"] == {"processes": None, "gpus": None}
 
     trial = claim_trial(client, register(client, "w", programs=["train_cnn"]))
     assert trial["program"] == "train_cnn" and trial["model"] is None
+    assert trial["processes"] == 1
     assert set(trial["params"]) == {"lr", "focal_gamma", "augment"}
     # The params as the sampler gave them, with the fixed values as they are.
     assert trial["config"] == {**trial["params"], "epochs": 3, "class_weights": "balanced"}
@@ -118,6 +120,30 @@ def test_only_a_worker_that_runs_the_program_claims_its_trials(client: Any) -> N
     runs_it = register(client, "cnn", programs=["train_rnn", "train_cnn"])
     assert claim_trial(client, runs_it)["experiment_id"] == experiment_id
     assert client.get(f"{API}/experiments/{experiment_id}").json()["waiting_for"] is None
+
+
+def test_a_trial_that_needs_several_gpus_goes_to_a_worker_that_has_them(client: Any) -> None:
+    experiment_id = submit(client, program_spec(requirements={"resources": {"gpus": 2}}))
+    one = register(client, "one-gpu", programs=["train_cnn"], gpus=1, device="cuda:0")
+    assert claim(client, one) is None
+    why = client.get(f"{API}/experiments/{experiment_id}").json()["waiting_for"]
+    assert "2 GPUs on one worker" in why and "it has 1 GPU(s)" in why
+    two = register(client, "two-gpus", programs=["train_cnn"], gpus=2, device="cuda:0")
+    trial = claim_trial(client, two)
+    assert trial["processes"] == 2  # one per GPU, unless the spec says otherwise
+
+
+def test_a_program_sees_the_gpus_of_its_worker_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    from sweep.worker.program_run import _visible_devices
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    assert _visible_devices("cpu", None) == ""
+    assert _visible_devices("cuda:1", None) == "1"
+    assert _visible_devices("cuda:2", [2, 3]) == "2,3"
+    # Numbered within what the worker itself was given.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    assert _visible_devices("cuda:1", None) == "5"
+    assert _visible_devices("cuda:0", [0, 2]) == "4,6"
 
 
 def test_a_program_reports_any_metrics_and_the_objective_when_it_has_it(client: Any) -> None:
@@ -289,6 +315,11 @@ def test_every_ending_of_a_program_becomes_the_outcome_it_should(
     assert "timed out" in message["hang"]
     # The tail of each program's output is kept with its trial, and the CLI shows it.
     assert "about to exit 3" in trials["exit3"]["output"]
+    # The files it left in SWEEP_OUTPUT_DIR are kept with the trial too.
+    assert trials["ok"]["has_outputs"] and not trials["silent"]["has_outputs"]
+    packed = client.download_outputs(trials["ok"]["id"], tmp_path / "ok.tar.gz")
+    with tarfile.open(packed) as tar:
+        assert tar.extractfile("plots/mode.txt").read() == b"ok"  # type: ignore[union-attr]
     assert 'SWEEP {"step": 3, "score": 0.9}' in trials["ok"]["output"]
     shown = subprocess.run(
         [sys.executable, "-m", "sweep.cli", "trial", str(trials["exit3"]["id"])],

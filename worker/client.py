@@ -64,6 +64,7 @@ class ServiceClient:
         memory_gb: float | None = None,
         plugins: tuple[list[str], list[str]] = ([], []),
         programs: list[str] | None = None,
+        gpus: int = 0,
     ) -> int:
         """Register; `plugins` are the plugin models and datasets installed here, `programs`
         the names of the programs it runs."""
@@ -76,6 +77,7 @@ class ServiceClient:
             "models": plugins[0],
             "datasets": plugins[1],
             "programs": programs or [],
+            "gpus": gpus,
         }
         worker: dict[str, Any] = self._call("POST", "/workers", json=body).json()
         return int(worker["id"])
@@ -125,6 +127,10 @@ class ServiceClient:
 
     def download_checkpoint(self, trial_id: int, token: str) -> bytes:
         return self._call("GET", f"/trials/{trial_id}/checkpoint", token=token).content
+
+    def upload_outputs(self, trial_id: int, token: str, data: bytes) -> None:
+        headers = {"content-type": "application/gzip"}
+        self._call("PUT", f"/trials/{trial_id}/outputs", token=token, content=data, headers=headers)
 
     def upload_weights(self, trial_id: int, token: str, data: bytes) -> None:
         headers = {"content-type": "application/octet-stream"}

@@ -80,6 +80,8 @@ class WorkerOptions:
     # How long a program that must end has after SIGTERM before it is killed.
     grace_seconds: float = 30.0
     experiment_id: int | None = None  # claim this experiment's trials only
+    # The GPUs one of its programs' trials may use (all at once); None: its device's only.
+    gpus: list[int] | None = None
 
 
 class Worker:
@@ -129,6 +131,7 @@ class Worker:
             memory_gb,
             installed,
             programs=sorted(self.options.programs),
+            gpus=self._gpu_count(),
         )
         logs.request_id.set(f"w{worker_id}")  # on its claims; each trial's calls say more
         log.info(
@@ -151,6 +154,11 @@ class Worker:
             self.run_trial(assignment)
             idle_since = time.monotonic()
         return self.trials_run
+
+    def _gpu_count(self) -> int:
+        if self.options.gpus:
+            return len(self.options.gpus)
+        return 1 if self.options.device.type == "cuda" else 0
 
     def _wait_for_memory(self) -> None:
         """On a GPU shared with other trials, wait until it has room for another trial the
@@ -299,6 +307,7 @@ class Worker:
             return None
         setting = Setting(
             device=str(self.options.device),
+            gpus=self.options.gpus,
             grace_seconds=self.options.grace_seconds,
             work_dir=self.options.cache_dir / "programs",
         )
@@ -332,10 +341,17 @@ class Worker:
                 outcome.message.splitlines()[0],
             )
             self.ran_out_of_memory = self.ran_out_of_memory or outcome.reason == "oom"
-            return (self.client.fail, outcome.reason, outcome.message, outcome.output)
+            return (self._fail_program, outcome)
         return (self._complete_program, outcome)
 
+    def _fail_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
+        if outcome.outputs is not None:
+            self.client.upload_outputs(trial_id, token, outcome.outputs)
+        self.client.fail(trial_id, token, outcome.reason, outcome.message, outcome.output)
+
     def _complete_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
+        if outcome.outputs is not None:
+            self.client.upload_outputs(trial_id, token, outcome.outputs)
         if outcome.model is not None:
             self.client.upload_weights(trial_id, token, outcome.model)
         assert outcome.value is not None and outcome.epoch is not None

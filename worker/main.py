@@ -26,6 +26,7 @@ def run_worker(
     metrics_port: int | None = None,
     programs: dict[str, Program] | None = None,
     grace_seconds: float = 30.0,
+    gpus: list[int] | None = None,
 ) -> Worker:
     """Run trials from `server` until SIGTERM; returns the worker, with what it did."""
     logs.configure()
@@ -33,13 +34,14 @@ def run_worker(
         torch.set_num_threads(threads)
     options = WorkerOptions(
         name=name or f"{socket.gethostname()}-{os.getpid()}",
-        device=pick_device(device),
+        device=pick_device(device or (f"cuda:{gpus[0]}" if gpus else None)),
         max_trials=max_trials,
         exit_when_idle=exit_when_idle,
         exit_on_oom=exit_on_oom,
         metrics_port=metrics_port,
         programs=programs or {},
         grace_seconds=grace_seconds,
+        gpus=gpus,
     )
     runner = Worker(ServiceClient(server, token=token), options)
     runner.install_signal_handlers()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import io
 import json
 import logging
 import math
@@ -21,6 +22,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 import traceback
@@ -41,6 +43,7 @@ TAIL_LINES = 50  # of the program's output, in a failed trial's message
 OUTPUT_LINES = 500  # of the program's output, kept with its trial
 LINE_LIMIT = 64 * 1024  # a longer output line is cut
 MESSAGE_LIMIT = 1 << 20  # one message from the SDK
+OUTPUTS_LIMIT = 256 << 20  # bytes of SWEEP_OUTPUT_DIR kept with a trial
 REPORT_PREFIX = "SWEEP "
 CHECKPOINT_MAGIC = b"SWEEP-CHECKPOINT-1\n"  # then a JSON header line, then the payload
 
@@ -56,6 +59,7 @@ class Outcome:
     epoch: int | None = None
     model: bytes | None = None  # what the program saved as its model
     output: str | None = None  # the tail of its output
+    outputs: bytes | None = None  # the files it left in SWEEP_OUTPUT_DIR, a gzipped tar
 
 
 @dataclass(frozen=True)
@@ -63,6 +67,7 @@ class Setting:
     """What the worker gives every program it runs."""
 
     device: str  # the worker's device: cpu, cuda:1, ...
+    gpus: list[int] | None  # the GPUs its trials may use (sweep worker --gpus), else the device's
     grace_seconds: float
     work_dir: Path  # the attempt's directories go under it, removed afterwards
 
@@ -143,7 +148,30 @@ class ProgramRun:
             _signal_group(process.pid, signal.SIGKILL)  # children it left behind go too
             reader.join(timeout=10)
         self.outbox.drain()  # the answers to its last reports may end the trial
-        return self._outcome(code)
+        outcome = self._outcome(code)
+        if outcome.kind in ("completed", "failed"):
+            outcome.outputs = self._packed_outputs()
+        return outcome
+
+    def _packed_outputs(self) -> bytes | None:
+        """SWEEP_OUTPUT_DIR as a gzipped tar, unless it is empty or too large to keep."""
+        files = [p for p in self.attempt.output_dir.rglob("*") if p.is_file()]
+        if not files:
+            return None
+        size = sum(p.stat().st_size for p in files)
+        if size > OUTPUTS_LIMIT:
+            log.warning(
+                "trial %d left %d bytes in SWEEP_OUTPUT_DIR, over %d: not kept",
+                self.attempt.trial_id,
+                size,
+                OUTPUTS_LIMIT,
+            )
+            return None
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+            for path in sorted(files):
+                tar.add(path, arcname=str(path.relative_to(self.attempt.output_dir)))
+        return buffer.getvalue()
 
     def _run_in_process(
         self, call: Callable[[sdk.Trial], Any], restored: dict[str, Any] | None
@@ -381,7 +409,7 @@ class ProgramRun:
             SWEEP_OBJECTIVE=self.objectives[0],
             SWEEP_DEVICE=_program_device(self.setting.device),
             SWEEP_PROCESSES=str(a.processes),
-            CUDA_VISIBLE_DEVICES=_visible_devices(self.setting.device),
+            CUDA_VISIBLE_DEVICES=_visible_devices(self.setting.device, self.setting.gpus),
             PYTHONUNBUFFERED="1",  # report lines arrive as they are printed
         )
         return env
@@ -526,10 +554,11 @@ def _program_device(device: str) -> str:
     return device.split(":")[0]
 
 
-def _visible_devices(device: str) -> str:
-    """CUDA_VISIBLE_DEVICES for the program: the worker's GPU only (none on a CPU worker)."""
+def _visible_devices(device: str, gpus: list[int] | None) -> str:
+    """CUDA_VISIBLE_DEVICES for the program: the worker's GPUs (`gpus`, else its device's),
+    none on a CPU worker; numbered within what the worker itself sees."""
     if not device.startswith("cuda"):
         return ""
-    index = int(device.partition(":")[2] or 0)
+    indices = gpus if gpus else [int(device.partition(":")[2] or 0)]
     visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
-    return visible[index] if index < len(visible) else str(index)
+    return ",".join(visible[i] if i < len(visible) else str(i) for i in indices)

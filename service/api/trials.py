@@ -50,6 +50,33 @@ def get_model(trial: TrialDep, session: SessionDep) -> Response:
     )
 
 
+@router.get(
+    "/{trial_id}/outputs",
+    dependencies=[READ],
+    response_class=Response,
+    responses={200: {"content": {"application/gzip": {}}}},
+)
+def get_outputs(trial: TrialDep, session: SessionDep) -> Response:
+    """The files the trial's program left in SWEEP_OUTPUT_DIR, as a gzipped tar."""
+    return Response(
+        trials.outputs(session, trial),
+        media_type="application/gzip",
+        headers={"Content-Disposition": f'attachment; filename="trial-{trial.id}-outputs.tar.gz"'},
+    )
+
+
+@router.put("/{trial_id}/outputs", status_code=204, tags=["worker protocol"], dependencies=[RUN])
+def upload_outputs(
+    trial_id: VisibleTrialId,
+    token: AttemptToken,
+    data: Upload,
+    session: SessionDep,
+) -> Response:
+    """Store the files a running trial's program left (a gzipped tar), replacing earlier ones."""
+    attempts.store_outputs(session, trial_id=trial_id, token=token, data=data)
+    return Response(status_code=204)
+
+
 @router.post("/{trial_id}/reports", tags=["worker protocol"], dependencies=[RUN])
 def report_epoch(
     trial_id: VisibleTrialId,

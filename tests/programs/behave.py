@@ -80,6 +80,9 @@ def main() -> int:
         sys.stdout.flush()
     if mode == "ignore_term":  # a program that will not stop when asked
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if "SWEEP_OUTPUT_DIR" in os.environ:  # kept with the trial
+        (Path(os.environ["SWEEP_OUTPUT_DIR"]) / "plots").mkdir(exist_ok=True)
+        (Path(os.environ["SWEEP_OUTPUT_DIR"]) / "plots" / "mode.txt").write_text(args.mode)
     for step in range(1, args.steps + 1):
         report(step, score=args.quality * (0.5 + 0.5 * step / args.steps))
         if trial is not None:

@@ -245,6 +245,8 @@ async function trialPage(id) {
     curve,
     table(["epoch", ...metricNames],
       t.metrics.map((m) => [m.epoch, ...metricNames.map((n) => number(m.values[n]))])),
+    ...(t.output ? [el("h2", {}, "Its program's output (the tail)"),
+      el("pre", { id: "trial-output" }, t.output)] : []),
   );
   const shown = metricNames.filter((n) => !["epoch_seconds", "train_seconds", "n_params",
     "latency_ms"].includes(n));
