@@ -583,3 +583,34 @@ def test_a_lightning_program_reports_through_the_callback_and_stops_when_pruned(
     logged = (tmp_path / "pl.log").read_text()
     # The fit wound down and trainer.fit raised sweep.Pruned: the function ended quietly.
     assert f"trial {stopped['id']}: its program ended (exit code 0)" in logged
+
+
+def test_the_local_channel_takes_messages_with_the_attempt_secret_only() -> None:
+    import json
+    import socket
+
+    from sweep.worker.program_run import _Channel
+
+    seen: list[dict[str, Any]] = []
+
+    def answer(message: dict[str, Any]) -> dict[str, Any] | None:
+        seen.append(message)
+        return None if message["op"] == "report" else {"ok": True}
+
+    def call(secret: str, message: dict[str, Any]) -> dict[str, Any] | None:
+        with socket.create_connection(address) as conn, conn.makefile("rwb") as stream:
+            stream.write(json.dumps({**message, "secret": secret}).encode() + b"\n")
+            stream.flush()
+            conn.shutdown(socket.SHUT_WR)
+            line = stream.readline()
+        return json.loads(line) if line else None
+
+    with _Channel("s3cret", answer) as channel:
+        host, port = channel.address.rsplit(":", 1)
+        address = (host, int(port))
+        injected = {"op": "report", "step": 1, "metrics": {"score": 1.0}}
+        assert call("guess", injected) == {"refused": "wrong secret", "id": None}
+        assert seen == []
+        assert call("s3cret", {"op": "hello", "id": 1}) == {"ok": True, "id": 1}
+        assert call("s3cret", injected) is None  # a report has no answer
+    assert [m["op"] for m in seen] == ["hello", "report"]
