@@ -168,6 +168,6 @@ def test_the_slurm_array_runs_one_worker_per_gpu() -> None:
 
 def test_the_checks_catch_a_wrong_flag() -> None:
     with pytest.raises(pytest.fail.Exception, match="No such option"):
-        check_sweep_command(["sweep", "worker", "--gpus", "2"], "example")
+        check_sweep_command(["sweep", "worker", "--gpu-count", "2"], "example")
     with pytest.raises(AssertionError, match="nothing reads"):
         check_env({"SWEEP_DATABASE"}, "example")

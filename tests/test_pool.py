@@ -99,7 +99,9 @@ def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
             [
                 *("prlimit", f"--as={3 * 2**30}", sys.executable),
                 *("-m", "sweep.cli", "worker", "--server", server.url),
-                *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "3"),
+                # Idle long enough that the healthy process is still live when the big
+                # trial's allocation fails, which takes a loaded machine 10 s or more.
+                *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "20"),
             ],
             env={**os.environ, "SWEEP_TOKEN": server.worker_token},
             stdout=out,
