@@ -483,7 +483,8 @@ def test_a_program_whose_attempt_was_taken_over_changes_nothing(
     sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     server, client = serve(request, sqlite_url, tmp_path / "logs", env=QUICK_LEASES)
-    spec = behave_spec(["slow"], fixed={"steps": 60, "delay": 0.25, "quality": 0.8})
+    # Slow in its first attempt only: still running when its worker wakes up.
+    spec = behave_spec(["slow_first"], fixed={"steps": 60, "delay": 0.25, "quality": 0.8})
     experiment = client.submit(spec)
     frozen = start_worker(server, tmp_path, "frozen", "--program", BEHAVIOUR)
     taker = None

@@ -4,7 +4,8 @@ _sdk; it needs no torch.
 
     python behave.py --mode=ok --steps=3 --delay=0 --quality=0.9 [--pidfile=PATH]
 
-Its score rises from quality/2 to quality at the last step.
+Its score rises from quality/2 to quality at the last step. Mode slow_first waits --delay
+after each step in its first attempt only.
 """
 
 from __future__ import annotations
@@ -87,7 +88,8 @@ def main() -> int:
         report(step, score=args.quality * (0.5 + 0.5 * step / args.steps))
         if trial is not None:
             trial.checkpoint({"step": step})
-        time.sleep(args.delay)
+        if mode != "slow_first" or os.environ.get("SWEEP_ATTEMPT") == "1":
+            time.sleep(args.delay)
     return 0
 
 
