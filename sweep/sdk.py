@@ -324,11 +324,13 @@ def _as_file(obj_or_path: Any, scratch: Path) -> Any:
 
 
 def _save(obj: Any, out: Any) -> None:
-    try:
-        import torch
-    except ImportError:
+    """torch.save in a program that uses torch (tensors, state dicts), else pickle: a program
+    without torch does not pay for importing it."""
+    if "torch" not in sys.modules:
         pickle.dump(obj, out)
         return
+    import torch
+
     torch.save(obj, out)
 
 

@@ -207,19 +207,23 @@ def cnn_spec(n_trials: int, **overrides: Any) -> dict[str, Any]:
 
 
 @pytest.mark.processes
-def test_a_script_program_completes_a_sweep_on_its_own_metric(
+def test_a_script_and_a_function_program_complete_sweeps_on_their_own_metric(
     server: ServerProcess, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     client = SweepClient(server.url, token=server.admin_token)
     request.addfinalizer(client.close)
-    experiment = client.submit(cnn_spec(2))
-    worker = start_worker(server, tmp_path, "cnn", "--program", SCRIPT, "--max-trials", "2")
+    # The same project as a script and as a function (examples/programs).
+    script = client.submit(cnn_spec(1))
+    function = client.submit(cnn_spec(1, program="train_fn"))
+    programs = ("--program", SCRIPT, "--program", "train_fn=train_fn:train")
+    worker = start_worker(server, tmp_path, "cnn", *programs, "--max-trials", "2", env=ON_PATH)
     try:
-        ended = wait_for_end(client, experiment["id"], timeout=120)
+        assert worker.wait(timeout=120) == 0
     finally:
         stop_workers([worker])
-    assert ended["state"] == "completed", ended
-    for trial in client.all_trials(experiment["id"]):
+    trials = [t for e in (script, function) for t in client.all_trials(e["id"])]
+    assert [client.experiment(e["id"])["state"] for e in (script, function)] == ["completed"] * 2
+    for trial in trials:
         detail = client.trial(trial["id"])
         assert detail["state"] == "completed", detail
         curve = [m["values"] for m in detail["metrics"]]
@@ -355,7 +359,6 @@ def reported(client: SweepClient, trial_id: int) -> list[float]:
     return [m["values"]["step"] for m in client.trial(trial_id)["metrics"]]
 
 
-FUNCTION = "train_cnn=train_fn:train"
 ON_PATH = {"PYTHONPATH": str(EXAMPLES)}  # a function program is imported from the path
 
 
@@ -364,24 +367,29 @@ def test_a_function_program_resumes_after_its_process_is_killed_and_its_worker_p
     sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
     server, client = serve(request, sqlite_url, tmp_path / "logs", env=QUICK_LEASES)
-    experiment = client.submit(cnn_spec(1, fixed={"epochs": 12, "n_train": 1200}))
-    worker = start_worker(server, tmp_path, "fn", "--program", FUNCTION, env=ON_PATH)
+    spec = behave_spec([], program="behave_fn", search_space={}, sampler={"name": "random"})
+    spec["fixed"] = {"steps": 12, "delay": 0.4, "quality": 0.8}
+    spec["budget"] = {"n_trials": 1}
+    experiment = client.submit(spec)
+    programs = ("--program", "behave_fn=behave:train")
+    behave_path = {"PYTHONPATH": str(BEHAVE.parent)}
+    worker = start_worker(server, tmp_path, "fn", *programs, env=behave_path)
     stock = start_worker(server, tmp_path, "stock")  # never handed the program's trial
     try:
         trial_id = wait_until(lambda: client.trials(experiment["id"])["items"], 60, "a trial")[0][
             "id"
         ]
-        # Killed from outside (as by the out-of-memory killer) after two epochs: a retry.
-        wait_until(lambda: len(reported(client, trial_id)) >= 2, 60, "two epochs")
+        # Killed from outside (as by the out-of-memory killer) after two steps: a retry.
+        wait_until(lambda: len(reported(client, trial_id)) >= 2, 60, "two steps")
         (program,) = wait_until(lambda: children(worker.pid), 10, "the program")
         os.kill(program, signal.SIGKILL)
         wait_until(lambda: client.trial(trial_id)["attempt"] == 2, 30, "a second attempt")
-        # The worker is told to stop: its program checkpoints and the trial goes back.
-        wait_until(lambda: len(reported(client, trial_id)) >= 4, 60, "four epochs")
+        # The worker is told to stop: its program's next report raises, and the trial goes back.
+        wait_until(lambda: len(reported(client, trial_id)) >= 4, 60, "four steps")
         worker.send_signal(signal.SIGTERM)
         assert worker.wait(timeout=30) == 0
         assert client.trial(trial_id)["failure_reason"] == "preempted"
-        worker = start_worker(server, tmp_path, "fn-2", "--program", FUNCTION, env=ON_PATH)
+        worker = start_worker(server, tmp_path, "fn-2", *programs, env=behave_path)
         ended = wait_for_end(client, experiment["id"], timeout=120)
     finally:
         stop_workers([worker, stock])
@@ -389,8 +397,9 @@ def test_a_function_program_resumes_after_its_process_is_killed_and_its_worker_p
     trial = client.trial(trial_id)
     assert trial["attempt"] == 3 and trial["retries"] == 1
     assert trial["resumed_from"] >= 3
+    # Each attempt went on from the last checkpoint: every step once.
     assert reported(client, trial_id) == [float(step) for step in range(1, 13)]
-    assert trial["has_weights"]
+    assert trial["value"] == 0.8
     logged = (tmp_path / "stock.log").read_text()
     assert f"trial {trial_id}" not in logged
 

@@ -3,6 +3,7 @@ ending. It reports "score" as SWEEP lines on stdout, or through the SDK for mode
 _sdk; it needs no torch.
 
     python behave.py --mode=ok --steps=3 --delay=0 --quality=0.9 [--pidfile=PATH]
+    sweep worker --program behave_fn=behave:train      # the function, from this directory
 
 Its score rises from quality/2 to quality at the last step. Mode slow_first waits --delay
 after each step in its first attempt only.
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 
 def line_report(step: int, **metrics: float) -> None:
@@ -91,6 +93,17 @@ def main() -> int:
         if mode != "slow_first" or os.environ.get("SWEEP_ATTEMPT") == "1":
             time.sleep(args.delay)
     return 0
+
+
+def train(trial: Any) -> None:
+    """As a function program: `steps` steps of `delay` seconds, each reported and
+    checkpointed, resumed from the last checkpoint on a later attempt."""
+    steps, delay = int(trial.params["steps"]), float(trial.params["delay"])
+    start = trial.restore()["step"] if trial.restore() else 0
+    for step in range(start + 1, steps + 1):
+        time.sleep(delay)
+        trial.report(step, score=float(trial.params["quality"]) * (0.5 + 0.5 * step / steps))
+        trial.checkpoint({"step": step})
 
 
 if __name__ == "__main__":
