@@ -55,12 +55,6 @@ class Program:
     # A function called in the worker's own process (sweep.optimize): no process of its own.
     call: Callable[[Any], Any] | None = None
 
-    @property
-    def kind(self) -> str:
-        if self.call is not None:
-            return "in-process"
-        return "function" if self.function else "command"
-
     def argv(self, values: Attempt) -> list[str]:
         """The process to start for one attempt."""
         if self.function is not None:

@@ -26,6 +26,13 @@ def line_report(step: int, **metrics: float) -> None:
     print("SWEEP " + json.dumps({"step": step, **metrics}), flush=True)
 
 
+def wait_to_be_ended() -> None:
+    """Hang: only a signal from the worker ends this process (the SDK's SIGTERM handler lets
+    one pass, so its SIGKILL follows)."""
+    while True:
+        signal.pause()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", default="ok")
@@ -59,7 +66,7 @@ def main() -> int:
     if mode == "nan":
         report(1, score=0.5)
         report(2, score=float("nan")) if trial else print('SWEEP {"step": 2, "score": NaN}')
-        time.sleep(60)  # the worker ends it
+        wait_to_be_ended()
         return 0
     if mode == "memory":
         report(1, score=0.5)
@@ -68,7 +75,7 @@ def main() -> int:
         grandchild = subprocess.Popen(["sleep", "300"])
         Path(args.pidfile).write_text(f"{os.getpid()} {grandchild.pid}")
         report(1, score=0.5)
-        time.sleep(300)
+        wait_to_be_ended()
     if mode == "hostile":
         sys.stdout.write("x" * (10 << 20) + "\n")
         sys.stdout.buffer.write(bytes(range(256)) * 100 + b"\n")
