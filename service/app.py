@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -16,7 +18,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sweep.service import attempts, lifecycle, web
+from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web
 from sweep.service.api import ROUTERS
 from sweep.service.api import metrics as metrics_api
 from sweep.service.config import Settings
@@ -26,6 +28,7 @@ from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.observe import Observe
 from sweep.service.search import Optimizer
+from sweep.service.store import Store
 
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100
@@ -40,7 +43,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         db = Database.connect(settings.resolved_database_url())
         db.migrate()
-        app.state.db = db
+        store = settings.open_store()
+        await run_in_threadpool(legacy_blobs.into_store, db, store)
+        app.state.db, app.state.store = db, store
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
         )
@@ -52,9 +57,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.warning("!" * 72)
         stopping = asyncio.Event()
         expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings, metrics))
+        cleaning = asyncio.create_task(_clean_store_until(stopping, db, store, settings))
         yield
         stopping.set()
         await expiry  # lets a round in progress finish its transaction
+        await cleaning
         db.dispose()
 
     app = FastAPI(
@@ -109,6 +116,38 @@ async def _expire_leases_until(
         except Exception:  # a busy or unreachable database: try again next round
             log.exception("lease expiry failed")
             after_outage = True
+
+
+async def _clean_store_until(
+    stopping: asyncio.Event, db: Database, store: Store, settings: Settings
+) -> None:
+    """Remove deleted artifacts' objects from the store as they are deleted, and now and then
+    the objects no row names (left by a process that died between putting and recording)."""
+
+    def purge() -> None:
+        with db.transaction() as session:
+            while artifacts.purge(session, store) == artifacts.PURGE_BATCH:
+                pass
+
+    def collect() -> None:
+        grace = timedelta(seconds=settings.artifact_gc_grace_seconds)
+        with db.transaction(write=False) as session:
+            removed = artifacts.collect(session, store, grace=grace)
+        if removed:
+            log.info("removed %d objects no artifact names from %s", removed, store.url)
+
+    last_collect = time.monotonic()
+    while not stopping.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), settings.artifact_purge_seconds)
+            return
+        try:
+            await run_in_threadpool(purge)
+            if time.monotonic() - last_collect >= settings.artifact_gc_seconds:
+                last_collect = time.monotonic()
+                await run_in_threadpool(collect)
+        except Exception:  # an unreachable database or store: next round
+            log.exception("cleaning the artifact store failed")
 
 
 def _error(

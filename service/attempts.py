@@ -23,7 +23,9 @@ from typing import Any
 from sqlalchemy import Select, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
-from sweep.service import lifecycle, rows, specs, trials, workers
+from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
+from sweep.service.artifacts import Kind
+from sweep.service.auth import Caller
 from sweep.service.db import Database, after_commit
 from sweep.service.errors import Conflict, InvalidSpec, NotFound
 from sweep.service.schemas import (
@@ -39,16 +41,8 @@ from sweep.service.schemas import (
 )
 from sweep.service.search import Optimizer
 from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState, TrialState
-from sweep.service.tables import (
-    Experiment,
-    Trial,
-    TrialCheckpoint,
-    TrialMetric,
-    TrialOutputs,
-    TrialWeights,
-    Worker,
-    utcnow,
-)
+from sweep.service.store import Stored
+from sweep.service.tables import Artifact, Experiment, Trial, TrialMetric, Worker, utcnow
 
 # Heartbeats per lease: a worker that misses a few still keeps its trial.
 HEARTBEATS_PER_LEASE = 4
@@ -225,22 +219,18 @@ def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
             TrialMetric.trial_id == trial.id, TrialMetric.epoch == resume
         )
     )
-    trial.has_weights = trial.has_outputs = False
     session.execute(
         delete(TrialMetric).where(TrialMetric.trial_id == trial.id, TrialMetric.epoch > resume)
     )
-    session.execute(delete(TrialWeights).where(TrialWeights.trial_id == trial.id))
-    session.execute(delete(TrialOutputs).where(TrialOutputs.trial_id == trial.id))
+    artifacts.discard(session, [trial.id], "weights", "outputs")
     experiment_id = trial.experiment_id
     after_commit(session, lambda: optimizer.forget(experiment_id))
     return resume
 
 
 def _checkpoint_epoch(session: Session, trial: Trial) -> int:
-    epoch = session.scalar(
-        select(TrialCheckpoint.epoch).where(TrialCheckpoint.trial_id == trial.id)
-    )
-    return epoch or 0
+    checkpoint = artifacts.of_trial(session, trial.id, "checkpoint")
+    return (checkpoint.epoch or 0) if checkpoint is not None else 0
 
 
 def _check_claimant(
@@ -452,30 +442,45 @@ def _curve(session: Session, trial_id: int) -> dict[int, float]:
     return {epoch: value for epoch, value in rows if value is not None}
 
 
-def store_weights(session: Session, *, trial_id: int, token: str, data: bytes) -> None:
-    """Keep a running trial's weights; uploading again replaces them."""
+def uploading(
+    session: Session, caller: Caller, trial_id: int, token: str, kind: Kind, epoch: int | None
+) -> Trial:
+    """Before an upload's bytes are read: the caller sees the trial, the attempt still runs,
+    and a checkpoint's epoch has been reported."""
+    trial = rows.trial(session, trial_id)
+    caller.check_sees(rows.experiment(session, trial.experiment_id))
     running_attempt(session, trial_id, token)
-    existing = session.get(TrialWeights, trial_id)
-    if existing is not None:
-        session.delete(existing)
-        session.flush()
-    session.add(TrialWeights(trial_id=trial_id, data=data, size=len(data)))
-    rows.trial(session, trial_id).has_weights = True
-    session.flush()
+    if kind == "checkpoint":
+        _check_checkpoint_epoch(trial, epoch or 0)
+    return trial
 
 
-def store_outputs(session: Session, *, trial_id: int, token: str, data: bytes) -> None:
-    """Keep the files a running trial's program left (a gzipped tar); again replaces them."""
-    if not data.startswith(b"\x1f\x8b"):
-        raise InvalidSpec("outputs must be a gzipped tar file", field="body")
+def store_artifact(
+    session: Session,
+    *,
+    trial_id: int,
+    token: str,
+    kind: Kind,
+    key: str,
+    stored: Stored,
+    epoch: int | None = None,
+) -> None:
+    """Keep a running attempt's weights, outputs or checkpoint (taken after `epoch`), just
+    put in the store under `key`; uploading again replaces them."""
     trial = running_attempt(session, trial_id, token)
-    existing = session.get(TrialOutputs, trial_id)
-    if existing is not None:
-        existing.data, existing.size = data, len(data)
-    else:
-        session.add(TrialOutputs(trial_id=trial_id, data=data, size=len(data)))
-    trial.has_outputs = True
-    session.flush()
+    if kind == "checkpoint":
+        _check_checkpoint_epoch(trial, epoch or 0)
+    artifacts.keep(session, trial, kind, key, stored, epoch=epoch)
+
+
+def _check_checkpoint_epoch(trial: Trial, epoch: int) -> None:
+    """A checkpoint's epoch must have been reported first, so a resumed attempt's curve has
+    no gap."""
+    if epoch > trial.last_epoch:
+        raise Conflict(
+            f"trial {trial.id}: checkpoint after epoch {epoch} arrived before that "
+            f"epoch's report (last reported: {trial.last_epoch})"
+        )
 
 
 def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -> TrialRead:
@@ -552,29 +557,10 @@ def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | 
     return message
 
 
-def store_checkpoint(
-    session: Session, *, trial_id: int, token: str, epoch: int, data: bytes
-) -> None:
-    """Keep the attempt's checkpoint taken after `epoch`, replacing an older one. Its epoch's
-    report must have arrived first, so a resumed attempt's curve has no gap."""
-    trial = running_attempt(session, trial_id, token)
-    if epoch > trial.last_epoch:
-        raise Conflict(
-            f"trial {trial_id}: checkpoint after epoch {epoch} arrived before that "
-            f"epoch's report (last reported: {trial.last_epoch})"
-        )
-    checkpoint = session.get(TrialCheckpoint, trial_id)
-    if checkpoint is None:
-        session.add(TrialCheckpoint(trial_id=trial_id, epoch=epoch, data=data, size=len(data)))
-    else:
-        checkpoint.epoch, checkpoint.data, checkpoint.size = epoch, data, len(data)
-    session.flush()
-
-
-def load_checkpoint(session: Session, *, trial_id: int, token: str) -> TrialCheckpoint:
+def load_checkpoint(session: Session, *, trial_id: int, token: str) -> Artifact:
     """The checkpoint a new attempt resumes from."""
     running_attempt(session, trial_id, token)
-    checkpoint = session.get(TrialCheckpoint, trial_id)
+    checkpoint = artifacts.of_trial(session, trial_id, "checkpoint")
     if checkpoint is None:
         raise NotFound(f"trial {trial_id} has no checkpoint")
     return checkpoint

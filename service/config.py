@@ -7,6 +7,8 @@ from typing import Literal
 
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from sweep.service.store import FileStore, S3Store, open_store
+
 DEFAULT_DATA_DIR = Path("sweep-data")
 
 
@@ -40,8 +42,25 @@ class Settings(BaseSettings):
     # Experiments whose in-memory study an API process keeps; the least recently used beyond
     # this are dropped and rebuilt from SQL when next needed.
     max_cached_studies: int = 100
-    # Largest weights file a worker may upload.
-    max_weights_bytes: int = 512 * 1024 * 1024
+    # Where weights, checkpoints, outputs and datasets are kept: file:///path or
+    # s3://bucket/prefix (default: the artifacts folder of the data directory).
+    artifacts: str = ""
+    # An S3-compatible server's URL (MinIO, Ceph, R2); empty: AWS itself.
+    s3_endpoint_url: str = ""
+    s3_region: str = ""
+    # Largest artifact (weights, a checkpoint, outputs) an upload may carry; it is streamed
+    # to the store, never held in memory.
+    max_artifact_bytes: int = 20 * 2**30
+    # Largest dataset upload: it is parsed in memory, so it has a cap of its own.
+    max_dataset_bytes: int = 512 * 2**20
+    # How long a pre-signed URL for a direct transfer to or from S3 stays valid.
+    presign_seconds: int = 3600
+    # How often deleted artifacts' objects are removed from the store, and how often the
+    # store is swept for objects no row references (older than artifact_gc_grace_seconds,
+    # so that uploads under way are left alone).
+    artifact_purge_seconds: float = 5.0
+    artifact_gc_seconds: float = 6 * 3600
+    artifact_gc_grace_seconds: float = 2 * 3600
     # Log lines as text or as JSON objects (server and workers).
     log_format: LogFormat = "text"
 
@@ -49,3 +68,14 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'sweep.db').resolve()}"
+
+    def resolved_artifacts(self) -> str:
+        return self.artifacts or (self.data_dir / "artifacts").resolve().as_uri()
+
+    def open_store(self) -> FileStore | S3Store:
+        return open_store(
+            self.resolved_artifacts(),
+            endpoint=self.s3_endpoint_url,
+            region=self.s3_region,
+            spool=(self.data_dir / "incoming").resolve(),
+        )

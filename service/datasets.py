@@ -1,9 +1,9 @@
 """Datasets users upload: a CSV with a target column, or an NPZ with arrays X and y.
 
 An upload is checked before anything is stored (shape, numbers only, nothing missing or
-infinite, classes with enough samples for a stratified split, size), then kept as arrays in a
-content-addressed blob: the same data uploaded twice is stored once, and workers cache it by
-that hash. Specs name a dataset of their project by its name.
+infinite, classes with enough samples for a stratified split, size), then kept as arrays (an
+NPZ) in the artifact store: the same data uploaded twice is stored once, and workers cache it
+by the hash of the arrays. Specs name a dataset of their project by its name.
 """
 
 from __future__ import annotations
@@ -12,19 +12,21 @@ import csv
 import io
 import math
 import zipfile
+from dataclasses import dataclass
 from typing import Any, cast
 
 import numpy as np
-from sqlalchemy import delete as sa_delete
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from sweep.models import arrays, catalog
+from sweep.service import artifacts
 from sweep.service.errors import Conflict, InvalidSpec, NotFound
 from sweep.service.schemas import DatasetRead
 from sweep.service.specs import Uploaded
 from sweep.service.states import ExperimentState
-from sweep.service.tables import Blob, Experiment, UserDataset
+from sweep.service.store import Stored
+from sweep.service.tables import Artifact, Experiment, UserDataset
 
 MIN_SAMPLES = 10
 MAX_SAMPLES = 10_000_000
@@ -36,18 +38,24 @@ MAX_UNPACKED_BYTES = 4 * 2**30
 MAX_INFERRED_CLASSES = 100
 
 
-def upload(
-    session: Session,
-    *,
-    project: str,
-    name: str,
-    data: bytes,
-    file_format: str,
-    target: str | None,
-    task: str | None,
-) -> DatasetRead:
-    """Validate and store a dataset; uploading the same data under its name again is a no-op,
-    other data under a taken name is a 409."""
+@dataclass(frozen=True)
+class Parsed:
+    """An upload, checked and turned into arrays: what `record` keeps."""
+
+    X: np.ndarray
+    y: np.ndarray
+    task: str
+    classes: list[Any] | None
+    sha256: str  # of the arrays (arrays.content_hash)
+    file_format: str
+    target: str | None
+    size: int  # bytes uploaded
+
+
+def parse(
+    data: bytes, *, name: str, file_format: str, target: str | None, task: str | None
+) -> Parsed:
+    """Validate an upload (no database needed: this runs before anything is stored)."""
     if name in catalog.datasets():
         raise Conflict(f"{name!r} is a bundled dataset; choose another name")
     if file_format == "csv":
@@ -59,27 +67,53 @@ def upload(
     task = task or _infer_task(labels)
     y, classes = _targets(labels, task)
     _check(X, y, task)
-    sha256 = arrays.content_hash(X, y)
+    return Parsed(
+        X=X,
+        y=y,
+        task=task,
+        classes=classes,
+        sha256=arrays.content_hash(X, y),
+        file_format=file_format,
+        target=target if file_format == "csv" else None,
+        size=len(data),
+    )
+
+
+def record(
+    session: Session, parsed: Parsed, *, project: str, name: str, key: str, stored: Stored
+) -> DatasetRead:
+    """Keep a parsed dataset whose arrays were just put in the store under `key`. Uploading
+    the same data under its name again is a no-op; other data under a taken name is a 409.
+    Arrays some dataset already holds are shared, and the new object goes."""
     existing = find(session, project, name)
     if existing is not None:
-        if existing.sha256 == sha256 and existing.task == task:
+        if existing.sha256 == parsed.sha256 and existing.task == parsed.task:
+            artifacts.forget_key(session, key)
             return read(existing)
         raise Conflict(f"dataset {name!r} exists in project {project!r} with other data")
-    if session.get(Blob, sha256) is None:
-        stored = arrays.to_npz(X, y)
-        session.add(Blob(sha256=sha256, data=stored, size=len(stored)))
+    holder = session.scalars(
+        select(UserDataset.artifact_id).where(
+            UserDataset.sha256 == parsed.sha256, UserDataset.artifact_id.is_not(None)
+        )
+    ).first()
+    if holder is not None:
+        artifacts.forget_key(session, key)
+        artifact_id = holder
+    else:
+        artifact_id = artifacts.add_dataset(session, key, stored).id
     dataset = UserDataset(
         project=project,
         name=name,
-        sha256=sha256,
-        format=file_format,
-        task=task,
-        n_samples=len(X),
-        n_features=int(np.prod(X.shape[1:])),
-        input_shape=list(X.shape[1:]),
-        classes=classes,
-        target=target if file_format == "csv" else None,
-        size=len(data),
+        sha256=parsed.sha256,
+        artifact_id=artifact_id,
+        format=parsed.file_format,
+        task=parsed.task,
+        n_samples=len(parsed.X),
+        n_features=int(np.prod(parsed.X.shape[1:])),
+        input_shape=list(parsed.X.shape[1:]),
+        classes=parsed.classes,
+        target=parsed.target,
+        size=parsed.size,
     )
     session.add(dataset)
     session.flush()
@@ -118,9 +152,7 @@ def delete(session: Session, project: str, name: str) -> None:
         raise Conflict(f"dataset {name!r} is used by experiments {list(users)}, not ended yet")
     session.delete(dataset)
     session.flush()
-    if session.scalars(select(UserDataset.id).where(UserDataset.sha256 == dataset.sha256)).first():
-        return
-    session.execute(sa_delete(Blob).where(Blob.sha256 == dataset.sha256))
+    artifacts.discard_dataset(session, dataset.artifact_id)
 
 
 def listing(session: Session, project: str | None) -> list[DatasetRead]:
@@ -130,15 +162,16 @@ def listing(session: Session, project: str | None) -> list[DatasetRead]:
     return [read(d) for d in session.scalars(query)]
 
 
-def blob(session: Session, sha256: str, project: str | None) -> bytes:
+def content(session: Session, sha256: str, project: str | None) -> Artifact:
     """A dataset's arrays by hash, for a caller that sees a dataset holding them."""
-    query = select(UserDataset.id).where(UserDataset.sha256 == sha256)
+    query = select(Artifact).join(UserDataset, UserDataset.artifact_id == Artifact.id)
+    query = query.where(UserDataset.sha256 == sha256)
     if project is not None:
         query = query.where(UserDataset.project == project)
-    stored = session.get(Blob, sha256) if session.scalars(query).first() else None
-    if stored is None:
+    found = session.scalars(query.limit(1)).first()
+    if found is None:
         raise NotFound(f"no dataset with content {sha256}")
-    return stored.data
+    return found
 
 
 def for_spec(dataset: UserDataset) -> Uploaded:

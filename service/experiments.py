@@ -12,7 +12,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from sweep.models import catalog
-from sweep.service import datasets, lifecycle, rows, specs, trials, workers
+from sweep.service import artifacts, datasets, lifecycle, rows, specs, trials, workers
 from sweep.service.db import after_commit, notify_on_commit
 from sweep.service.errors import Conflict, InvalidSpec
 from sweep.service.schemas import (
@@ -195,5 +195,6 @@ def remove(session: Session, experiment_id: int, on_deleted: Callable[[], None])
     session.execute(
         select(Experiment.id).where(Experiment.id == experiment_id).with_for_update()
     )  # a plain FOR UPDATE: deleting the row changes its key
+    artifacts.discard_experiment(session, experiment_id)
     session.execute(delete(Experiment).where(Experiment.id == experiment_id))
     after_commit(session, on_deleted)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sweep.service import rows
+from sweep.service import artifacts, rows
 from sweep.service.db import notify_on_commit
 from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
@@ -22,7 +22,7 @@ from sweep.service.states import (
     check_experiment_transition,
     check_trial_transition,
 )
-from sweep.service.tables import Experiment, Trial, TrialCheckpoint, utcnow
+from sweep.service.tables import Experiment, Trial, utcnow
 
 LIVE_EXPERIMENT_STATES = (ExperimentState.RUNNING, ExperimentState.PAUSED)
 
@@ -66,7 +66,8 @@ def finish(
     if state == TrialState.COMPLETED and _better(value, experiment):
         experiment.best_value = value
         experiment.best_trial_id = trial.id
-    session.execute(delete(TrialCheckpoint).where(TrialCheckpoint.trial_id == trial.id))
+    artifacts.discard(session, [trial.id], "checkpoint")
+    artifacts.retain_models(session, experiment)
     session.flush()
     if _too_many_errors(experiment, state, reason):
         why = f"{experiment.consecutive_errors} trials in a row failed with an error: {message}"

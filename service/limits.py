@@ -22,8 +22,10 @@ class BodyLimit:
         self.app, self.settings = app, settings
 
     def limit(self, method: str, path: str) -> int:
-        if method == "PUT":  # weights and checkpoints
-            return self.settings.max_weights_bytes
+        if method == "PUT" and "/datasets/" in path:  # parsed in memory
+            return self.settings.max_dataset_bytes
+        if method == "PUT":  # artifacts, streamed to the store
+            return self.settings.max_artifact_bytes
         if method == "POST" and path.rstrip("/").endswith("/experiments"):
             return self.settings.max_spec_bytes
         return self.settings.max_request_bytes

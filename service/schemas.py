@@ -195,6 +195,14 @@ class Requirements(Strict):
     resources: Resources = Field(default_factory=lambda: Resources(processes=None, gpus=None))
 
 
+class ArtifactPolicy(Strict):
+    """What is kept of the trials' files."""
+
+    # Keep the model files of this many best finished trials (with several objectives, those
+    # on the Pareto front) and delete the others' as better ones arrive; None keeps them all.
+    keep_models: StrictInt | None = Field(None, ge=0, le=100_000)
+
+
 class WarmStartTrial(Strict):
     """A finished trial from elsewhere (an Optuna study, say) for the sampler to start from:
     its params, and its value for each objective, in spec order."""
@@ -236,6 +244,7 @@ class ExperimentCreate(Strict):
             device=None, min_device_memory_gb=None, resources=Resources(processes=None, gpus=None)
         )
     )
+    artifacts: ArtifactPolicy = Field(default_factory=lambda: ArtifactPolicy(keep_models=None))
     # Trials to start from: they become the experiment's first trials (finished, no curves
     # nor weights), and n_trials is raised by their count, so the budget buys new ones.
     warm_start: list[WarmStartTrial] = Field(default_factory=list, max_length=10_000)
@@ -512,6 +521,32 @@ class ReleaseIn(Strict):
 
     reason: Literal["preempted", "killed"] = "preempted"
     message: Annotated[StrictStr, Field(max_length=20_000), NoNul] = ""
+
+
+Sha256Hex = Annotated[StrictStr, Field(pattern=r"^[0-9a-f]{64}$")]
+TrialArtifactKind = Literal["weights", "checkpoint", "outputs"]
+
+
+class DirectUploadIn(Strict):
+    """An artifact a worker would send straight to the store (S3), without the API between."""
+
+    kind: TrialArtifactKind
+    sha256: Sha256Hex
+    size: StrictInt = Field(ge=1)
+    epoch: StrictInt | None = Field(None, ge=1, le=1_000_000)  # a checkpoint's
+
+
+class DirectUploadOut(BaseModel):
+    """Where to PUT the bytes (with these headers), then commit `key`; no URL: the store takes
+    no direct uploads, PUT them through the API instead."""
+
+    url: str | None = None
+    key: str | None = None
+    headers: dict[str, str] = {}
+
+
+class DirectCommitIn(DirectUploadIn):
+    key: Annotated[StrictStr, Field(min_length=1, max_length=400)]
 
 
 class FailIn(Strict):

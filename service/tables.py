@@ -7,6 +7,8 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Column,
     DateTime,
     Float,
     ForeignKey,
@@ -15,6 +17,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     String,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -102,15 +105,34 @@ class Experiment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
-class Blob(Base):
-    """Content-addressed bytes: an uploaded dataset's arrays, by the hash of their content."""
+class Artifact(Base):
+    """What one object in the artifact store is: a trial's weights, checkpoint or outputs, or
+    an uploaded dataset's arrays. The bytes are in the store under `key`, never in SQL."""
 
-    __tablename__ = "sweep_blobs"
+    __tablename__ = "sweep_artifacts"
+    # One of each kind per trial; replacing it points the row at a new key.
+    __table_args__ = (UniqueConstraint("trial_id", "kind"), {"sqlite_autoincrement": True})
 
-    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    size: Mapped[int] = mapped_column(Integer)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    key: Mapped[str] = mapped_column(String(400), unique=True)
+    kind: Mapped[str] = mapped_column(String(16))  # weights, checkpoint, outputs, dataset
+    trial_id: Mapped[int | None] = mapped_column(
+        ForeignKey("sweep_trials.id", ondelete="CASCADE"), nullable=True
+    )
+    epoch: Mapped[int | None] = mapped_column(Integer, nullable=True)  # a checkpoint's
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeletedArtifact(Base):
+    """A store object whose row is gone, to remove from the store once that has committed
+    (written in the same transaction as the deletion, so no object is forgotten)."""
+
+    __tablename__ = "sweep_deleted_artifacts"
+
+    key: Mapped[str] = mapped_column(String(400), primary_key=True)
+    deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class UserDataset(Base):
@@ -122,7 +144,9 @@ class UserDataset(Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     project: Mapped[str] = mapped_column(String(100))
     name: Mapped[str] = mapped_column(String(64))
-    sha256: Mapped[str] = mapped_column(ForeignKey("sweep_blobs.sha256"))
+    sha256: Mapped[str] = mapped_column(String(64), index=True)  # of the arrays (content_hash)
+    # The arrays, as an NPZ in the store (None only before `sweep migrate` has moved them).
+    artifact_id: Mapped[int | None] = mapped_column(ForeignKey("sweep_artifacts.id"), nullable=True)
     format: Mapped[str] = mapped_column(String(8))  # what was uploaded: csv or npz
     task: Mapped[str] = mapped_column(String(16))
     n_samples: Mapped[int] = mapped_column(Integer)
@@ -201,7 +225,7 @@ class Trial(Base):
     # The tail of its program's output (stdout and stderr), from its last attempt that ended.
     output: Mapped[str | None] = mapped_column(Text, nullable=True)
     has_weights: Mapped[bool] = mapped_column(default=False)
-    # A program's trial: the files it left in SWEEP_OUTPUT_DIR are stored (TrialOutputs).
+    # A program's trial: the files it left in SWEEP_OUTPUT_DIR are stored (an Artifact).
     has_outputs: Mapped[bool] = mapped_column(default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
@@ -224,46 +248,6 @@ class TrialMetric(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
-class TrialOutputs(Base):
-    """The files a program left in SWEEP_OUTPUT_DIR, as a gzipped tar from its worker."""
-
-    __tablename__ = "sweep_trial_outputs"
-
-    trial_id: Mapped[int] = mapped_column(
-        ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
-    )
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class TrialWeights(Base):
-    """A finished trial's state_dict, as the worker serialised it."""
-
-    __tablename__ = "sweep_trial_weights"
-
-    trial_id: Mapped[int] = mapped_column(
-        ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
-    )
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
-class TrialCheckpoint(Base):
-    """The latest checkpoint of a trial's current attempt, to resume from after a loss."""
-
-    __tablename__ = "sweep_trial_checkpoints"
-
-    trial_id: Mapped[int] = mapped_column(
-        ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
-    )
-    epoch: Mapped[int] = mapped_column(Integer)
-    data: Mapped[bytes] = mapped_column(LargeBinary)
-    size: Mapped[int] = mapped_column(Integer)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
 class ApiToken(Base):
     """A bearer token, kept only as a hash; shown once when it is made."""
 
@@ -278,3 +262,36 @@ class ApiToken(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+# --- before the artifact store --------------------------------------------------------------
+# Versions before the artifact store kept bytes in these tables. `sweep migrate` moves each
+# row into the store and deletes it, so they are empty once it has run; nothing else reads
+# them. (`sweep artifacts migrate --into-sql` moves them back, for a downgrade.)
+
+
+def _legacy(name: str, *columns: Column[Any]) -> Table:
+    return Table(
+        name,
+        Base.metadata,
+        Column(
+            "trial_id", Integer, ForeignKey("sweep_trials.id", ondelete="CASCADE"), primary_key=True
+        ),
+        *columns,
+        Column("data", LargeBinary, nullable=False),
+        Column("size", Integer, nullable=False),
+        Column("created_at", UTCDateTime, nullable=False),
+    )
+
+
+LEGACY_WEIGHTS = _legacy("sweep_trial_weights")
+LEGACY_CHECKPOINTS = _legacy("sweep_trial_checkpoints", Column("epoch", Integer, nullable=False))
+LEGACY_OUTPUTS = _legacy("sweep_trial_outputs")
+LEGACY_BLOBS = Table(
+    "sweep_blobs",
+    Base.metadata,
+    Column("sha256", String(64), primary_key=True),
+    Column("data", LargeBinary, nullable=False),
+    Column("size", Integer, nullable=False),
+    Column("created_at", UTCDateTime, nullable=False),
+)

@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sweep.models import catalog
-from sweep.service import lifecycle, rows, search, specs
+from sweep.service import artifacts, lifecycle, rows, search, specs
 from sweep.service.db import notify_on_commit
 from sweep.service.errors import Conflict, NotFound
 from sweep.service.schemas import (
@@ -24,7 +24,7 @@ from sweep.service.schemas import (
 )
 from sweep.service.search import Suggestion
 from sweep.service.states import ENDED_EXPERIMENT_STATES, TrialState
-from sweep.service.tables import Experiment, Trial, TrialMetric, TrialOutputs, TrialWeights
+from sweep.service.tables import Artifact, Experiment, Trial, TrialMetric
 
 # The system attr of trials that came in finished (warm start), not run here.
 IMPORTED = "sweep:imported"
@@ -222,15 +222,15 @@ def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
     )
 
 
-def outputs(session: Session, trial: Trial) -> bytes:
-    stored = session.get(TrialOutputs, trial.id)
+def outputs(session: Session, trial: Trial) -> Artifact:
+    stored = artifacts.of_trial(session, trial.id, "outputs")
     if stored is None:
         raise NotFound(f"trial {trial.id} has no stored outputs (state {trial.state})")
-    return stored.data
+    return stored
 
 
-def weights(session: Session, trial: Trial) -> bytes:
-    stored = session.get(TrialWeights, trial.id)
+def weights(session: Session, trial: Trial) -> Artifact:
+    stored = artifacts.of_trial(session, trial.id, "weights")
     if stored is None:
         raise NotFound(f"trial {trial.id} has no weights (state {trial.state})")
-    return stored.data
+    return stored

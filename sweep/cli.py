@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -432,17 +434,84 @@ def watch(
 
 @app.command()
 def migrate() -> None:
-    """Bring the schema of the database SWEEP_DATABASE_URL names up to date. The server does
+    """Bring the schema of the database SWEEP_DATABASE_URL names up to date, and move what
+    older versions kept in SQL into the artifact store (SWEEP_ARTIFACTS). The server does
     this when it starts; run it before a new version serves, as an upgrade's first step."""
+    from sweep.service import legacy_blobs
+
+    with _server_side() as (db, store):
+        db.migrate()
+        moved = legacy_blobs.into_store(db, store)
+    console.print("the database schema is up to date")
+    if moved:
+        console.print(f"moved {moved} artifacts out of SQL into {store.url}")
+
+
+artifacts_app = typer.Typer(help="The artifact store (run on the server host, with its settings).")
+app.add_typer(artifacts_app, name="artifacts")
+
+
+@artifacts_app.command("migrate")
+def artifacts_migrate(
+    into_sql: Annotated[
+        bool,
+        typer.Option(
+            "--into-sql", help="move them back into SQL, before downgrading to a version without"
+        ),
+    ] = False,
+) -> None:
+    """Move weights, checkpoints, outputs and datasets that SQL still holds into the store,
+    each checked by its sha256; run again after an interruption, it goes on where it
+    stopped."""
+    from sweep.service import legacy_blobs
+
+    with _server_side() as (db, store):
+        db.migrate()
+        moved = (legacy_blobs.into_sql if into_sql else legacy_blobs.into_store)(db, store)
+    where = "SQL" if into_sql else store.url
+    console.print(f"moved {moved} artifacts into {where}")
+
+
+@app.command()
+def gc(
+    grace: Annotated[
+        float, typer.Option(help="leave objects younger than this many hours: uploads under way")
+    ] = 2.0,
+) -> None:
+    """Remove from the artifact store what no trial or dataset names any more: the objects of
+    deleted artifacts, and any other object older than --grace."""
+    from datetime import timedelta
+
+    from sweep.service import artifacts
+
+    with _server_side() as (db, store):
+        db.migrate()
+        with db.transaction() as session:
+            purged = 0
+            while (batch := artifacts.purge(session, store)) == artifacts.PURGE_BATCH:
+                purged += batch
+            purged += batch
+        with db.transaction(write=False) as session:
+            collected = artifacts.collect(session, store, grace=timedelta(hours=grace))
+            objects, size = artifacts.usage(session)
+    console.print(
+        f"removed {purged + collected} objects from {store.url}; "
+        f"{objects} artifacts ({size / 2**20:.1f} MiB) remain"
+    )
+
+
+@contextmanager
+def _server_side() -> Iterator[tuple[Any, Any]]:
+    """The database and artifact store the server's settings name."""
     from sweep.service.config import Settings
     from sweep.service.db import Database
 
-    db = Database.connect(Settings().resolved_database_url())
+    settings = Settings()
+    db = Database.connect(settings.resolved_database_url())
     try:
-        db.migrate()
+        yield db, settings.open_store()
     finally:
         db.dispose()
-    console.print("the database schema is up to date")
 
 
 @app.command()

@@ -12,6 +12,7 @@ It needs httpx and PyYAML only: neither torch nor the server's dependencies. ric
 
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from collections.abc import Iterator
@@ -300,14 +301,30 @@ class SweepClient:
 
     def download_outputs(self, trial_id: int, path: str | Path) -> Path:
         """The files the trial's program left in SWEEP_OUTPUT_DIR, as a .tar.gz at `path`."""
-        path = Path(path)
-        path.write_bytes(self._request("GET", f"/trials/{trial_id}/outputs").content)
-        return path
+        return self._download(f"/trials/{trial_id}/outputs", Path(path))
 
     def download_model(self, trial_id: int, path: str | Path) -> Path:
         """The trial's weights (a torch state_dict) saved to `path`."""
-        path = Path(path)
-        path.write_bytes(self._request("GET", f"/trials/{trial_id}/model").content)
+        return self._download(f"/trials/{trial_id}/model", Path(path))
+
+    def _download(self, route: str, path: Path) -> Path:
+        """Streamed to `path` (through a temporary file beside it, so an interrupted download
+        never leaves a partial file under the name), refused unless its sha256 is right."""
+        partial = path.with_name(f".{path.name}.partial")
+        digest = hashlib.sha256()
+        with self.http.stream("GET", API + route) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError(response)
+            with open(partial, "wb") as file:
+                for chunk in response.iter_bytes(1 << 20):
+                    file.write(chunk)
+                    digest.update(chunk)
+            expected = response.headers.get("X-Content-SHA256")
+        if expected is not None and digest.hexdigest() != expected:
+            partial.unlink(missing_ok=True)
+            raise ValueError(f"{route}: the download does not match its sha256 {expected}")
+        partial.replace(path)
         return path
 
     def workers(self, limit: int = 100) -> list[dict[str, Any]]:

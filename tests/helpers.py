@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import hashlib
 import io
 import time
 from collections.abc import Callable
@@ -79,8 +80,15 @@ def remember(assignment: dict[str, Any] | None) -> dict[str, Any] | None:
     return assignment
 
 
-def attempt_headers(trial_id: int) -> dict[str, str]:
-    return {"X-Attempt-Token": TOKENS.get(trial_id, "none")}
+def attempt_headers(trial_id: int, upload: bytes | None = None) -> dict[str, str]:
+    """The attempt's token, and for an upload of `upload` its sha256."""
+    headers = {"X-Attempt-Token": TOKENS.get(trial_id, "none")}
+    return headers if upload is None else {**headers, **checksum(upload)}
+
+
+def checksum(data: bytes) -> dict[str, str]:
+    """The header every artifact upload carries."""
+    return {"X-Content-SHA256": hashlib.sha256(data).hexdigest()}
 
 
 def authorize(client: Any, role: str = "admin", project: str | None = None) -> Any:

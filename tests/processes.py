@@ -75,6 +75,8 @@ class ServerProcess:
         env = {
             **os.environ,
             "SWEEP_DATABASE_URL": self.database_url,
+            # its artifact store, beside its logs rather than in the working directory
+            "SWEEP_DATA_DIR": str(self.log_dir.parent / "server-data"),
             **self.extra_env,
         }
         command = [

@@ -84,7 +84,7 @@ def test_trial_lifecycle_from_claim_to_weights(client: TestClient) -> None:
     assert (
         client.put(
             f"{API}/trials/{trial_id}/weights",
-            headers=attempt_headers(trial_id),
+            headers=attempt_headers(trial_id, b"weights"),
             content=b"weights",
         ).status_code
         == 204

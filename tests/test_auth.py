@@ -20,7 +20,7 @@ from sweep.service.api.deps import Allow
 from sweep.service.app import create_app
 from sweep.service.auth import Role
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, make_spec
+from tests.helpers import authorize, budget, checksum, make_spec
 
 API = "/api/v1"
 PUBLIC = {("GET", f"{API}/healthz")}
@@ -152,11 +152,11 @@ def stage(client: TestClient, admin: dict[str, str]) -> Scene:
             headers=attempt,
             json={"epoch": 1, "metrics": {"val_accuracy": 0.5}},
         )
-        client.put(
-            f"{API}/trials/{tid}/checkpoint", params={"epoch": 1}, content=b"c", headers=attempt
-        )
-        client.put(f"{API}/trials/{tid}/weights", content=b"w", headers=attempt)
-        client.put(f"{API}/trials/{tid}/outputs", content=OUTPUTS, headers=attempt)
+        url = f"{API}/trials/{tid}"
+        c, w, o = ({**attempt, **checksum(data)} for data in (b"c", b"w", OUTPUTS))
+        client.put(f"{url}/checkpoint", params={"epoch": 1}, content=b"c", headers=c)
+        client.put(f"{url}/weights", content=b"w", headers=w)
+        client.put(f"{url}/outputs", content=OUTPUTS, headers=o)
         trial[side] = {"id": tid, "token": claimed["token"]}
     made = client.post(f"{API}/tokens", json={"role": "viewer", "project": "a"}, headers=admin)
     return Scene(experiment, trial, worker, made.json()["id"])
@@ -190,7 +190,10 @@ def request_for(method: str, path: str, scene: Scene, side: str) -> dict[str, An
         ("PUT", f"{API}/trials/{{trial_id}}/weights"): {"content": b"w"},
         ("PUT", f"{API}/trials/{{trial_id}}/outputs"): {"content": OUTPUTS},
     }
-    return {"method": method, "url": url, "headers": headers, **bodies.get((method, path), {})}
+    body = bodies.get((method, path), {})
+    if "content" in body:
+        headers.update(checksum(body["content"]))
+    return {"method": method, "url": url, "headers": headers, **body}
 
 
 SCOPED = ("{experiment_id}", "{trial_id}")

@@ -13,7 +13,7 @@ import torch
 from fastapi.testclient import TestClient
 
 from sweep.client import SweepClient
-from sweep.service.tables import Blob
+from sweep.service import artifacts
 from tests.helpers import authorize, budget, run_worker, scrape, small, submit, value, wine_csv
 
 API = "/api/v1"
@@ -188,8 +188,12 @@ def test_a_dataset_in_use_stays_and_its_arrays_go_with_the_last_holder(client: T
     assert client.get(f"{API}/datasets/content/{sha}").status_code == 200  # same-wine has it
     assert client.delete(f"{API}/datasets/same-wine").status_code == 204
     assert client.get(f"{API}/datasets/content/{sha}").status_code == 404
-    with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
-        assert session.get(Blob, sha) is None
+    app = client.app
+    with app.state.db.transaction() as session:  # type: ignore[attr-defined]
+        assert artifacts.usage(session) == (0, 0)
+        # the shared arrays, and the copy the second upload made before it found them
+        assert artifacts.purge(session, app.state.store) == 2  # type: ignore[attr-defined]
+    assert list(app.state.store.listing()) == []  # type: ignore[attr-defined]
 
 
 def test_a_compressed_npz_is_measured_before_it_is_unpacked(

@@ -14,7 +14,7 @@ from fastapi.testclient import TestClient
 from sweep.client import SweepClient
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, call, claim_trial, make_spec
+from tests.helpers import authorize, budget, call, checksum, claim_trial, make_spec
 from tests.processes import ServerProcess, start_worker, stop_workers
 
 API = "/api/v1"
@@ -159,10 +159,13 @@ def test_a_new_attempt_resumes_from_the_last_checkpoint(client: TestClient) -> N
         call(client, first, "reports", epoch=epoch, metrics={"val_accuracy": epoch / 10})
     headers = {"X-Attempt-Token": first["token"]}
     url = f"{API}/trials/{first['trial_id']}/checkpoint"
-    early = client.put(url, params={"epoch": 4}, content=b"too soon", headers=headers)
+    early = client.put(
+        url, params={"epoch": 4}, content=b"too soon", headers={**headers, **checksum(b"too soon")}
+    )
     assert early.status_code == 409  # epoch 4 was not reported yet
+    state = {**headers, **checksum(b"state@2")}
     assert (
-        client.put(url, params={"epoch": 2}, content=b"state@2", headers=headers).status_code == 204
+        client.put(url, params={"epoch": 2}, content=b"state@2", headers=state).status_code == 204
     )
     call(client, first, "release")
 

@@ -16,7 +16,7 @@ from sweep.models.datasets import load_dataset
 from sweep.service.app import create_app
 from sweep.service.config import Settings
 from sweep.worker.train import TrialConfig, to_device, train_trial
-from tests.helpers import authorize, budget, make_spec
+from tests.helpers import authorize, budget, checksum, make_spec
 
 API = "/api/v1"
 
@@ -96,7 +96,7 @@ def test_a_pickled_payload_is_never_unpickled(client: TestClient, tmp_path: Path
     client.post(f"{API}/experiments", json=make_spec(budget=budget(1, 1)))
     worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
     trial = client.post(f"{API}/workers/{worker}/claim", json={}).json()
-    headers = {"X-Attempt-Token": trial["token"]}
+    headers = {"X-Attempt-Token": trial["token"], **checksum(payload)}
     stored = client.put(
         f"{API}/trials/{trial['trial_id']}/weights", content=payload, headers=headers
     )

@@ -15,7 +15,7 @@ from sweep.client import SweepClient
 from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, call, claim, make_spec, wait_until
+from tests.helpers import authorize, budget, call, checksum, claim, make_spec, wait_until
 from tests.processes import ServerProcess, start_worker
 
 API = "/api/v1"
@@ -86,7 +86,7 @@ def test_another_process_rebuilds_its_study_when_a_trial_was_rewound(
             f"{API}/trials/{first['trial_id']}/checkpoint",
             params={"epoch": 1},
             content=b"state",
-            headers=headers,
+            headers={**headers, **checksum(b"state")},
         )
         call(a, first, "release")
         second = claim(b, "w2")  # process b resumes it after epoch 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import threading
 from typing import Any
@@ -111,30 +112,26 @@ class ServiceClient:
         self._call("POST", f"/trials/{trial_id}/release", token=token, json=body)
 
     def upload_checkpoint(self, trial_id: int, token: str, epoch: int, data: bytes) -> None:
-        headers = {"content-type": "application/octet-stream"}
-        self._call(
-            "PUT",
-            f"/trials/{trial_id}/checkpoint",
-            token=token,
-            content=data,
-            headers=headers,
-            params={"epoch": epoch},
-        )
+        path = f"/trials/{trial_id}/checkpoint"
+        self._upload(path, token, data, "application/octet-stream", params={"epoch": epoch})
 
     def download_dataset(self, sha256: str) -> bytes:
         """An uploaded dataset's arrays (NPZ with X and y), by content hash."""
-        return self._call("GET", f"/datasets/content/{sha256}").content
+        return _checked(self._call("GET", f"/datasets/content/{sha256}"))
 
     def download_checkpoint(self, trial_id: int, token: str) -> bytes:
-        return self._call("GET", f"/trials/{trial_id}/checkpoint", token=token).content
+        return _checked(self._call("GET", f"/trials/{trial_id}/checkpoint", token=token))
 
     def upload_outputs(self, trial_id: int, token: str, data: bytes) -> None:
-        headers = {"content-type": "application/gzip"}
-        self._call("PUT", f"/trials/{trial_id}/outputs", token=token, content=data, headers=headers)
+        self._upload(f"/trials/{trial_id}/outputs", token, data, "application/gzip")
 
     def upload_weights(self, trial_id: int, token: str, data: bytes) -> None:
-        headers = {"content-type": "application/octet-stream"}
-        self._call("PUT", f"/trials/{trial_id}/weights", token=token, content=data, headers=headers)
+        self._upload(f"/trials/{trial_id}/weights", token, data, "application/octet-stream")
+
+    def _upload(self, path: str, token: str, data: bytes, media_type: str, **kwargs: Any) -> None:
+        """An artifact with its sha256, which the service checks before it keeps anything."""
+        headers = {"content-type": media_type, "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
+        self._call("PUT", path, token=token, content=data, headers=headers, **kwargs)
 
     def complete(
         self, trial_id: int, token: str, value: float, epoch: int, output: str | None = None
@@ -184,6 +181,18 @@ class ServiceClient:
             log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
             if self.stop.wait(delay):
                 raise ConnectionError(f"{method} {path}: not retried, shutting down ({problem})")
+
+
+def _checked(response: httpx.Response) -> bytes:
+    """A downloaded artifact, refused unless it hashes as the service says it should."""
+    data = response.content
+    expected = response.headers.get("X-Content-SHA256")
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+        raise ServiceError(
+            response.status_code,
+            f"{response.request.url.path}: the download does not match its sha256 {expected}",
+        )
+    return data
 
 
 def _tail(text: str | None, limit: int) -> str | None:

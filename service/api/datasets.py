@@ -2,8 +2,17 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Response, status
 
-from sweep.service import datasets
-from sweep.service.api.deps import ANY_TOKEN, CallerDep, Controller, Reader, SessionDep, Upload
+from sweep.service import datasets, uploads
+from sweep.service.api.deps import (
+    ANY_TOKEN,
+    CallerDep,
+    Controller,
+    DatabaseDep,
+    DatasetBody,
+    Reader,
+    SessionDep,
+    StoreDep,
+)
 from sweep.service.schemas import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
@@ -13,10 +22,11 @@ Project = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[
 
 
 @router.put("/{name}", status_code=status.HTTP_201_CREATED)
-def upload_dataset(
+async def upload_dataset(
     name: DatasetName,
-    data: Upload,
-    session: SessionDep,
+    data: DatasetBody,
+    db: DatabaseDep,
+    store: StoreDep,
     caller: Controller,
     format: Literal["csv", "npz"] = "csv",
     target: Annotated[str | None, Query(min_length=1, max_length=200)] = None,
@@ -26,11 +36,12 @@ def upload_dataset(
     """Upload a CSV (with `target`, the column to predict) or an NPZ (arrays X and y) as a
     dataset specs of the project can name. The task is inferred from the target unless
     given. Uploading the same data again is harmless; other data under a taken name is 409."""
-    return datasets.upload(
-        session,
+    return await uploads.dataset(
+        db,
+        store,
+        data,
         project=caller.project_for(project),
         name=name,
-        data=data,
         file_format=format,
         target=target,
         task=task,
@@ -66,8 +77,11 @@ def delete_dataset(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def dataset_content(
-    sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")], session: SessionDep, caller: CallerDep
+    sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],
+    session: SessionDep,
+    caller: CallerDep,
+    store: StoreDep,
 ) -> Response:
     """A dataset's arrays (NPZ with X and y) by content hash, as workers fetch and cache it."""
-    data = datasets.blob(session, sha256, caller.project)
-    return Response(data, media_type="application/octet-stream")
+    artifact = datasets.content(session, sha256, caller.project)
+    return uploads.download(store, artifact, media_type="application/octet-stream")

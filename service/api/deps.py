@@ -18,6 +18,7 @@ from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.schemas import MAX_INT
 from sweep.service.search import Optimizer
+from sweep.service.store import Store
 from sweep.service.tables import Experiment, Trial
 
 
@@ -41,6 +42,11 @@ def get_metrics(request: Request) -> Metrics:
     return metrics
 
 
+def get_store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
 def get_submissions(request: Request) -> SubmissionRate:
     submissions: SubmissionRate = request.app.state.submissions
     return submissions
@@ -51,6 +57,7 @@ SubmissionsDep = Annotated[SubmissionRate, Depends(get_submissions)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OptimizerDep = Annotated[Optimizer, Depends(get_optimizer)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+StoreDep = Annotated[Store, Depends(get_store)]
 
 
 def get_session(request: Request, db: DatabaseDep) -> Iterator[Session]:
@@ -71,17 +78,23 @@ WorkerId = Annotated[int, Path(ge=1, le=MAX_INT)]
 TokenId = Annotated[int, Path(ge=1, le=MAX_INT)]
 
 
-async def upload_body(request: Request, settings: SettingsDep) -> bytes:
-    """The raw request body, refused once it passes the configured size."""
+async def dataset_body(request: Request, settings: SettingsDep) -> bytes:
+    """A dataset upload's body, refused once it passes the datasets' cap (a dataset is parsed
+    in memory; artifacts are streamed, see sweep.service.uploads)."""
     data = bytearray()
     async for chunk in request.stream():
         data += chunk
-        if len(data) > settings.max_weights_bytes:
-            raise TooLarge(f"upload exceeds {settings.max_weights_bytes} bytes")
+        if len(data) > settings.max_dataset_bytes:
+            raise TooLarge(f"upload exceeds {settings.max_dataset_bytes} bytes")
     return bytes(data)
 
 
-Upload = Annotated[bytes, Depends(upload_body)]
+DatasetBody = Annotated[bytes, Depends(dataset_body)]
+
+# The sha256 of an upload's bytes, as its sender computed it (hex).
+ContentSha256 = Annotated[
+    str, Header(alias="X-Content-SHA256", pattern=r"^[0-9a-fA-F]{64}$", description="hex")
+]
 
 
 # The attempt a worker's call is about (from its claim); a stale one is refused with 409.

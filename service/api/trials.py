@@ -1,18 +1,22 @@
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 
-from sweep.service import attempts, trials
+from sweep.service import attempts, trials, uploads
 from sweep.service.api.deps import (
     READ,
     RUN,
     AttemptToken,
+    ContentSha256,
+    DatabaseDep,
     MetricsDep,
     OptimizerDep,
+    Runner,
     SessionDep,
     SettingsDep,
+    StoreDep,
     TrialDep,
-    Upload,
+    TrialId,
     VisibleTrialId,
 )
 from sweep.service.schemas import (
@@ -28,6 +32,14 @@ from sweep.service.schemas import (
 
 router = APIRouter(prefix="/trials", tags=["trials"])
 
+# Uploads are read as a stream, so their body is declared here rather than by a parameter.
+UPLOAD = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
+    }
+}
+
 
 @router.get("/{trial_id}", dependencies=[READ])
 def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
@@ -41,12 +53,14 @@ def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_model(trial: TrialDep, session: SessionDep) -> Response:
-    """The trial's trained state_dict, for `model.load_state_dict(torch.load(f))`."""
-    return Response(
+def get_model(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response:
+    """The trial's trained state_dict, for `model.load_state_dict(torch.load(f))`; its sha256
+    is in X-Content-SHA256."""
+    return uploads.download(
+        store,
         trials.weights(session, trial),
         media_type="application/octet-stream",
-        headers={"Content-Disposition": f'attachment; filename="trial-{trial.id}.pt"'},
+        filename=f"trial-{trial.id}.pt",
     )
 
 
@@ -56,24 +70,39 @@ def get_model(trial: TrialDep, session: SessionDep) -> Response:
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def get_outputs(trial: TrialDep, session: SessionDep) -> Response:
+def get_outputs(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response:
     """The files the trial's program left in SWEEP_OUTPUT_DIR, as a gzipped tar."""
-    return Response(
+    return uploads.download(
+        store,
         trials.outputs(session, trial),
         media_type="application/gzip",
-        headers={"Content-Disposition": f'attachment; filename="trial-{trial.id}-outputs.tar.gz"'},
+        filename=f"trial-{trial.id}-outputs.tar.gz",
     )
 
 
-@router.put("/{trial_id}/outputs", status_code=204, tags=["worker protocol"], dependencies=[RUN])
-def upload_outputs(
-    trial_id: VisibleTrialId,
+@router.put("/{trial_id}/outputs", status_code=204, tags=["worker protocol"], openapi_extra=UPLOAD)
+async def upload_outputs(
+    trial_id: TrialId,
     token: AttemptToken,
-    data: Upload,
-    session: SessionDep,
+    sha256: ContentSha256,
+    request: Request,
+    caller: Runner,
+    db: DatabaseDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> Response:
     """Store the files a running trial's program left (a gzipped tar), replacing earlier ones."""
-    attempts.store_outputs(session, trial_id=trial_id, token=token, data=data)
+    await uploads.trial_artifact(
+        request,
+        db=db,
+        store=store,
+        limit=settings.max_artifact_bytes,
+        caller=caller,
+        trial_id=trial_id,
+        token=token,
+        kind="outputs",
+        sha256=sha256,
+    )
     return Response(status_code=204)
 
 
@@ -122,16 +151,34 @@ def release(
     return attempts.release(session, trial_id=trial_id, token=token, body=body or ReleaseIn())
 
 
-@router.put("/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], dependencies=[RUN])
-def upload_checkpoint(
-    trial_id: VisibleTrialId,
+@router.put(
+    "/{trial_id}/checkpoint", status_code=204, tags=["worker protocol"], openapi_extra=UPLOAD
+)
+async def upload_checkpoint(
+    trial_id: TrialId,
     token: AttemptToken,
     epoch: Annotated[int, Query(ge=1, le=1_000_000)],
-    data: Upload,
-    session: SessionDep,
+    sha256: ContentSha256,
+    request: Request,
+    caller: Runner,
+    db: DatabaseDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> Response:
-    """Keep the attempt's checkpoint taken after `epoch` (opaque bytes from the worker)."""
-    attempts.store_checkpoint(session, trial_id=trial_id, token=token, epoch=epoch, data=data)
+    """Keep the attempt's checkpoint taken after `epoch` (opaque bytes from the worker). It is
+    used only once whole and checked; until then the previous one stays."""
+    await uploads.trial_artifact(
+        request,
+        db=db,
+        store=store,
+        limit=settings.max_artifact_bytes,
+        caller=caller,
+        trial_id=trial_id,
+        token=token,
+        kind="checkpoint",
+        sha256=sha256,
+        epoch=epoch,
+    )
     return Response(status_code=204)
 
 
@@ -143,26 +190,39 @@ def upload_checkpoint(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_checkpoint(
-    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep
+    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep, store: StoreDep
 ) -> Response:
     """The checkpoint a new attempt resumes from; its epoch is in X-Checkpoint-Epoch."""
     checkpoint = attempts.load_checkpoint(session, trial_id=trial_id, token=token)
-    return Response(
-        checkpoint.data,
-        media_type="application/octet-stream",
-        headers={"X-Checkpoint-Epoch": str(checkpoint.epoch)},
-    )
+    response = uploads.download(store, checkpoint, media_type="application/octet-stream")
+    response.headers["X-Checkpoint-Epoch"] = str(checkpoint.epoch)
+    return response
 
 
-@router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"], dependencies=[RUN])
-def upload_weights(
-    trial_id: VisibleTrialId,
+@router.put("/{trial_id}/weights", status_code=204, tags=["worker protocol"], openapi_extra=UPLOAD)
+async def upload_weights(
+    trial_id: TrialId,
     token: AttemptToken,
-    data: Upload,
-    session: SessionDep,
+    sha256: ContentSha256,
+    request: Request,
+    caller: Runner,
+    db: DatabaseDep,
+    store: StoreDep,
+    settings: SettingsDep,
 ) -> Response:
-    """Store a running trial's state_dict (the raw bytes of torch.save)."""
-    attempts.store_weights(session, trial_id=trial_id, token=token, data=data)
+    """Store a running trial's state_dict (the raw bytes of torch.save), replacing earlier
+    ones; streamed to the artifact store, and kept only once whole and checked."""
+    await uploads.trial_artifact(
+        request,
+        db=db,
+        store=store,
+        limit=settings.max_artifact_bytes,
+        caller=caller,
+        trial_id=trial_id,
+        token=token,
+        kind="weights",
+        sha256=sha256,
+    )
     return Response(status_code=204)
 
 
