@@ -40,8 +40,12 @@ def new_key(kind: Kind, *, trial: Trial | None = None, name: str = "") -> str:
     unique = secrets.token_hex(4)
     if trial is None:
         return f"datasets/{name}-{unique}{SUFFIXES[kind]}"
-    where = f"experiments/{trial.experiment_id}/trials/{trial.id}"
-    return f"{where}/{kind}-a{trial.attempt}-{unique}{SUFFIXES[kind]}"
+    return f"{attempt_prefix(trial, kind)}{unique}{SUFFIXES[kind]}"
+
+
+def attempt_prefix(trial: Trial, kind: Kind) -> str:
+    """What the keys of the current attempt's `kind` begin with."""
+    return f"experiments/{trial.experiment_id}/trials/{trial.id}/{kind}-a{trial.attempt}-"
 
 
 def of_trial(session: Session, trial_id: int, kind: Kind) -> Artifact | None:
@@ -62,6 +66,8 @@ def keep(
     """Record an object just put under `key` as the trial's `kind`, replacing the one it had
     (whose object is deleted once this commits)."""
     existing = of_trial(session, trial.id, kind)
+    if existing is not None and existing.key == key:
+        return  # recorded already: a retried commit
     if existing is None:
         session.add(
             Artifact(

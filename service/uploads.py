@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TypeVar
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import StreamingResponse
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
@@ -26,8 +26,8 @@ from sweep.service.artifacts import Kind
 from sweep.service.auth import Caller
 from sweep.service.db import Database
 from sweep.service.errors import InvalidSpec, NotFound, SweepError, TooLarge
-from sweep.service.schemas import DatasetRead
-from sweep.service.store import CHUNK, Incoming, Store, Stored, chunks
+from sweep.service.schemas import DatasetRead, DirectCommitIn, DirectUploadIn, DirectUploadOut
+from sweep.service.store import CHUNK, Incoming, Store, Stored, chunks, sha256_of
 from sweep.service.tables import Artifact
 
 T = TypeVar("T")
@@ -164,16 +164,23 @@ async def _in_transaction(db: Database, work: Callable[[Session], T], *, write: 
 
 
 def download(
-    store: Store, artifact: Artifact, *, media_type: str, filename: str | None = None
-) -> StreamingResponse:
+    store: Store,
+    artifact: Artifact,
+    *,
+    media_type: str,
+    filename: str | None = None,
+    direct_seconds: int | None = None,
+) -> Response:
     """An artifact streamed from the store, with its size and sha256 for the receiver to
     check. The object is opened here, so a replacement committed meanwhile does not cut the
-    download short."""
-    headers = {
-        "Content-Length": str(artifact.size),
-        "X-Content-SHA256": artifact.sha256,
-        "ETag": f'"{artifact.sha256}"',
-    }
+    download short. With `direct_seconds`, a store that has pre-signed URLs answers 307 to
+    one instead (the sha256 is in that answer's headers)."""
+    headers = {"X-Content-SHA256": artifact.sha256, "ETag": f'"{artifact.sha256}"'}
+    if direct_seconds is not None:
+        url = store.presigned_get(artifact.key, direct_seconds)
+        if url is not None:
+            return Response(status_code=307, headers={**headers, "Location": url})
+    headers["Content-Length"] = str(artifact.size)
     if filename:
         headers["Content-Disposition"] = f'attachment; filename="{filename}"'
     try:
@@ -183,3 +190,81 @@ def download(
             f"the {artifact.kind} object {artifact.key} is missing from the artifact store"
         ) from None
     return StreamingResponse(chunks(stream), media_type=media_type, headers=headers)
+
+
+# --- straight to the store (S3: pre-signed URLs) ---------------------------------------------
+
+
+def offer(
+    session: Session,
+    store: Store,
+    *,
+    caller: Caller,
+    trial_id: int,
+    token: str,
+    body: DirectUploadIn,
+    limit: int,
+    seconds: int,
+) -> DirectUploadOut:
+    """A URL the worker PUTs the artifact to itself, when the store has such URLs."""
+    if body.size > limit:
+        raise TooLarge(f"upload exceeds {limit} bytes (SWEEP_MAX_ARTIFACT_BYTES)", field="size")
+    trial = attempts.uploading(session, caller, trial_id, token, body.kind, body.epoch)
+    key = artifacts.new_key(body.kind, trial=trial)
+    presigned = store.presigned_put(key, seconds, body.sha256)
+    if presigned is None:
+        return DirectUploadOut()
+    url, headers = presigned
+    return DirectUploadOut(url=url, key=key, headers=headers)
+
+
+async def commit(
+    *, db: Database, store: Store, caller: Caller, trial_id: int, token: str, body: DirectCommitIn
+) -> None:
+    """Record an artifact the worker put in the store itself, once the store shows it whole:
+    its size, and its sha256 (the store's own where it computed one, else read back here)."""
+
+    def check(session: Session) -> None:
+        trial = attempts.uploading(session, caller, trial_id, token, body.kind, body.epoch)
+        if not body.key.startswith(artifacts.attempt_prefix(trial, body.kind)):
+            raise InvalidSpec("the key is not one offered to this attempt", field="key")
+
+    await _in_transaction(db, check, write=False)
+    size = await run_in_threadpool(store.size, body.key)
+    if size is None:
+        raise InvalidSpec(f"nothing is stored under {body.key}: PUT it first", field="key")
+    try:
+        if size != body.size:
+            raise InvalidSpec(
+                f"truncated upload: the store holds {size} of {body.size} bytes", field="size"
+            )
+        found = await run_in_threadpool(_stored_sha256, store, body.key)
+        if found != body.sha256:
+            raise InvalidSpec(
+                f"the stored object's sha256 is {found}, not {body.sha256}", field="sha256"
+            )
+        stored = Stored(size, found)
+
+        def record(session: Session) -> None:
+            attempts.store_artifact(
+                session,
+                trial_id=trial_id,
+                token=token,
+                kind=body.kind,
+                key=body.key,
+                stored=stored,
+                epoch=body.epoch,
+            )
+
+        await _in_transaction(db, record)
+    except BaseException:
+        await run_in_threadpool(store.delete, body.key)
+        raise
+
+
+def _stored_sha256(store: Store, key: str) -> str:
+    known = store.checksum(key)
+    if known is not None:
+        return known
+    with store.open(key) as stream:
+        return sha256_of(stream).sha256

@@ -20,6 +20,7 @@ from alembic.config import Config
 from fastapi.testclient import TestClient
 from sqlalchemy import func, insert, select
 
+from sweep.client import SweepClient
 from sweep.service import artifacts, legacy_blobs
 from sweep.service.app import create_app
 from sweep.service.config import Settings
@@ -391,7 +392,7 @@ def test_a_large_artifact_streams_through_a_server_in_bounded_memory(
         worker = http.post(f"{API}/workers", json={"name": "w"}).json()["id"]
         trial = http.post(f"{API}/workers/{worker}/claim", json={}).json()
         url = f"{API}/trials/{trial['trial_id']}/weights"
-        block, blocks = os.urandom(1 << 20), 384  # 384 MiB
+        block, blocks = os.urandom(1 << 20), 256  # 256 MiB
         digest = hashlib.sha256()
         for _ in range(blocks):
             digest.update(block)
@@ -427,3 +428,93 @@ def test_a_large_artifact_streams_through_a_server_in_bounded_memory(
         http.close()
     finally:
         server.stop()
+
+
+# --- straight to S3 -------------------------------------------------------------------------
+
+
+def test_with_s3_workers_transfer_straight_to_the_store_and_the_service_checks(
+    sqlite_url: str, tmp_path: Path, s3_endpoint: str
+) -> None:
+    from sweep.worker.client import ServiceClient
+
+    bucket = f"sweep-{uuid.uuid4().hex[:12]}"
+    import boto3
+
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    settings = Settings(
+        database_url=sqlite_url,
+        data_dir=tmp_path,
+        artifacts=f"s3://{bucket}",
+        s3_endpoint_url=s3_endpoint,
+        artifact_purge_seconds=3600,
+    )
+    with TestClient(create_app(settings)) as raw:
+        client = authorize(raw)
+        seen: list[str] = []
+        client.event_hooks["request"].append(lambda r: seen.append(f"{r.method} {r.url.path}"))
+        submit(client, make_spec(budget=budget(1, 1)))
+        trial = claim_trial(client, register(client))
+        tid, token = trial["trial_id"], trial["token"]
+        call(client, trial, "reports", epoch=1, metrics={"val_accuracy": 0.5})
+        worker = ServiceClient("http://testserver", http=client)
+
+        state = os.urandom(150_000)
+        worker.upload_checkpoint(tid, token, 1, state)
+        assert f"POST {API}/trials/{tid}/uploads/commit" in seen
+        assert not [s for s in seen if s.startswith("PUT")]  # no byte went through the API
+        assert worker.download_checkpoint(tid, token) == state
+        assert [s for s in seen if s.endswith("/checkpoint")] == [
+            f"GET {API}/trials/{tid}/checkpoint"
+        ]
+
+        def offered(size: int) -> dict[str, Any]:
+            about = {
+                "kind": "checkpoint",
+                "sha256": hashlib.sha256(b"x").hexdigest(),
+                "size": size,
+                "epoch": 1,
+            }
+            answer = call_json(client, tid, token, "uploads", about)
+            return {**about, "key": answer["key"], "url": answer["url"]}
+
+        def commit(about: dict[str, Any]) -> Any:
+            body = {k: v for k, v in about.items() if k != "url"}
+            return client.post(
+                f"{API}/trials/{tid}/uploads/commit", json=body, headers={"X-Attempt-Token": token}
+            )
+
+        corrupted = offered(1)
+        httpx.put(corrupted["url"], content=b"y")  # not what its sha256 says
+        refused = commit(corrupted)
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "sha256"
+        short = offered(1000)
+        httpx.put(short["url"], content=b"x")
+        refused = commit(short)
+        assert refused.status_code == 422 and refused.json()["error"]["field"] == "size"
+        foreign = {**offered(1), "key": "experiments/9/trials/99/checkpoint-a1-0.ckpt"}
+        assert commit(foreign).json()["error"]["field"] == "key"
+        store = app_store(client)
+        keys = [item.key for item in store.listing()]
+        assert len(keys) == 1  # the refused ones are gone; the good checkpoint stays
+        assert worker.download_checkpoint(tid, token) == state
+
+        weights = os.urandom(120_000)
+        worker.upload_weights(tid, token, weights)
+        call(client, trial, "complete", value=0.5, epoch=1)
+        saved = SweepClient(http=client).download_model(tid, tmp_path / "model.pt")
+        assert saved.read_bytes() == weights
+        about = {"kind": "weights", "sha256": "0" * 64, "size": 1}
+        ended = client.post(
+            f"{API}/trials/{tid}/uploads", json=about, headers={"X-Attempt-Token": token}
+        )
+        assert ended.status_code == 409  # an ended attempt is offered nothing
+        worker.close()
+
+
+def call_json(client: TestClient, trial_id: int, token: str, action: str, body: Any) -> Any:
+    answer = client.post(
+        f"{API}/trials/{trial_id}/{action}", json=body, headers={"X-Attempt-Token": token}
+    )
+    assert answer.status_code == 200, answer.text
+    return answer.json()

@@ -165,6 +165,8 @@ def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_
         if request.url.path.endswith("/reports"):
             epoch = json.loads(request.content)["epoch"]
             return httpx.Response(200, json={"action": "prune" if epoch == 4 else "continue"})
+        if request.url.path.endswith("/uploads"):  # a store without direct uploads
+            return httpx.Response(200, json={"url": None})
         return httpx.Response(200)
 
     http = httpx.Client(transport=httpx.MockTransport(slow_at_first), base_url="http://sweep")
@@ -178,12 +180,12 @@ def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_
         outbox.drain()
         # Checkpoints 1 and 2 were still waiting when a newer one came: the service keeps
         # only the newest, so they are not sent.
-        assert sent == ["reports", "reports", "reports", "checkpoint3"]
+        assert sent == ["reports", "reports", "reports", "uploads", "checkpoint3"]
         outbox.report(4, {"val_accuracy": 0.1})
         outbox.checkpoint(4, Snapshot({"epoch": 4}))
         outbox.drain()
     assert outbox.verdict == ("prune", "prune")
-    assert sent[4:] == ["reports"]  # nothing after the answer that ended the trial
+    assert sent[5:] == ["reports"]  # nothing after the answer that ended the trial
 
 
 def test_an_answer_that_ends_the_trial_stops_training_at_the_next_batch() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -14,6 +15,7 @@ from sweep.worker.retry import RetryPolicy
 
 API = "/api/v1"
 RETRYABLE_STATUS = {502, 503, 504}
+NO_DIRECT_SECONDS = 600.0
 OUTPUT_LIMIT = 64 * 1024  # characters of a program's output kept with its trial
 log = logging.getLogger("sweep.worker")
 
@@ -52,9 +54,14 @@ class ServiceClient:
         self.retry = retry or RetryPolicy()
         # Once set (the worker is shutting down), waiting to retry is cut short.
         self.stop = stop or threading.Event()
+        # Transfers straight to the artifact store (pre-signed URLs): none of our headers.
+        self.direct = httpx.Client(timeout=httpx.Timeout(30.0, read=300))
+        # A store without pre-signed URLs (a directory) is not asked again for a while.
+        self._no_direct_until = 0.0
 
     def close(self) -> None:
         self.http.close()
+        self.direct.close()
 
     def register(
         self,
@@ -112,26 +119,78 @@ class ServiceClient:
         self._call("POST", f"/trials/{trial_id}/release", token=token, json=body)
 
     def upload_checkpoint(self, trial_id: int, token: str, epoch: int, data: bytes) -> None:
-        path = f"/trials/{trial_id}/checkpoint"
-        self._upload(path, token, data, "application/octet-stream", params={"epoch": epoch})
+        self._upload(trial_id, token, "checkpoint", data, "application/octet-stream", epoch)
 
     def download_dataset(self, sha256: str) -> bytes:
         """An uploaded dataset's arrays (NPZ with X and y), by content hash."""
-        return _checked(self._call("GET", f"/datasets/content/{sha256}"))
+        return self._download(f"/datasets/content/{sha256}")
 
     def download_checkpoint(self, trial_id: int, token: str) -> bytes:
-        return _checked(self._call("GET", f"/trials/{trial_id}/checkpoint", token=token))
+        return self._download(f"/trials/{trial_id}/checkpoint", token)
 
     def upload_outputs(self, trial_id: int, token: str, data: bytes) -> None:
-        self._upload(f"/trials/{trial_id}/outputs", token, data, "application/gzip")
+        self._upload(trial_id, token, "outputs", data, "application/gzip")
 
     def upload_weights(self, trial_id: int, token: str, data: bytes) -> None:
-        self._upload(f"/trials/{trial_id}/weights", token, data, "application/octet-stream")
+        self._upload(trial_id, token, "weights", data, "application/octet-stream")
 
-    def _upload(self, path: str, token: str, data: bytes, media_type: str, **kwargs: Any) -> None:
-        """An artifact with its sha256, which the service checks before it keeps anything."""
-        headers = {"content-type": media_type, "X-Content-SHA256": hashlib.sha256(data).hexdigest()}
-        self._call("PUT", path, token=token, content=data, headers=headers, **kwargs)
+    def _upload(
+        self,
+        trial_id: int,
+        token: str,
+        kind: str,
+        data: bytes,
+        media_type: str,
+        epoch: int | None = None,
+    ) -> None:
+        """An artifact with its sha256, which the service checks before it keeps anything:
+        straight into the store where it offers a URL, else (or should that fail) through
+        the API."""
+        sha256 = hashlib.sha256(data).hexdigest()
+        about = {"kind": kind, "sha256": sha256, "size": len(data), "epoch": epoch}
+        if time.monotonic() >= self._no_direct_until:
+            path = f"/trials/{trial_id}/uploads"
+            offer = self._call("POST", path, token=token, json=about).json()
+            if not offer.get("url"):
+                self._no_direct_until = time.monotonic() + NO_DIRECT_SECONDS
+            elif self._put_direct(offer, data):
+                commit = {**about, "key": offer["key"]}
+                self._call("POST", f"{path}/commit", token=token, json=commit)
+                return
+        headers = {"content-type": media_type, "X-Content-SHA256": sha256}
+        params = {"epoch": epoch} if epoch is not None else None
+        path = f"/trials/{trial_id}/{kind}"
+        self._call("PUT", path, token=token, content=data, headers=headers, params=params)
+
+    def _put_direct(self, offer: dict[str, Any], data: bytes) -> bool:
+        try:
+            response = self.direct.put(offer["url"], content=data, headers=offer["headers"])
+        except httpx.TransportError as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        else:
+            if response.status_code < 300:
+                return True
+            problem = f"HTTP {response.status_code}"
+        log.warning("uploading to the artifact store failed (%s); through the API", problem)
+        return False
+
+    def _download(self, path: str, token: str | None = None) -> bytes:
+        """An artifact, checked against its sha256: straight from the store where the service
+        redirects to it, else (or should that fail) through the API."""
+        response = self._call(
+            "GET", path, token=token, params={"direct": "true"}, follow_redirects=False
+        )
+        if response.status_code == 307:
+            try:
+                direct = self.direct.get(response.headers["Location"])
+                if direct.status_code == 200:
+                    return _checked(direct, response.headers.get("X-Content-SHA256"))
+                problem = f"HTTP {direct.status_code}"
+            except (httpx.TransportError, ServiceError) as exc:
+                problem = str(exc)
+            log.warning("downloading from the artifact store failed (%s); through the API", problem)
+            response = self._call("GET", path, token=token)
+        return _checked(response, response.headers.get("X-Content-SHA256"))
 
     def complete(
         self, trial_id: int, token: str, value: float, epoch: int, output: str | None = None
@@ -183,10 +242,9 @@ class ServiceClient:
                 raise ConnectionError(f"{method} {path}: not retried, shutting down ({problem})")
 
 
-def _checked(response: httpx.Response) -> bytes:
+def _checked(response: httpx.Response, expected: str | None) -> bytes:
     """A downloaded artifact, refused unless it hashes as the service says it should."""
     data = response.content
-    expected = response.headers.get("X-Content-SHA256")
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise ServiceError(
             response.status_code,

@@ -11,6 +11,7 @@ from sweep.service.api.deps import (
     DatasetBody,
     Reader,
     SessionDep,
+    SettingsDep,
     StoreDep,
 )
 from sweep.service.schemas import DatasetRead
@@ -81,7 +82,14 @@ def dataset_content(
     session: SessionDep,
     caller: CallerDep,
     store: StoreDep,
+    settings: SettingsDep,
+    direct: Annotated[
+        bool, Query(description="307 to a pre-signed URL where the store has them")
+    ] = False,
 ) -> Response:
     """A dataset's arrays (NPZ with X and y) by content hash, as workers fetch and cache it."""
     artifact = datasets.content(session, sha256, caller.project)
-    return uploads.download(store, artifact, media_type="application/octet-stream")
+    seconds = settings.presign_seconds if direct else None
+    return uploads.download(
+        store, artifact, media_type="application/octet-stream", direct_seconds=seconds
+    )

@@ -21,6 +21,9 @@ from sweep.service.api.deps import (
 )
 from sweep.service.schemas import (
     CompleteIn,
+    DirectCommitIn,
+    DirectUploadIn,
+    DirectUploadOut,
     FailIn,
     HeartbeatOut,
     ReleaseIn,
@@ -31,6 +34,9 @@ from sweep.service.schemas import (
 )
 
 router = APIRouter(prefix="/trials", tags=["trials"])
+
+# A store with pre-signed URLs answers 307 to one; the others stream the bytes.
+Direct = Annotated[bool, Query(description="307 to a pre-signed URL where the store has them")]
 
 # Uploads are read as a stream, so their body is declared here rather than by a parameter.
 UPLOAD = {
@@ -53,7 +59,13 @@ def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
     response_class=Response,
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
-def get_model(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response:
+def get_model(
+    trial: TrialDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    direct: Direct = False,
+) -> Response:
     """The trial's trained state_dict, for `model.load_state_dict(torch.load(f))`; its sha256
     is in X-Content-SHA256."""
     return uploads.download(
@@ -61,6 +73,7 @@ def get_model(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response
         trials.weights(session, trial),
         media_type="application/octet-stream",
         filename=f"trial-{trial.id}.pt",
+        direct_seconds=settings.presign_seconds if direct else None,
     )
 
 
@@ -70,13 +83,20 @@ def get_model(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response
     response_class=Response,
     responses={200: {"content": {"application/gzip": {}}}},
 )
-def get_outputs(trial: TrialDep, session: SessionDep, store: StoreDep) -> Response:
+def get_outputs(
+    trial: TrialDep,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    direct: Direct = False,
+) -> Response:
     """The files the trial's program left in SWEEP_OUTPUT_DIR, as a gzipped tar."""
     return uploads.download(
         store,
         trials.outputs(session, trial),
         media_type="application/gzip",
         filename=f"trial-{trial.id}-outputs.tar.gz",
+        direct_seconds=settings.presign_seconds if direct else None,
     )
 
 
@@ -190,11 +210,21 @@ async def upload_checkpoint(
     responses={200: {"content": {"application/octet-stream": {}}}},
 )
 def download_checkpoint(
-    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep, store: StoreDep
+    trial_id: VisibleTrialId,
+    token: AttemptToken,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    direct: Direct = False,
 ) -> Response:
     """The checkpoint a new attempt resumes from; its epoch is in X-Checkpoint-Epoch."""
     checkpoint = attempts.load_checkpoint(session, trial_id=trial_id, token=token)
-    response = uploads.download(store, checkpoint, media_type="application/octet-stream")
+    response = uploads.download(
+        store,
+        checkpoint,
+        media_type="application/octet-stream",
+        direct_seconds=settings.presign_seconds if direct else None,
+    )
     response.headers["X-Checkpoint-Epoch"] = str(checkpoint.epoch)
     return response
 
@@ -222,6 +252,48 @@ async def upload_weights(
         token=token,
         kind="weights",
         sha256=sha256,
+    )
+    return Response(status_code=204)
+
+
+@router.post("/{trial_id}/uploads", tags=["worker protocol"], dependencies=[RUN])
+def offer_upload(
+    trial_id: TrialId,
+    token: AttemptToken,
+    body: DirectUploadIn,
+    session: SessionDep,
+    caller: Runner,
+    store: StoreDep,
+    settings: SettingsDep,
+) -> DirectUploadOut:
+    """Where a running attempt may PUT an artifact straight into the store (S3: a pre-signed
+    URL), to commit afterwards; without a URL, PUT it through the API."""
+    return uploads.offer(
+        session,
+        store,
+        caller=caller,
+        trial_id=trial_id,
+        token=token,
+        body=body,
+        limit=settings.max_artifact_bytes,
+        seconds=settings.presign_seconds,
+    )
+
+
+@router.post(
+    "/{trial_id}/uploads/commit", status_code=204, tags=["worker protocol"], dependencies=[RUN]
+)
+async def commit_upload(
+    trial_id: TrialId,
+    token: AttemptToken,
+    body: DirectCommitIn,
+    caller: Runner,
+    db: DatabaseDep,
+    store: StoreDep,
+) -> Response:
+    """Keep an artifact PUT straight into the store, once its size and sha256 check out."""
+    await uploads.commit(
+        db=db, store=store, caller=caller, trial_id=trial_id, token=token, body=body
     )
     return Response(status_code=204)
 
