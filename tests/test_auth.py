@@ -189,6 +189,8 @@ def request_for(method: str, path: str, scene: Scene, side: str) -> dict[str, An
         ("PUT", f"{API}/trials/{{trial_id}}/checkpoint"): {"params": {"epoch": 1}, "content": b"c"},
         ("PUT", f"{API}/trials/{{trial_id}}/weights"): {"content": b"w"},
         ("PUT", f"{API}/trials/{{trial_id}}/outputs"): {"content": OUTPUTS},
+        ("POST", f"{API}/trials/{{trial_id}}/uploads"): {"json": DIRECT},
+        ("POST", f"{API}/trials/{{trial_id}}/uploads/commit"): {"json": {**DIRECT, "key": "k"}},
     }
     body = bodies.get((method, path), {})
     if "content" in body:
@@ -197,7 +199,8 @@ def request_for(method: str, path: str, scene: Scene, side: str) -> dict[str, An
 
 
 SCOPED = ("{experiment_id}", "{trial_id}")
-OUTPUTS = gzip.compress(b"files")  # what a worker uploads: a gzipped tar
+OUTPUTS = gzip.compress(b"files")
+DIRECT = {"kind": "weights", "sha256": "0" * 64, "size": 1}  # what a worker uploads: a gzipped tar
 
 
 def test_the_matrix_every_route_by_every_role_for_own_and_other_project(

@@ -256,7 +256,7 @@ async def upload_weights(
     return Response(status_code=204)
 
 
-@router.post("/{trial_id}/uploads", tags=["worker protocol"], dependencies=[RUN])
+@router.post("/{trial_id}/uploads", tags=["worker protocol"])
 def offer_upload(
     trial_id: TrialId,
     token: AttemptToken,
@@ -280,9 +280,7 @@ def offer_upload(
     )
 
 
-@router.post(
-    "/{trial_id}/uploads/commit", status_code=204, tags=["worker protocol"], dependencies=[RUN]
-)
+@router.post("/{trial_id}/uploads/commit", status_code=204, tags=["worker protocol"])
 async def commit_upload(
     trial_id: TrialId,
     token: AttemptToken,
