@@ -79,6 +79,9 @@ class DatasetPlugin:
     task: Task
     # One sample's shape when samples are images (channels, height, width); else flat.
     image_shape: tuple[int, int, int] | None = None
+    # The label of each class index, e.g. ("cat", "dog"), which a loaded model predicts;
+    # None: the indices are the labels.
+    classes: tuple[Scalar, ...] | None = None
 
 
 P = TypeVar("P", ModelPlugin, DatasetPlugin)

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from torch import nn
 
 from sweep.models import catalog, plugins
-from sweep.models.datasets import Dataset, load_dataset
+from sweep.models.datasets import Dataset, for_spec
 
 
 def build_model(
@@ -23,20 +24,17 @@ def build_model(
 
 
 def build_for_trial(
-    model: str, dataset: dict[str, Any], values: dict[str, Any]
+    model: str,
+    dataset: dict[str, Any],
+    values: dict[str, Any],
+    uploaded: tuple[np.ndarray, np.ndarray] | None = None,
 ) -> tuple[nn.Module, Dataset]:
     """The untrained model and the data of a trial, e.g. to load its downloaded weights.
 
-    `dataset` is the spec's {"name", "options", "val_fraction", "split_seed", "standardize"}
-    of a bundled or plugin dataset; `values` are the trial's params merged with the spec's
-    fixed values.
+    `dataset` is the spec's dataset as the service stored it; an uploaded one needs its arrays
+    (`uploaded`, X and y). `values` are the trial's params merged with the spec's fixed values.
+    (`sweep.load_model(trial_id)` does all of this, and takes raw inputs.)
     """
-    data = load_dataset(
-        dataset["name"],
-        dataset.get("options") or {},
-        val_fraction=float(dataset.get("val_fraction", 0.2)),
-        split_seed=int(dataset.get("split_seed", 0)),
-        standardize=bool(dataset.get("standardize", True)),
-    )
+    data = for_spec(dataset, uploaded)
     hparams = catalog.resolve_hyperparameters(model, values)
     return build_model(model, data.input_shape, data.n_outputs, hparams), data

@@ -179,7 +179,12 @@ def for_spec(dataset: UserDataset) -> Uploaded:
     task = cast(catalog.Task, dataset.task)
     return Uploaded(
         info=catalog.DatasetInfo(dataset.name, task, image=len(dataset.input_shape) == 3),
-        fields={"sha256": dataset.sha256, "task": task, "input_shape": dataset.input_shape},
+        fields={
+            "sha256": dataset.sha256,
+            "task": task,
+            "input_shape": dataset.input_shape,
+            "classes": dataset.classes,  # so a trained model predicts the uploaded labels
+        },
     )
 
 

@@ -9,6 +9,7 @@ server, the workers and the models are its subpackages `sweep.service`, `sweep.w
     client = SweepClient()                       # SWEEP_SERVER and SWEEP_TOKEN, or arguments
     experiment = client.submit("sweep.yaml")
     client.wait(experiment["id"], progress=True)
+    model = sweep.load_model(trial_id)           # an nn.Module that predicts on raw samples
 
 In a program a worker runs (sweep worker --program NAME=...):
 
@@ -26,17 +27,26 @@ from typing import TYPE_CHECKING, Any
 from sweep.sdk import Pruned, Stopped, Trial, trial
 
 if TYPE_CHECKING:
-    from sweep.client import ApiError, SweepClient
+    from sweep.client import ApiError, SweepClient, load_model
     from sweep.optimize import optimize
 
 __version__ = "0.1.0"
-__all__ = ["ApiError", "Pruned", "Stopped", "SweepClient", "Trial", "optimize", "trial"]
+__all__ = [
+    "ApiError",
+    "Pruned",
+    "Stopped",
+    "SweepClient",
+    "Trial",
+    "load_model",
+    "optimize",
+    "trial",
+]
 
 
 def __getattr__(name: str) -> Any:
     """The client and optimize (the worker, torch) are imported on first use: a program that
     only reports loads neither."""
-    if name in ("ApiError", "SweepClient"):
+    if name in ("ApiError", "SweepClient", "load_model"):
         from sweep import client
 
         return getattr(client, name)

@@ -594,16 +594,29 @@ def download(
     outputs: Annotated[
         bool, typer.Option("--outputs", help="the files its program left, as a .tar.gz")
     ] = False,
+    bundle: Annotated[
+        bool,
+        typer.Option(
+            "--bundle", help="OUTPUT is a directory: model.pt and trial.json (params, metrics)"
+        ),
+    ] = False,
 ) -> None:
-    """Save a trial's trained weights (a state_dict, or what its program saved) to OUTPUT."""
+    """Save a trial's model to OUTPUT: for the built-in trainer a bundle that
+    sweep.load_model(OUTPUT) loads ready to predict on raw samples; for a program, what it
+    saved."""
+    if outputs and bundle:
+        raise typer.BadParameter("--outputs and --bundle exclude each other")
+    client = _client(server)
     try:
         if outputs:
-            _client(server).download_outputs(trial_id, output)
+            client.download_outputs(trial_id, output)
+        elif bundle:
+            client.download_bundle(trial_id, output)
         else:
-            _client(server).download_model(trial_id, output)
+            client.download_model(trial_id, output)
     except ApiError as exc:
         raise _fail(exc) from exc
-    what = "the files of" if outputs else "weights of"
+    what = "the files of" if outputs else "the model bundle of" if bundle else "the model of"
     console.print(f"{what} trial {trial_id} saved to {output}")
 
 

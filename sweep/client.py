@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime
@@ -25,6 +27,8 @@ import httpx
 
 if TYPE_CHECKING:
     import optuna
+
+    from sweep.models.bundle import Predictor
 
 DEFAULT_SERVER = "http://127.0.0.1:8642"
 API = "/api/v1"
@@ -305,8 +309,56 @@ class SweepClient:
         return self._download(f"/trials/{trial_id}/outputs", Path(path))
 
     def download_model(self, trial_id: int, path: str | Path) -> Path:
-        """The trial's weights (a torch state_dict) saved to `path`."""
+        """The trial's model file saved to `path`: for the built-in trainer a model bundle
+        (`sweep.load_model(path)` loads it), for a program what it saved."""
         return self._download(f"/trials/{trial_id}/model", Path(path))
+
+    def download_bundle(self, trial_id: int, directory: str | Path) -> Path:
+        """The trial's model file (`model.pt`) and its record (`trial.json`: params, config,
+        metrics, and the experiment's spec) in `directory`: all it takes to use the model."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        detail = self.trial(trial_id)
+        experiment = self.experiment(detail["experiment_id"])
+        self.download_model(trial_id, directory / "model.pt")
+        record = {
+            "trial": detail,
+            "experiment": {key: experiment[key] for key in ("id", "name", "project", "spec")},
+        }
+        (directory / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
+        return directory
+
+    def load_model(self, trial_id: int) -> Predictor:
+        """The trial's trained model, ready to use: an nn.Module in eval mode that takes raw
+        samples and predicts in the dataset's own units and labels (needs torch).
+
+        Raises:
+            ValueError: the trial ran a program, whose model file is its own (download_model).
+            ApiError: no such trial, or it has no model (pruned or failed trials may not).
+        """
+        from sweep.models import arrays, bundle, datasets
+
+        detail = self.trial(trial_id)
+        spec = self.experiment(detail["experiment_id"])["spec"]
+        if spec.get("program") is not None:
+            raise ValueError(
+                f"trial {trial_id} ran a program: its model file is the program's own; "
+                "save it with download_model (or sweep download)"
+            )
+        with tempfile.TemporaryDirectory() as scratch:
+            content = bundle.read(self.download_model(trial_id, Path(scratch) / "model.pt"))
+            if bundle.is_bundle(content):
+                return bundle.from_content(content)
+            # A bare state_dict, stored before models were bundled: rebuilt from the spec.
+            uploaded = None
+            if "sha256" in spec["dataset"]:
+                route = f"/datasets/content/{spec['dataset']['sha256']}"
+                npz = self._download(route, Path(scratch) / "dataset.npz")
+                uploaded = arrays.from_npz(npz.read_bytes())
+        data = datasets.for_spec(spec["dataset"], uploaded)
+        return bundle.rebuild(
+            spec["model"], detail["config"], spec["dataset"], data.preprocessing(), content
+        )
 
     def _download(self, route: str, path: Path) -> Path:
         """Streamed to `path` (through a temporary file beside it, so an interrupted download
@@ -453,6 +505,21 @@ class SweepClient:
                 state = "completed" if trial.state == TrialState.COMPLETE else "pruned"
                 warm.append({"params": trial.params, "values": list(values), "state": state})
         return self.submit({**body, "warm_start": warm})
+
+
+def load_model(source: int | str | Path, client: SweepClient | None = None) -> Predictor:
+    """A trained model ready to use (see SweepClient.load_model): by trial id, from the
+    service (`client`, or one made of SWEEP_SERVER and SWEEP_TOKEN); or offline, from a model
+    bundle file `sweep download` saved, or the directory `sweep download --bundle` wrote."""
+    if isinstance(source, int):
+        if client is not None:
+            return client.load_model(source)
+        with SweepClient() as own:
+            return own.load_model(source)
+    from sweep.models import bundle
+
+    path = Path(source)
+    return bundle.load(path / "model.pt" if path.is_dir() else path)
 
 
 def _search_space(study: optuna.Study) -> dict[str, Any]:

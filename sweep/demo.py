@@ -9,9 +9,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from sweep import cli
-from sweep.client import SweepClient, load_spec
+from sweep.client import SweepClient, load_model, load_spec
 from sweep.service.config import Settings
 from sweep.service.tokens import create_in_database
 
@@ -94,16 +95,14 @@ def run_demo(
             cli.console.print("[red]no trial completed[/red]; see the worker logs")
             return 1
         top = best["trials"][0]
-        weights = client.download_model(top["id"], directory / f"best-trial-{top['id']}.pt")
+        saved = client.download_model(top["id"], directory / f"best-trial-{top['id']}.pt")
         cli.console.print(
             f"best trial {top['id']}: {best['metric']} = {top['value']:.4f}\n"
-            f"its weights: {weights} (also at {url}/api/v1/trials/{top['id']}/model)\n"
-            "load them into the model its params build (python, on a host with the worker extra):\n"
-            "  import torch; from sweep.models.registry import build_for_trial\n"
-            f"  config = {client.trial(top['id'])['config']}\n"
-            f"  model, data = build_for_trial('{experiment['spec']['model']}', "
-            f"{experiment['spec']['dataset']}, config)\n"
-            f"  model.load_state_dict(torch.load('{weights}'))",
+            f"its model: {saved} (also at {url}/api/v1/trials/{top['id']}/model)\n"
+            f"{_try_model(saved, experiment['spec']['dataset'])}\n"
+            "use it (python, on a host with the worker extra):\n"
+            f"  import sweep; model = sweep.load_model('{saved}')\n"
+            "  model.predict(X)  # X: raw 8x8 digits as rows of 64 pixel values (0-16)",
             soft_wrap=True,
         )
         return 0
@@ -115,3 +114,16 @@ def run_demo(
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def _try_model(path: Path, dataset: dict[str, Any]) -> str:
+    """What the saved model makes of the raw validation digits it was scored on."""
+    from sweep.models.datasets import for_spec
+
+    model = load_model(path)
+    raw = for_spec({**dataset, "standardize": False})
+    accuracy = float((model.predict(raw.X_val) == raw.y_val).mean())
+    return (
+        f"loaded with sweep.load_model, it labels the {len(raw.X_val)} raw validation digits "
+        f"with accuracy {accuracy:.4f}"
+    )

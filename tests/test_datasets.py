@@ -3,6 +3,7 @@ specs, fetched once by workers and cached by content hash."""
 
 from __future__ import annotations
 
+import csv
 import io
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from sklearn.model_selection import train_test_split
 
 from sweep.client import SweepClient
 from sweep.service import artifacts
@@ -61,6 +63,16 @@ def test_a_csv_becomes_a_dataset_specs_name_and_workers_cache(
     trials = client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"]
     assert all(t["state"] == "completed" and t["value"] > 0.5 for t in trials)
 
+    # The trial's model takes the CSV's raw rows and answers its class names, scoring on the
+    # trial's validation rows what the trial reported.
+    X, labels = raw_rows(wine_csv(), "cultivar")
+    classes = sorted(set(labels))
+    index = np.asarray([classes.index(label) for label in labels])
+    _, X_val, _, y_val = train_test_split(X, labels, test_size=0.2, random_state=3, stratify=index)
+    model = SweepClient(http=client).load_model(trials[0]["id"])
+    assert not model.training and model.classes == classes
+    assert (model.predict(X_val) == y_val).mean() == pytest.approx(trials[0]["value"])
+
     taken = put(
         client,
         "wine-csv",
@@ -91,6 +103,19 @@ def test_an_npz_regression_dataset_trains(client: TestClient, tmp_path: Path) ->
     assert run_worker(client, max_trials=1, cache_dir=tmp_path) == 1
     [trial] = client.get(f"{API}/experiments/{experiment_id}/trials").json()["items"]
     assert trial["state"] == "completed" and trial["value"] > 0.5
+    # Predictions come in the target's units: R^2 on the raw validation rows is the trial's.
+    _, X_val, _, y_val = train_test_split(X, y, test_size=0.2, random_state=0)
+    predicted = SweepClient(http=client).load_model(trial["id"]).predict(X_val)
+    r2 = 1 - ((predicted - y_val) ** 2).sum() / ((y_val - y_val.mean()) ** 2).sum()
+    assert r2 == pytest.approx(trial["value"], rel=1e-4)
+
+
+def raw_rows(data: bytes, target: str) -> tuple[np.ndarray, list[str]]:
+    """A CSV's feature rows as numbers and its target column, as a user reads them."""
+    rows = list(csv.DictReader(io.StringIO(data.decode())))
+    features = [name for name in rows[0] if name != target]
+    X = np.asarray([[float(row[name]) for name in features] for row in rows])
+    return X, [row[target] for row in rows]
 
 
 def npz(**arrays: Any) -> bytes:

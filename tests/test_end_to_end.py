@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import sweep
 from sweep.client import SweepClient
+from sweep.models.datasets import for_spec
 from sweep.models.registry import build_for_trial
 from sweep.worker.train import evaluate, to_device
 from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
@@ -50,17 +53,33 @@ def test_digits_sweep_end_to_end(
     assert best["value"] >= 0.95
     assert experiment["best_value"] == best["value"]
 
-    # The best weights load into the model built from the trial's params and reproduce it.
-    weights = client.download_model(best["id"], tmp_path / "best.pt")
+    # The best model loads ready to use, and its network into the model built from the
+    # trial's params, reproducing its score.
+    model = sweep.load_model(best["id"], client)
     detail = client.trial(best["id"])
-    model, dataset = build_for_trial(spec["model"], experiment["spec"]["dataset"], detail["config"])
-    model.load_state_dict(torch.load(weights))
-    metrics = evaluate(model, to_device(dataset, torch.device("cpu")), dataset.task)
+    network, dataset = build_for_trial(
+        spec["model"], experiment["spec"]["dataset"], detail["config"]
+    )
+    network.load_state_dict(model.network.state_dict())
+    metrics = evaluate(network, to_device(dataset, torch.device("cpu")), dataset.task)
     assert metrics["val_accuracy"] == pytest.approx(best["value"], abs=0.01)
 
-    # The CLI shows the same experiment.
+    # The CLI shows the same experiment, and saves the model with its record to use offline.
     cli = [sys.executable, "-m", "sweep.cli"]
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token}
+    bundle = tmp_path / "best"
+    subprocess.run(
+        [*cli, "download", str(best["id"]), str(bundle), "--bundle", "--server", server.url],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
+    record = json.loads((bundle / "trial.json").read_text())
+    assert record["trial"]["params"] == best["params"]
+    assert record["experiment"]["spec"] == experiment["spec"]
+    raw = for_spec({**experiment["spec"]["dataset"], "standardize": False})
+    offline = sweep.load_model(bundle)
+    assert (offline.predict(raw.X_val) == raw.y_val).mean() == pytest.approx(best["value"])
     status = subprocess.run(
         [*cli, "status", str(experiment_id), "--server", server.url],
         capture_output=True,

@@ -51,6 +51,20 @@ def test_the_plugin_joins_the_catalog_where_it_is_installed(plugin_path: str) ->
         "model = registry.build_model('residual_mlp', data.input_shape, data.n_outputs, hp)\n"
         "assert len(model) == 7  # flatten, linear, 3 blocks, relu, linear\n"
         "assert data.n_outputs == 2\n"
+        # A model trained on it loads ready to predict the plugin's labels on raw samples.
+        "import torch\n"
+        "from sweep.models import bundle\n"
+        "from sweep.worker.train import TrialConfig, to_device, train_trial\n"
+        "spec = {'name': 'moons', 'val_fraction': 0.2, 'split_seed': 0}\n"
+        "hp = catalog.resolve_hyperparameters('residual_mlp', {'epochs': 3, 'width': 16})\n"
+        "config = TrialConfig('residual_mlp', spec, hp, 'val_accuracy', 'maximize', 'best', 0)\n"
+        "cpu = torch.device('cpu')\n"
+        "result = train_trial(config, to_device(data, cpu), cpu, lambda e, m: None)\n"
+        "raw = load_dataset('moons', standardize=False)\n"
+        "labels = bundle.load(result.model).predict(raw.X_val)\n"
+        "assert set(labels) <= {'upper', 'lower'}, labels\n"
+        "truth = [('upper', 'lower')[i] for i in raw.y_val]\n"
+        "assert abs((labels == truth).mean() - result.value) < 1e-6, result\n"
     )
     env = {**os.environ, "PYTHONPATH": plugin_path}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, cwd=ROOT)

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import torch
 
-from sweep.models import catalog
+from sweep.models import bundle, catalog
 from sweep.models.activations import ACTIVATIONS
 from sweep.models.cnn.network import CNN, CNNConfig
-from sweep.models.datasets import load_dataset
+from sweep.models.datasets import Dataset, for_spec, load_dataset
 from sweep.models.registry import build_for_trial, build_model
 from sweep.worker.train import (
     DeviceData,
@@ -210,10 +210,51 @@ def test_kept_weights_reproduce_value(
 ) -> None:
     config, result, _ = digits_trial
     model, data = build_for_trial(config.model, config.dataset, config.hparams)
-    model.load_state_dict(torch.load(io.BytesIO(result.state_dict), weights_only=True))
+    model.load_state_dict(bundle.load(result.model).network.state_dict())
     metrics = evaluate(model, to_device(data, CPU), data.task)
     assert metrics["val_accuracy"] == pytest.approx(result.value, abs=1e-4)
     assert metrics["val_loss"] == pytest.approx(result.metrics["val_loss"], abs=1e-4)
+
+
+def raw_split(config: TrialConfig) -> Dataset:
+    """The trial's train/validation split of the samples as the dataset holds them."""
+    return for_spec({**config.dataset, "standardize": False})
+
+
+def test_the_model_bundle_predicts_raw_samples_in_the_datasets_labels(
+    digits_trial: tuple[TrialConfig, TrialResult, Reports],
+) -> None:
+    config, result, _ = digits_trial
+    model = bundle.load(result.model)
+    assert not model.training and model.info["model"] == "mlp"
+    raw = raw_split(config)
+    assert (model.predict(raw.X_val) == raw.y_val).mean() == pytest.approx(result.value)
+    probabilities = model.predict_proba(raw.X_val)
+    assert probabilities.shape == (len(raw.X_val), 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs 64 values"):
+        model(raw.X_val[:, :10])
+
+
+def test_a_bare_state_dict_is_rebuilt_into_the_same_model(
+    digits_trial: tuple[TrialConfig, TrialResult, Reports],
+) -> None:
+    # What trials stored before models were bundled: weights alone, rebuilt from the spec.
+    config, result, _ = digits_trial
+    bundled = bundle.load(result.model)
+    state = bundled.network.state_dict()
+    data = for_spec(config.dataset).preprocessing()
+    rebuilt = bundle.rebuild(config.model, config.hparams, config.dataset, data, state)
+    raw = raw_split(config)
+    np.testing.assert_array_equal(rebuilt.predict(raw.X_val), bundled.predict(raw.X_val))
+    with pytest.raises(ValueError, match="not a model bundle"):
+        bundle.load(bundle_bytes(state))
+
+
+def bundle_bytes(value: Any) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(value, buffer)
+    return buffer.getvalue()
 
 
 def test_reduce_last_keeps_last_epoch() -> None:
@@ -223,10 +264,22 @@ def test_reduce_last_keeps_last_epoch() -> None:
     result, reports = train(config)
     assert result.epoch == result.epochs_run == 4
     assert result.metrics == reports[-1][1]
-    model, data = build_for_trial(config.model, config.dataset, config.hparams)
-    model.load_state_dict(torch.load(io.BytesIO(result.state_dict), weights_only=True))
-    val_loss = evaluate(model, to_device(data, CPU), data.task)["val_loss"]
-    assert val_loss == pytest.approx(result.value, abs=1e-4)
+    model = bundle.load(result.model)
+    # Batch norm's running statistics came along, and the labels are iris's species names.
+    raw = raw_split(config)
+    names = np.asarray(["setosa", "versicolor", "virginica"])
+    accuracy = (model.predict(raw.X_val) == names[raw.y_val]).mean()
+    assert accuracy == pytest.approx(result.metrics["val_accuracy"])
+
+
+def test_a_regression_bundle_predicts_in_the_targets_units() -> None:
+    config = make_config(
+        "diabetes", objective="val_mae", direction="minimize", epochs=3, hidden_units=16
+    )
+    result, _ = train(config)
+    raw = raw_split(config)
+    predicted = bundle.load(result.model).predict(raw.X_val)
+    assert np.abs(predicted - raw.y_val).mean() == pytest.approx(result.value, rel=1e-4)
 
 
 @pytest.mark.parametrize("optimizer", catalog.OPTIMIZERS)
@@ -445,10 +498,10 @@ def test_a_resumed_trial_goes_on_exactly_as_if_never_interrupted(schedule: str) 
     # Training time goes on from the checkpoint's epoch rather than from zero.
     at_checkpoint = first_part[2]["train_seconds"]
     assert rest[0][1]["train_seconds"] == at_checkpoint + rest[0][1]["epoch_seconds"]
-    assert (resumed.value, resumed.epoch, resumed.state_dict) == (
+    assert (resumed.value, resumed.epoch, resumed.model) == (
         whole.value,
         whole.epoch,
-        whole.state_dict,
+        whole.model,
     )
 
 
@@ -467,4 +520,4 @@ def test_a_checkpoint_serialized_after_training_went_on_still_resumes_exactly() 
     )
 
     assert [without_time(m) for m in rest] == [without_time(m) for m in straight[2:]]
-    assert resumed.state_dict == whole.state_dict
+    assert resumed.model == whole.model

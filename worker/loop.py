@@ -23,8 +23,7 @@ import numpy as np
 import torch
 
 from sweep import logs
-from sweep.models import arrays, plugins
-from sweep.models.datasets import load_dataset, prepare
+from sweep.models import arrays, datasets, plugins
 from sweep.worker.client import ServiceClient, ServiceError, TrialGone
 from sweep.worker.heartbeat import Heartbeat
 from sweep.worker.metrics import WorkerMetrics
@@ -414,7 +413,7 @@ class Worker:
         )
 
     def _finish(self, trial_id: int, token: str, result: TrialResult) -> None:
-        self.client.upload_weights(trial_id, token, result.state_dict)
+        self.client.upload_weights(trial_id, token, result.model)
         self.client.complete(trial_id, token, result.value, result.epoch)
         log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
 
@@ -422,13 +421,8 @@ class Worker:
         """The dataset on the device, loaded once per worker and reused across trials."""
         key = json.dumps(spec, sort_keys=True)
         if key not in self._data:
-            split = (spec["val_fraction"], spec["split_seed"], spec.get("standardize", True))
-            if "sha256" in spec:  # uploaded
-                X, y = self._uploaded(spec["sha256"])
-                shape = tuple(spec["input_shape"])
-                dataset = prepare(X, y, spec["task"], shape, *split)
-            else:
-                dataset = load_dataset(spec["name"], spec.get("options"), *split)
+            uploaded = self._uploaded(spec["sha256"]) if "sha256" in spec else None
+            dataset = datasets.for_spec(spec, uploaded)
             self._data[key] = to_device(dataset, self.options.device)
             while len(self._data) > DATASETS_KEPT:
                 self._data.popitem(last=False)

@@ -22,8 +22,8 @@ from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from sweep.models import catalog
-from sweep.models.datasets import Dataset
+from sweep.models import bundle, catalog
+from sweep.models.datasets import Dataset, Preprocessing
 from sweep.models.registry import build_model
 
 
@@ -61,7 +61,9 @@ class DeviceData:
     task: str
     input_shape: tuple[int, ...]
     n_outputs: int
-    y_std: float  # regression targets were divided by this; val_mae is reported in original units
+    # Regression targets were divided by its y_std (val_mae is reported in original units);
+    # a trained model is bundled with it.
+    preprocessing: Preprocessing
 
 
 def to_device(data: Dataset, device: torch.device) -> DeviceData:
@@ -77,7 +79,7 @@ def to_device(data: Dataset, device: torch.device) -> DeviceData:
         task=data.task,
         input_shape=data.input_shape,
         n_outputs=data.n_outputs,
-        y_std=data.y_std,
+        preprocessing=data.preprocessing(),
     )
 
 
@@ -86,7 +88,7 @@ class TrialResult:
     value: float  # the objective at the kept epoch
     epoch: int  # 1-based epoch whose weights are kept
     epochs_run: int
-    state_dict: bytes  # torch.save of the kept weights (CPU tensors); torch.load(weights_only=True)
+    model: bytes  # the kept weights as a model bundle (sweep.models.bundle)
     metrics: dict[str, float]  # the kept epoch's metrics
 
 
@@ -207,7 +209,7 @@ def train_trial(
             break
         if checkpoints is not None and epoch < epochs and checkpoints.due(epoch):
             checkpoints.save(epoch, state.snapshot(epoch, train_seconds))
-    return tracker.result(model)
+    return tracker.result(model, data.preprocessing)
 
 
 def _check_objective(config: TrialConfig, task: str) -> None:
@@ -302,7 +304,7 @@ def evaluate(
     out = torch.cat(
         [model(data.X_val[i : i + batch_size]) for i in range(0, len(data.X_val), batch_size)]
     )
-    metrics = _VAL_METRICS[task](out, data.y_val, data.y_std)
+    metrics = _VAL_METRICS[task](out, data.y_val, data.preprocessing.y_std)
     values = torch.stack(list(metrics.values())).tolist()  # one device sync for all of them
     return dict(zip(metrics, values, strict=True))
 
@@ -398,15 +400,15 @@ class _Tracker:
     def patience_ran_out(self, patience: int) -> bool:
         return patience > 0 and self.epoch - self.best_epoch >= patience
 
-    def result(self, model: nn.Module) -> TrialResult:
+    def result(self, model: nn.Module, preprocessing: Preprocessing) -> TrialResult:
         if self.config.reduce == "best" and self.best_state is not None:
             epoch, metrics, state = self.best_epoch, self.best_metrics, self.best_state
         else:
             epoch, metrics, state = self.epoch, self.last_metrics, _cpu_state(model)
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        value = metrics[self.config.objective_metric]
-        return TrialResult(value, epoch, self.epoch, buffer.getvalue(), metrics)
+        c = self.config
+        packed = bundle.pack(c.model, c.hparams, c.dataset, preprocessing, state)
+        value = metrics[c.objective_metric]
+        return TrialResult(value, epoch, self.epoch, packed, metrics)
 
 
 @dataclass(frozen=True)

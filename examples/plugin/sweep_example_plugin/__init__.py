@@ -12,4 +12,6 @@ RESIDUAL_MLP = ModelPlugin(
     },
 )
 
-MOONS = DatasetPlugin(load="sweep_example_plugin.data:moons", task="classification")
+MOONS = DatasetPlugin(
+    load="sweep_example_plugin.data:moons", task="classification", classes=("upper", "lower")
+)
