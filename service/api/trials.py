@@ -66,8 +66,9 @@ def get_model(
     settings: SettingsDep,
     direct: Direct = False,
 ) -> Response:
-    """The trial's trained state_dict, for `model.load_state_dict(torch.load(f))`; its sha256
-    is in X-Content-SHA256."""
+    """The trial's model file: the built-in trainer's model bundle (`sweep.load_model(f)`,
+    or `torch.load(f, weights_only=True)["state_dict"]`), or what its program saved; its
+    sha256 is in X-Content-SHA256."""
     return uploads.download(
         store,
         trials.weights(session, trial),
@@ -240,8 +241,9 @@ async def upload_weights(
     store: StoreDep,
     settings: SettingsDep,
 ) -> Response:
-    """Store a running trial's state_dict (the raw bytes of torch.save), replacing earlier
-    ones; streamed to the artifact store, and kept only once whole and checked."""
+    """Store a running trial's model file (the built-in trainer's model bundle, or what a
+    program saved), replacing earlier ones; streamed to the artifact store, and kept only once
+    whole and checked."""
     await uploads.trial_artifact(
         request,
         db=db,
