@@ -639,12 +639,27 @@ for _action in ("pause", "resume", "cancel"):
 @app.command("export")
 def export_study(
     experiment_id: int,
-    to: Annotated[str, typer.Option("--to", help="an Optuna storage URL: sqlite:///study.db")],
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            help="an Optuna storage URL (sqlite:///study.db), or mlflow:TRACKING_URI "
+            "(mlflow:sqlite:///mlflow.db, mlflow:http://host:5000)",
+        ),
+    ],
     study: Annotated[str | None, typer.Option(help="study name (default: NAME-ID)")] = None,
+    artifacts: Annotated[
+        str | None,
+        typer.Option(help="MLflow: where a new experiment keeps its artifacts (default: MLflow's)"),
+    ] = None,
     server: ServerOpt = DEFAULT_SERVER,
 ) -> None:
     """Write an experiment's finished trials as an Optuna study (for optuna.load_study and
-    optuna-dashboard)."""
+    optuna-dashboard), or as MLflow runs: one parent run, a child per finished trial with its
+    params, per-epoch metrics, state and model. Again later, it adds only what is new."""
+    if to.startswith("mlflow:"):
+        _export_mlflow(experiment_id, to.removeprefix("mlflow:"), artifacts, server)
+        return
     import optuna
 
     try:
@@ -654,6 +669,23 @@ def export_study(
     except (ApiError, optuna.exceptions.DuplicatedStudyError) as exc:
         raise _fail(exc) from exc
     console.print(f"{len(written.trials)} trials written to study {written.study_name!r} at {to}")
+
+
+def _export_mlflow(
+    experiment_id: int, tracking_uri: str, artifacts: str | None, server: str
+) -> None:
+    from sweep import export_mlflow
+
+    try:
+        done = export_mlflow.export(
+            _client(server), experiment_id, tracking_uri, artifact_location=artifacts
+        )
+    except (ApiError, export_mlflow.ExportError) as exc:
+        raise _fail(exc) from exc
+    console.print(
+        f"{done.logged} trial runs logged ({done.skipped} logged before) under run "
+        f"{done.parent_run_id} of MLflow experiment {done.experiment_name!r} at {tracking_uri}"
+    )
 
 
 @app.command("import")
