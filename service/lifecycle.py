@@ -1,6 +1,7 @@
 """State changes and what follows from them: a trial finishing or going back to the queue; an
-experiment pausing, resuming or ending, completing once its last trial is done, failing after
-too many errors in a row, its budget shrinking when the search space is exhausted.
+experiment pausing, resuming or ending, completing once its last trial is done (failing if
+none completed), failing after too many errors in a row, its budget shrinking when the search
+space is exhausted.
 
 Every state change goes through `move`, which checks the transition tables of
 sweep.service.states. Lock order, as everywhere: a trial's row before its experiment's row.
@@ -8,9 +9,10 @@ sweep.service.states. Lock order, as everywhere: a trial's row before its experi
 
 from __future__ import annotations
 
+from collections import Counter
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sweep.service import artifacts, rows
@@ -161,20 +163,57 @@ def end_overdue(session: Session, *, now: datetime | None = None) -> int:
         .order_by(Experiment.id)  # the order every batch locks experiments in
     ).all()
     for experiment_id in overdue:
-        end_experiment(session, experiment_id, ExperimentState.COMPLETED, "timed out")
+        state, why = outcome(session, experiment_id, "timed out")
+        end_experiment(session, experiment_id, state, why or "timed out")
     return len(overdue)
 
 
 def complete_if_done(session: Session, experiment: Experiment) -> None:
-    """Complete the experiment once its whole budget was handed out and nothing runs or waits
-    for a retry any more."""
+    """End the experiment once its whole budget was handed out and nothing runs or waits for
+    a retry any more: completed, or failed if no trial completed."""
     live = experiment.state in LIVE_EXPERIMENT_STATES
     spent = experiment.trial_count >= experiment.n_trials
     if not (live and spent):
         return
     unfinished = rows.count_trials(session, experiment.id, TrialState.RUNNING, TrialState.QUEUED)
     if unfinished == 0:
-        move_experiment(session, experiment.id, ExperimentState.COMPLETED, experiment.stop_reason)
+        state, why = outcome(session, experiment.id, experiment.stop_reason)
+        move_experiment(session, experiment.id, state, why)
+
+
+def outcome(
+    session: Session, experiment_id: int, reason: str | None
+) -> tuple[ExperimentState, str | None]:
+    """How an experiment that ran its course ends: completed (with `reason`, if any), unless
+    no trial completed; then failed, with a reason that counts what became of its trials,
+    e.g. "all 8 trials failed: 8 diverged"."""
+    ended = session.execute(
+        select(Trial.state, Trial.failure_reason, func.count())
+        .where(Trial.experiment_id == experiment_id)
+        .group_by(Trial.state, Trial.failure_reason)
+    ).all()
+    counts: Counter[str] = Counter()
+    failures: Counter[str] = Counter()
+    for state, failure, n in ended:
+        counts[state] += n
+        if state == TrialState.FAILED:
+            failures[failure or "error"] += n  # reasons: diverged, error, interrupted, lost
+    if counts[TrialState.COMPLETED] > 0:
+        return ExperimentState.COMPLETED, reason
+    total = sum(counts.values())
+    kinds = ", ".join(f"{n} {kind}" for kind, n in failures.most_common())
+    if total == 0:
+        why = "no trial ran"
+    elif counts[TrialState.FAILED] == total == 1:
+        why = f"its only trial failed: {kinds.removeprefix('1 ')}"
+    elif counts[TrialState.FAILED] == total:
+        why = f"all {total} trials failed: {kinds}"
+    else:
+        parts = [f"{n} {state}" for state, n in counts.most_common()]
+        why = f"no trial of {total} completed: {', '.join(parts)}"
+        if failures:
+            why += f" (failed: {kinds})"
+    return ExperimentState.FAILED, f"{reason}; {why}" if reason else why
 
 
 def exhaust(session: Session, experiment: Experiment) -> None:

@@ -36,7 +36,7 @@ class ExperimentState(enum.StrEnum):
     PAUSED = "paused"  # no new claims; running trials go on
     COMPLETED = "completed"  # every trial of the budget has finished
     CANCELLED = "cancelled"  # no new claims; running trials stop at their next report
-    FAILED = "failed"  # too many trials in a row failed with an error: the setup is broken
+    FAILED = "failed"  # no trial completed, or too many in a row failed with an error
 
 
 # An experiment in one of these hands out nothing and tells running trials to stop.

@@ -385,7 +385,8 @@ def show_trial(
 
 
 def trials_table(items: list[Trial], title: str) -> Table:
-    table = Table("#", "id", "state", "value", "best epoch", "epochs", "attempt", "worker")
+    table = Table("#", "id", "state", "reason", "value", "best epoch", "epochs", "attempt")
+    table.add_column("worker")
     table.add_column("params")
     table.title = title
     for t in items:
@@ -393,6 +394,7 @@ def trials_table(items: list[Trial], title: str) -> Table:
             "-" if t["number"] is None else str(t["number"]),
             str(t["id"]),
             t["state"],
+            t["failure_reason"] or "",
             _fmt(t["value"]),
             str(t["best_epoch"] or "-"),
             str(t["last_epoch"]),
@@ -547,6 +549,10 @@ def status_table(e: Experiment) -> Table:
         table.add_row(f"  {state}", str(n))
     table.add_row("best value", _fmt(e["best_value"]))
     table.add_row("best trial", str(e["best_trial_id"] or "-"))
+    if e["waiting_for"]:
+        table.add_row("waiting for", e["waiting_for"])
+    if e["stop_reason"]:
+        table.add_row("ended because" if e["state"] in ENDED else "note", e["stop_reason"])
     return table
 
 

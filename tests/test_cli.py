@@ -44,10 +44,21 @@ def test_init_ls_trials_watch_and_migrate(
     assert "my-sweep" in listed and "0/30" in listed
     client.enqueue(experiment["id"], {"lr": 0.01, "dropout": 0.1})
     assert "1 trial(s)" in sweep("trials", str(experiment["id"]), "--state", "queued")
+    # Why nothing runs (no worker registered) shows in status, as does why it ended.
+    waiting = cells(sweep("status", str(experiment["id"])))
+    assert ["waiting for", client.experiment(experiment["id"])["waiting_for"]] in waiting
     client.cancel(experiment["id"])
-    assert "cancelled" in sweep("watch", str(experiment["id"]))  # ended: shown once, returns
+    watched = cells(sweep("watch", str(experiment["id"])))
+    assert ["state", "cancelled"] in watched  # ended: shown once, returns
+    assert ["ended because", "cancelled by request"] in watched
 
     fresh = tmp_path / "fresh.db"
     env["SWEEP_DATABASE_URL"] = f"sqlite:///{fresh}"
     assert "up to date" in sweep("migrate")
     assert fresh.exists()
+
+
+def cells(table: str) -> list[list[str]]:
+    """The rows of a table the CLI printed, as lists of their cells' text."""
+    rows = (line.strip().strip("│┃").split("│") for line in table.splitlines() if "│" in line)
+    return [[cell.strip() for cell in row] for row in rows]

@@ -138,7 +138,16 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
         worker_id = worker.post("/workers", json={"name": "watched"}).json()["id"]
         claimed = worker.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 0})
         assert claimed.status_code == 200, claimed.text
-    page.locator("#summary td:nth-child(3)", has_text="1").wait_for(timeout=WAIT_MS)
+        page.locator("#summary td:nth-child(3)", has_text="1").wait_for(timeout=WAIT_MS)
+        # Why a trial failed shows in the table, without opening the trial.
+        trial = claimed.json()
+        failed = worker.post(
+            f"/trials/{trial['trial_id']}/fail",
+            json={"reason": "diverged", "message": "non-finite loss at epoch 1"},
+            headers={"X-Attempt-Token": trial["token"]},
+        )
+        assert failed.status_code == 200, failed.text
+    page.locator("#trials td", has_text="diverged").wait_for(timeout=WAIT_MS)
     page.locator("#plot-timeline[data-drawn='true'] svg.main-svg").first.wait_for(timeout=WAIT_MS)
     assert problems == []
 

@@ -80,7 +80,9 @@ def test_a_success_resets_the_error_count(client: TestClient) -> None:
     )
     fine = submit(client, quick_spec(fixed={"epochs": 1}, budget=budget(1, 1)))
     run_worker(client)
-    assert client.get(f"{API}/experiments/{broken}").json()["state"] == "completed"
+    # Under the limit of errors in a row, but none completed: the budget ran out, failing.
+    ended = client.get(f"{API}/experiments/{broken}").json()
+    assert (ended["state"], ended["stop_reason"]) == ("failed", "all 2 trials failed: 2 error")
     assert client.get(f"{API}/experiments/{fine}").json()["state"] == "completed"
 
 
@@ -98,7 +100,9 @@ def test_an_experiment_past_its_timeout_stops_and_tells_running_trials(
     ] == "running":
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    assert (experiment["state"], experiment["stop_reason"]) == ("completed", "timed out")
+    # It timed out before any trial completed: no success either.
+    assert experiment["state"] == "failed"
+    assert experiment["stop_reason"] == "timed out; no trial of 1 completed: 1 running"
     headers = {"X-Attempt-Token": trial["token"]}
     beat = client.post(f"{API}/trials/{trial['trial_id']}/heartbeat", headers=headers).json()
     assert beat["action"] == "stop"

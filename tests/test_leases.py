@@ -96,7 +96,8 @@ def test_a_trial_lost_too_often_fails_as_lost(client: TestClient) -> None:
     claim_trial(client, "b")
     lost = wait_for_state(client, first["trial_id"], "failed")
     assert (lost["failure_reason"], lost["attempt"], lost["retries"]) == ("lost", 2, 1)
-    assert client.get(f"{API}/experiments/{experiment_id}").json()["state"] == "completed"
+    ended = client.get(f"{API}/experiments/{experiment_id}").json()
+    assert (ended["state"], ended["stop_reason"]) == ("failed", "its only trial failed: lost")
 
 
 def test_release_requeues_at_once_without_counting_a_retry(client: TestClient) -> None:

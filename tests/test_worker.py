@@ -74,8 +74,15 @@ def test_diverged_and_crashing_trials_fail_without_killing_the_worker(client: Te
     assert "ValueError" in crashed["failure_message"]
     [fine] = trials_of(client, healthy)
     assert fine["state"] == "completed" and fine["has_weights"]
-    for experiment_id in (diverging, crashing, healthy):
-        assert client.get(f"{API}/experiments/{experiment_id}").json()["state"] == "completed"
+    # Without a completed trial an experiment is no success, whatever the kind of failure
+    # (diverging is none of the setup's errors in a row), and its reason counts them.
+    ended = {e: client.get(f"{API}/experiments/{e}").json() for e in (diverging, crashing)}
+    assert (ended[diverging]["state"], ended[diverging]["stop_reason"]) == (
+        "failed",
+        "all 2 trials failed: 2 diverged",
+    )
+    assert ended[crashing]["stop_reason"] == "its only trial failed: error"
+    assert client.get(f"{API}/experiments/{healthy}").json()["state"] == "completed"
 
 
 def test_cancelled_experiment_stops_the_running_trial(client: TestClient) -> None:

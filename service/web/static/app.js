@@ -158,15 +158,21 @@ async function experimentPage(id, me) {
     renderActions(e, me, actions, refresh);
     const page = await getJson(`/experiments/${id}/trials?limit=500`);
     trials.replaceChildren(table(
-      ["#", "state", "value", "best epoch", "epochs", "attempt", "worker", "params"],
+      ["#", "state", "reason", "value", "best epoch", "epochs", "attempt", "worker", "params"],
       page.items.map((t) => [
         el("a", { href: `/dashboard/trials/${t.id}` }, t.number ?? "(waiting)"),
-        stateBadge(t.state), number(t.value), t.best_epoch ?? "–", t.last_epoch, t.attempt,
-        t.worker_id ?? "–", JSON.stringify(t.params)])));
+        stateBadge(t.state), reasonCell(t), number(t.value), t.best_epoch ?? "–", t.last_epoch,
+        t.attempt, t.worker_id ?? "–", JSON.stringify(t.params)])));
     const notReady = await getJson(`/experiments/${id}/plots`);
     await Promise.all(PLOTS.map(([kind]) => drawPlot(id, kind, holders[kind], notReady[kind])));
   }
   await poll(refresh, () => !experiment || !ENDED.has(experiment.state));
+}
+
+// Why a trial failed (or waits again), its message on hover: no need to open each trial.
+function reasonCell(t) {
+  if (!t.failure_reason) return "";
+  return el("span", { class: "reason", title: t.failure_message || "" }, t.failure_reason);
 }
 
 async function drawPlot(id, kind, holder, notReady) {
