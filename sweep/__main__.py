@@ -1,5 +1,5 @@
 """`python -m sweep`: the `sweep` command line."""
 
-from sweep.cli import app
+from sweep.cli import run
 
-app(prog_name="sweep")
+run()

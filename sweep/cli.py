@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -21,6 +21,7 @@ from rich.table import Table
 
 from sweep import logs
 from sweep.client import (
+    API,
     DEFAULT_SERVER,
     ENDED,
     ApiError,
@@ -28,8 +29,12 @@ from sweep.client import (
     Experiment,
     SweepClient,
     Trial,
+    Unreachable,
     finished,
 )
+
+if TYPE_CHECKING:
+    from sweep.worker.client import ServiceError
 
 app = typer.Typer(help="Sweep: hyperparameter sweeps over HTTP.", no_args_is_help=True)
 console = Console()
@@ -40,7 +45,9 @@ ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help=
 
 
 class _Options:
-    token: str | None = None  # set by the --token option (or SWEEP_TOKEN) before any command
+    # Set by the options before any command runs.
+    token: str | None = None  # --token, or SWEEP_TOKEN
+    debug: bool = False  # --debug: errors with their traceback
 
 
 @app.callback()
@@ -48,9 +55,24 @@ def main(
     token: Annotated[
         str | None, typer.Option("--token", envvar="SWEEP_TOKEN", help="API token")
     ] = None,
+    debug: Annotated[
+        bool, typer.Option("--debug", help="show errors with their traceback")
+    ] = False,
 ) -> None:
     """Sweep: hyperparameter sweeps over HTTP."""
-    _Options.token = token
+    _Options.token, _Options.debug = token, debug
+
+
+def run() -> None:
+    """The `sweep` command: what went wrong with the server in one line that says what to do,
+    never a traceback (but with --debug)."""
+    try:
+        app(prog_name="sweep")
+    except (ApiError, Unreachable) as exc:
+        if _Options.debug:
+            raise
+        console.print(f"[red]error:[/red] {_explain(exc)}", soft_wrap=True)
+        raise SystemExit(1) from None
 
 
 def _client(server: str) -> SweepClient:
@@ -58,8 +80,33 @@ def _client(server: str) -> SweepClient:
 
 
 def _fail(exc: Exception) -> typer.Exit:
-    console.print(f"[red]error:[/red] {exc}")
+    if _Options.debug:
+        console.print_exception()
+    console.print(f"[red]error:[/red] {_explain(exc)}", markup=False, soft_wrap=True)
     return typer.Exit(1)
+
+
+def _explain(exc: Exception) -> str:
+    """An error and, where the cause is a usual one, what to do about it."""
+    if isinstance(exc, Unreachable):
+        return (
+            f"{exc}: is it running (sweep server)? The address comes from --server or SWEEP_SERVER"
+        )
+    if not isinstance(exc, ApiError):
+        return str(exc)
+    if exc.status == 401:
+        if not _Options.token:
+            return "the server needs an API token: set SWEEP_TOKEN or pass --token"
+        return f"the server refused the token ({exc.message}): check SWEEP_TOKEN or --token"
+    if exc.status == 403:
+        return f"{exc.message} (HTTP 403: the token's role or project does not allow this)"
+    if exc.status == 404 and exc.code != "not_found":
+        server = exc.url.split(API)[0] if exc.url.count(API) == 1 else exc.url
+        return (
+            f"no Sweep API at {server} ({exc.url} answered 404): --server takes the server's "
+            "address alone, e.g. http://host:8642"
+        )
+    return str(exc)
 
 
 @app.command()
@@ -237,7 +284,7 @@ def worker(
                 param_hint="--gpus",
             )
     if devices is not None or trials_per_device > 1:
-        from sweep.worker.pool import Pool, resolve_devices
+        from sweep.worker.pool import EXIT_REFUSED, Pool, resolve_devices
 
         logs.configure()
         passed = [] if max_trials is None else ["--max-trials", str(max_trials)]
@@ -258,27 +305,49 @@ def worker(
         )
         pool.install_signal_handlers()
         pool.run()
+        if pool.refused:
+            raise typer.Exit(EXIT_REFUSED)
         return
+    from sweep.worker.client import ServiceError
     from sweep.worker.main import run_worker  # torch is needed here only, not on a server host
+    from sweep.worker.pool import EXIT_OUT_OF_MEMORY, EXIT_REFUSED
 
-    ran = run_worker(
-        server,
-        token=_Options.token,
-        device=device,
-        name=name,
-        max_trials=max_trials,
-        exit_when_idle=exit_when_idle,
-        threads=threads,
-        exit_on_oom=exit_on_oom,
-        metrics_port=metrics_port,
-        programs=programs,
-        grace_seconds=grace_seconds,
-        gpus=gpu_list,
-    )
+    try:
+        ran = run_worker(
+            server,
+            token=_Options.token,
+            device=device,
+            name=name,
+            max_trials=max_trials,
+            exit_when_idle=exit_when_idle,
+            threads=threads,
+            exit_on_oom=exit_on_oom,
+            metrics_port=metrics_port,
+            programs=programs,
+            grace_seconds=grace_seconds,
+            gpus=gpu_list,
+        )
+    except (ServiceError, ConnectionError) as exc:
+        if _Options.debug:
+            raise
+        refused = isinstance(exc, ServiceError) and exc.status in (401, 403)
+        console.print(f"[red]error:[/red] {_worker_trouble(exc, server)}", soft_wrap=True)
+        raise typer.Exit(EXIT_REFUSED if refused else 1) from None
     if exit_on_oom and ran.ran_out_of_memory:
-        from sweep.worker.pool import EXIT_OUT_OF_MEMORY
-
         raise typer.Exit(EXIT_OUT_OF_MEMORY)
+
+
+def _worker_trouble(exc: ServiceError | ConnectionError, server: str) -> str:
+    if isinstance(exc, ConnectionError):
+        return f"{exc}: is the server running at {server}? The address comes from --server"
+    if exc.status in (401, 403):
+        return (
+            f"the server at {server} refused this worker's token ({exc.message}): set "
+            "SWEEP_TOKEN or pass --token with a worker token (sweep token create --role worker)"
+        )
+    if exc.status == 404:
+        return f"no Sweep API at {server} ({exc}): --server takes the server's address alone"
+    return str(exc)
 
 
 @app.command()
@@ -756,4 +825,4 @@ def _fmt(value: float | None) -> str:
 
 
 if __name__ == "__main__":
-    app()
+    run()

@@ -122,14 +122,30 @@ class BestTrials(TypedDict):
 
 
 class ApiError(Exception):
+    """The server answered with an error: `status`, and the service's `code` and `message`
+    (code None when the answer was not the service's error shape, e.g. another server's)."""
+
     def __init__(self, response: httpx.Response) -> None:
+        code = None
         try:
             error = response.json()["error"]
-            message = error["message"]
-        except (ValueError, KeyError, TypeError):
-            message = response.text
+            code, message = error.get("code"), error["message"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            message = response.text.strip()[:200] or response.reason_phrase
         super().__init__(f"HTTP {response.status_code}: {message}")
         self.status = response.status_code
+        self.code: str | None = code
+        self.message: str = message
+        self.url = str(response.request.url)
+
+
+class Unreachable(ConnectionError):
+    """No answer from the server: it is not running, the address is wrong, or the network."""
+
+    def __init__(self, server: str, exc: httpx.TransportError) -> None:
+        why = str(exc) or type(exc).__name__
+        super().__init__(f"cannot reach the Sweep server at {server} ({why})")
+        self.server = server
 
 
 def load_spec(path: str | Path) -> dict[str, Any]:
@@ -178,7 +194,10 @@ class SweepClient:
         self.http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        response = self.http.request(method, API + path, **kwargs)
+        try:
+            response = self.http.request(method, API + path, **kwargs)
+        except httpx.TransportError as exc:
+            raise Unreachable(str(self.http.base_url), exc) from exc
         if response.status_code >= 400:
             raise ApiError(response)
         return response
@@ -368,22 +387,26 @@ class SweepClient:
         # Where the store has pre-signed URLs the service redirects there (307), and the
         # bytes come straight from the store, without this client's token.
         with contextlib.ExitStack() as streams:
-            response = streams.enter_context(
-                self.http.stream(
-                    "GET", API + route, params={"direct": "true"}, follow_redirects=False
+            try:
+                response = streams.enter_context(
+                    self.http.stream(
+                        "GET", API + route, params={"direct": "true"}, follow_redirects=False
+                    )
                 )
-            )
-            expected = response.headers.get("X-Content-SHA256")
-            if response.status_code == 307:
-                location = response.headers["Location"]
-                response = streams.enter_context(httpx.stream("GET", location, timeout=300))
-            if response.status_code >= 400:
-                response.read()
-                raise ApiError(response)
-            with open(partial, "wb") as file:
-                for chunk in response.iter_bytes(1 << 20):
-                    file.write(chunk)
-                    digest.update(chunk)
+                expected = response.headers.get("X-Content-SHA256")
+                if response.status_code == 307:
+                    location = response.headers["Location"]
+                    response = streams.enter_context(httpx.stream("GET", location, timeout=300))
+                if response.status_code >= 400:
+                    response.read()
+                    raise ApiError(response)
+                with open(partial, "wb") as file:
+                    for chunk in response.iter_bytes(1 << 20):
+                        file.write(chunk)
+                        digest.update(chunk)
+            except httpx.TransportError as exc:
+                partial.unlink(missing_ok=True)
+                raise Unreachable(str(self.http.base_url), exc) from exc
         if expected is not None and digest.hexdigest() != expected:
             partial.unlink(missing_ok=True)
             raise ValueError(f"{route}: the download does not match its sha256 {expected}")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -56,6 +58,58 @@ def test_init_ls_trials_watch_and_migrate(
     env["SWEEP_DATABASE_URL"] = f"sqlite:///{fresh}"
     assert "up to date" in sweep("migrate")
     assert fresh.exists()
+
+
+def test_what_goes_wrong_with_the_server_is_one_line_saying_what_to_do(
+    request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
+) -> None:
+    server, _ = serve(request, sqlite_url, tmp_path / "logs")
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        nowhere = f"http://127.0.0.1:{probe.getsockname()[1]}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SWEEP_")}
+
+    def fails(*args: str, token: str | None = server.admin_token, code: int = 1) -> str:
+        given = {**env, "SWEEP_TOKEN": token} if token else env
+        done = subprocess.run([*CLI, *args], capture_output=True, text=True, env=given)
+        said = done.stdout + done.stderr
+        assert done.returncode == code, said
+        assert "Traceback" not in said and len(said.strip().splitlines()) <= 2, said
+        return " ".join(said.split())
+
+    down = fails("ls", "--server", nowhere)
+    assert f"cannot reach the Sweep server at {nowhere}" in down and "--server" in down
+    assert "--server takes the server's address alone" in fails(
+        "ls", "--server", f"{server.url}/api/v1"
+    )
+    assert "set SWEEP_TOKEN or pass --token" in fails("ls", "--server", server.url, token=None)
+    assert "refused the token" in fails("ls", "--server", server.url, token="wrong")
+    # --debug shows where it came from.
+    debug = subprocess.run(
+        [*CLI, "--debug", "ls", "--server", nowhere], capture_output=True, text=True, env=env
+    )
+    assert debug.returncode != 0 and "ConnectError" in debug.stdout + debug.stderr
+
+    # A worker with a token the server refuses stops at once, saying so.
+    refused = fails("worker", "--server", server.url, token="wrong", code=4)
+    assert "refused this worker's token" in refused and "--role worker" in refused
+    # One with a wrong address says which, as it retries.
+    log = tmp_path / "lost-worker.log"
+    with open(log, "wb") as out:
+        lost = subprocess.Popen(
+            [*CLI, "worker", "--server", nowhere],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**env, "SWEEP_TOKEN": server.worker_token},
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while f"POST {nowhere}/api/v1/workers failed" not in log.read_text():
+            assert lost.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
+    finally:
+        lost.kill()
+        lost.wait()
 
 
 def cells(table: str) -> list[list[str]]:

@@ -123,7 +123,7 @@ def test_the_wheel_holds_the_sweep_package_only(wheels: dict[str, Path]) -> None
     ):
         assert shipped in names
     entry_points = zipfile.ZipFile(wheels["sweep"]).read("sweep-0.1.0.dist-info/entry_points.txt")
-    assert b"sweep = sweep.cli:app" in entry_points
+    assert b"sweep = sweep.cli:run" in entry_points
 
 
 def test_the_demo_runs_from_the_wheel_in_an_empty_directory(tmp_path: Path, venv: Path) -> None:

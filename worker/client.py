@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import time
@@ -22,8 +23,13 @@ log = logging.getLogger("sweep.worker")
 
 class ServiceError(Exception):
     def __init__(self, status: int, body: str) -> None:
-        super().__init__(f"service answered {status}: {body}")
+        try:
+            message = json.loads(body)["error"]["message"]
+        except (ValueError, KeyError, TypeError):
+            message = body[:500]
+        super().__init__(f"service answered {status}: {message}")
         self.status = status
+        self.message = message
 
 
 class TrialGone(ServiceError):
@@ -234,12 +240,13 @@ class ServiceClient:
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _error(response)
                 problem = f"HTTP {response.status_code}"
+            url = f"{self.http.base_url}{API}{path}"
             delay = next(delays, None)
             if delay is None:
-                raise ConnectionError(f"{method} {path}: gave up retrying ({problem})")
-            log.warning("%s %s failed (%s); retrying in %.1fs", method, path, problem, delay)
+                raise ConnectionError(f"{method} {url}: gave up retrying ({problem})")
+            log.warning("%s %s failed (%s); retrying in %.1fs", method, url, problem, delay)
             if self.stop.wait(delay):
-                raise ConnectionError(f"{method} {path}: not retried, shutting down ({problem})")
+                raise ConnectionError(f"{method} {url}: not retried, shutting down ({problem})")
 
 
 def _checked(response: httpx.Response, expected: str | None) -> bytes:

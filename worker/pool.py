@@ -25,6 +25,7 @@ log = logging.getLogger("sweep.pool")
 
 MAX_BACKOFF = 30.0
 EXIT_OUT_OF_MEMORY = 3
+EXIT_REFUSED = 4  # the server refused the worker's token: starting it again cannot help
 
 
 def resolve_devices(devices: str) -> list[str]:
@@ -73,6 +74,7 @@ class Pool:
         self.worker_args = worker_args or []
         self.metrics_port = metrics_port  # slot i serves metrics on metrics_port + i
         base = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.refused = False  # a process exited because the server refused the token
         self.slots = [
             _Slot(name=f"{base}-{device}-{k}", device=device)
             for device in devices
@@ -110,6 +112,10 @@ class Pool:
         slot.process = None
         if code == 0:
             slot.done = True
+            return
+        if code == EXIT_REFUSED:
+            slot.done = self.refused = True
+            log.error("%s: the server refused the token; not started again", slot.name)
             return
         if code == EXIT_OUT_OF_MEMORY and self._live_on(slot.device) > 1:
             slot.done = True
