@@ -212,6 +212,9 @@ def test_sigterm_checkpoints_and_gives_the_trial_back_to_resume_elsewhere(
             assert (given_back["state"], given_back["failure_reason"]) == ("queued", "preempted")
             assert given_back["retries"] == 0
             checkpointed = given_back["last_epoch"]
+            said = (tmp_path / "logs" / "preempted.log").read_text()
+            assert f"gave trial {page[0]['id']} back at epoch {checkpointed} " in said
+            assert "preempted exiting (told to stop)" in said
 
             workers.append(start_worker(server, tmp_path / "logs", "successor"))
             deadline = time.monotonic() + 180

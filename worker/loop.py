@@ -47,7 +47,11 @@ DATASETS_KEPT = 4  # datasets held on the device at once, least recently used dr
 
 
 class Interrupted(Exception):
-    """The worker was asked to shut down in the middle of a trial."""
+    """The worker was asked to shut down in the middle of a trial, checkpointed at `epoch`."""
+
+    def __init__(self, epoch: int) -> None:
+        super().__init__(f"shut down after epoch {epoch}")
+        self.epoch = epoch
 
 
 class _StopWaiting(BaseException):
@@ -152,6 +156,8 @@ class Worker:
                 break
             self.run_trial(assignment)
             idle_since = time.monotonic()
+        why = "told to stop" if self.stop.is_set() else "done"
+        log.info("worker %s exiting (%s) after %d trials", self.options.name, why, self.trials_run)
         return self.trials_run
 
     def _gpu_count(self) -> int:
@@ -258,7 +264,12 @@ class Worker:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
             self._ended("stopped")
             return None
-        except Interrupted:  # shutting down: checkpointed; the trial goes back to the queue
+        except Interrupted as exc:  # shutting down: checkpointed; the trial goes back
+            log.info(
+                "gave trial %d back at epoch %d (checkpointed: the next worker resumes it)",
+                trial_id,
+                exc.epoch,
+            )
             self._ended("released")
             return (self.client.release,)
         except Diverged as exc:
@@ -465,7 +476,7 @@ class _Checkpoints:
     def save(self, epoch: int, snapshot: Snapshot) -> None:
         self.outbox.checkpoint(epoch, snapshot)
         if self.stop.is_set():
-            raise Interrupted()
+            raise Interrupted(epoch)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
