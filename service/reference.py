@@ -5,6 +5,7 @@ differ."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from sweep.models import catalog
 from sweep.models.catalog import Hyperparameter
 from sweep.service import schemas, search
+from sweep.service.search.options import optuna_default
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 SPEC_MODELS: list[type[BaseModel]] = [
@@ -74,12 +76,12 @@ def spec_reference() -> str:
             "several objectives" if kind.multi_objective else "one objective",
         ]
         out += [f"### `{name}`: {', '.join(takes)}", ""]
-        out += _knobs(kind.options) if kind.options else ["No options but `seed`."]
+        out += _knobs(kind.options, kind.cls) if kind.options else ["No options but `seed`."]
         out.append("")
     out += ["## Pruners", ""]
     for name, pruner in search.PRUNERS.items():
         out += [f"### `{name}`", ""]
-        out += _knobs(pruner.options) if pruner.options else ["No options."]
+        out += _knobs(pruner.options, pruner.build) if pruner.options else ["No options."]
         out.append("")
     return "\n".join(out).rstrip() + "\n"
 
@@ -145,12 +147,15 @@ def _constraints(prop: dict[str, Any]) -> str:
 
 
 def _num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else f"{x:g}"
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
 
 
-def _knobs(knobs: dict[str, Hyperparameter]) -> list[str]:
+def _knobs(knobs: dict[str, Hyperparameter], optuna_class: Any = None) -> list[str]:
+    """A table of knobs; a sampler's or pruner's options (`optuna_class`) show the defaults
+    Optuna gives those a spec leaves out."""
     lines = ["| name | type | default | values | |", "|---|---|---|---|---|"]
     for name, h in knobs.items():
+        default = f"`{h.default}`" if optuna_class is None else _optuna(optuna_class, name)
         if h.choices:
             values = ", ".join(f"`{c}`" for c in h.choices)
         elif h.low is not None or h.high is not None:
@@ -159,8 +164,17 @@ def _knobs(knobs: dict[str, Hyperparameter]) -> list[str]:
             values = f"{'(' if h.low_open else '['}{low}, {high}{')' if h.high_open else ']'}"
         else:
             values = ""
-        lines.append(f"| `{name}` | {h.kind} | `{h.default}` | {values} | {h.help} |")
+        lines.append(f"| `{name}` | {h.kind} | {default} | {values} | {h.help} |")
     return lines
+
+
+def _optuna(optuna_class: Any, option: str) -> str:
+    default = optuna_default(optuna_class, option)
+    if default is inspect.Parameter.empty:
+        return "(required)"
+    if default is None:
+        return "`None`"
+    return f"`{default}`"
 
 
 FILES = {"spec-reference.md": spec_reference, "openapi.json": openapi}

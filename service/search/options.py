@@ -1,8 +1,13 @@
-"""Building blocks of the samplers' and pruners' option tables."""
+"""Building blocks of the samplers' and pruners' option tables: an option's type and bounds.
+
+An option a spec leaves out is not passed: it keeps Optuna's default, which the docs read from
+the class's signature (`optuna_default`); the `default` of these records is unused."""
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
+from typing import Any
 
 from sweep.models.plugins import Hyperparameter
 
@@ -25,3 +30,9 @@ def fraction() -> Hyperparameter:
 
 SWITCH = Hyperparameter("bool", False)
 POSITIVE = Hyperparameter("float", 1.0, low=0.0, high=1e9, low_open=True)
+
+
+def optuna_default(cls: Any, option: str) -> Any:
+    """What Optuna's `cls` uses for `option` when it is not given (inspect.Parameter.empty:
+    it must be given)."""
+    return inspect.signature(cls).parameters[option].default

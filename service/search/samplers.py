@@ -21,6 +21,8 @@ class SamplerKind:
     options: dict[str, Hyperparameter]
     # (spec, options with the seed) -> the sampler
     build: Callable[[dict[str, Any], dict[str, Any]], optuna.samplers.BaseSampler]
+    # What it builds: an option a spec leaves out keeps this class's default.
+    cls: type[optuna.samplers.BaseSampler]
     categorical: bool = True  # False: numbers only (it would sample categories at random)
     conditional: bool = False  # parameters that exist only under a condition
     finite_only: bool = False  # every parameter must have finitely many values
@@ -34,6 +36,7 @@ def _grid(spec: dict[str, Any], options: dict[str, Any]) -> optuna.samplers.Base
 
 SAMPLERS: dict[str, SamplerKind] = {
     "tpe": SamplerKind(
+        cls=optuna.samplers.TPESampler,
         options={
             "n_startup_trials": count(0),
             "n_ei_candidates": count(1),
@@ -47,11 +50,13 @@ SAMPLERS: dict[str, SamplerKind] = {
         build=lambda spec, options: optuna.samplers.TPESampler(**options),
     ),
     "random": SamplerKind(
+        cls=optuna.samplers.RandomSampler,
         options={},
         conditional=True,
         build=lambda spec, options: optuna.samplers.RandomSampler(**options),
     ),
     "cmaes": SamplerKind(
+        cls=optuna.samplers.CmaEsSampler,
         options={
             "n_startup_trials": count(0),
             "sigma0": POSITIVE,
@@ -68,12 +73,14 @@ SAMPLERS: dict[str, SamplerKind] = {
         ),
     ),
     "gp": SamplerKind(
+        cls=optuna.samplers.GPSampler,
         options={"n_startup_trials": count(0), "deterministic_objective": SWITCH},
         build=lambda spec, options: optuna.samplers.GPSampler(
             warn_independent_sampling=False, **options
         ),
     ),
     "qmc": SamplerKind(
+        cls=optuna.samplers.QMCSampler,
         options={
             "qmc_type": Hyperparameter("choice", "sobol", choices=("sobol", "halton")),
             "scramble": SWITCH,
@@ -83,8 +90,11 @@ SAMPLERS: dict[str, SamplerKind] = {
             warn_independent_sampling=False, warn_asynchronous_seeding=False, **options
         ),
     ),
-    "grid": SamplerKind(options={}, finite_only=True, build=_grid),
+    "grid": SamplerKind(
+        cls=optuna.samplers.GridSampler, options={}, finite_only=True, build=_grid
+    ),
     "nsga2": SamplerKind(
+        cls=optuna.samplers.NSGAIISampler,
         options={
             "population_size": count(2),
             "mutation_prob": fraction(),
