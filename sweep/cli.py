@@ -785,10 +785,29 @@ def import_study(
 
 
 @app.command()
-def delete(experiment_id: int, server: ServerOpt = DEFAULT_SERVER) -> None:
-    """Delete an experiment with its trials and weights."""
+def delete(
+    experiment_id: int,
+    server: ServerOpt = DEFAULT_SERVER,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="do not ask for confirmation")] = False,
+) -> None:
+    """Delete an experiment with its trials, metrics and model files, after saying what goes
+    and asking (--yes: without asking)."""
+    client = _client(server)
     try:
-        _client(server).delete(experiment_id)
+        e = client.experiment(experiment_id)
+        if not yes:
+            running, total = e["counts"]["running"], sum(e["counts"].values())
+            console.print(
+                f"experiment {e['id']} ({e['name']}) is {e['state']}"
+                + (f" with {running} trials running" if running else "")
+                + f": deleting it deletes its {total} trials, their metrics and model files, "
+                "for good",
+                markup=False,
+            )
+            if not typer.confirm("delete it?"):
+                console.print("nothing deleted")
+                raise typer.Exit(1)
+        client.delete(experiment_id)
     except ApiError as exc:
         raise _fail(exc) from exc
     console.print(f"experiment {experiment_id} deleted")

@@ -24,8 +24,10 @@ def test_init_ls_trials_watch_and_migrate(
     server, client = serve(request, sqlite_url, tmp_path / "logs")
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token, "SWEEP_SERVER": server.url}
 
-    def sweep(*args: str, code: int = 0) -> str:
-        done = subprocess.run([*CLI, *args], capture_output=True, text=True, env=env, cwd=tmp_path)
+    def sweep(*args: str, code: int = 0, answer: str = "") -> str:
+        done = subprocess.run(
+            [*CLI, *args], capture_output=True, text=True, env=env, cwd=tmp_path, input=answer
+        )
         assert done.returncode == code, done.stdout + done.stderr
         return done.stdout
 
@@ -53,6 +55,13 @@ def test_init_ls_trials_watch_and_migrate(
     watched = cells(sweep("watch", str(experiment["id"])))
     assert ["state", "cancelled"] in watched  # ended: shown once, returns
     assert ["ended because", "cancelled by request"] in watched
+
+    # Deleting says what goes and asks first.
+    kept = " ".join(sweep("delete", str(experiment["id"]), code=1, answer="n\n").split())
+    assert "deletes its 1 trials, their metrics and model files" in kept
+    assert "nothing deleted" in kept and client.experiment(experiment["id"])
+    assert "deleted" in sweep("delete", str(experiment["id"]), "--yes")
+    assert not any(e["id"] == experiment["id"] for e in client.experiments()["items"])
 
     fresh = tmp_path / "fresh.db"
     env["SWEEP_DATABASE_URL"] = f"sqlite:///{fresh}"
