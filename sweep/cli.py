@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
@@ -738,12 +738,31 @@ def export_study(
     import optuna
 
     try:
-        written = _client(server).to_optuna_study(
-            experiment_id, storage=to, study_name=study, finished_only=True
-        )
+        with _quiet_optuna():
+            written = _client(server).to_optuna_study(
+                experiment_id, storage=to, study_name=study, finished_only=True
+            )
     except (ApiError, optuna.exceptions.DuplicatedStudyError) as exc:
         raise _fail(exc) from exc
     console.print(f"{len(written.trials)} trials written to study {written.study_name!r} at {to}")
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    """Without Optuna's notes to its API's users (ExperimentalWarning, its INFO log lines):
+    they concern this code, not the person at the terminal."""
+    import warnings
+
+    import optuna
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
 
 def _export_mlflow(
@@ -773,7 +792,8 @@ def import_study(
     """Submit SPEC_FILE as a new experiment whose sampler starts from a finished Optuna
     study's trials (completed and pruned ones); its budget buys n_trials new ones."""
     try:
-        experiment = _client(server).import_optuna(spec_file, storage=source, study_name=study)
+        with _quiet_optuna():
+            experiment = _client(server).import_optuna(spec_file, storage=source, study_name=study)
     except (ValueError, KeyError) as exc:
         raise typer.BadParameter(str(exc)) from exc
     except ApiError as exc:
@@ -796,7 +816,8 @@ def delete(
     try:
         e = client.experiment(experiment_id)
         if not yes:
-            running, total = e["counts"]["running"], sum(e["counts"].values())
+            counts = cast(dict[str, int], e["counts"])
+            running, total = counts["running"], sum(counts.values())
             console.print(
                 f"experiment {e['id']} ({e['name']}) is {e['state']}"
                 + (f" with {running} trials running" if running else "")
