@@ -242,17 +242,17 @@ class Worker:
         )
         self.trials_run += 1
         interval = assignment["heartbeat_seconds"]
-        with (
-            Heartbeat(self.client, trial_id, token, interval) as beat,
-            Outbox(self.client, trial_id, token) as outbox,
-        ):
-            if assignment.get("program") is not None:
-                ending = self._run_program(assignment, beat, outbox)
-            else:
-                ending = self._run(assignment, beat, outbox)
-        if ending is not None:  # everything reported before it was delivered first
-            call, *args = ending
-            self._tell(call, trial_id, token, *args)
+        with Heartbeat(self.client, trial_id, token, interval) as beat:
+            with Outbox(self.client, trial_id, token) as outbox:
+                if assignment.get("program") is not None:
+                    ending = self._run_program(assignment, beat, outbox)
+                else:
+                    ending = self._run(assignment, beat, outbox)
+            # Everything reported was delivered first; the lease is still renewed while the
+            # model uploads and the end is told, however long a server outage makes them.
+            if ending is not None:
+                call, *args = ending
+                self._tell(call, trial_id, token, *args)
 
     def _run(self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox) -> Ending:
         """Train, and say which call ends the trial on the service (None: it already ended)."""
