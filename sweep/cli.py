@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Annotated, Any, cast
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress_bar import ProgressBar
 from rich.table import Table
 
@@ -71,7 +72,7 @@ def run() -> None:
     except (ApiError, Unreachable) as exc:
         if _Options.debug:
             raise
-        console.print(f"[red]error:[/red] {_explain(exc)}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_explain(exc))}", soft_wrap=True)
         raise SystemExit(1) from None
 
 
@@ -82,7 +83,7 @@ def _client(server: str) -> SweepClient:
 def _fail(exc: Exception) -> typer.Exit:
     if _Options.debug:
         console.print_exception()
-    console.print(f"[red]error:[/red] {_explain(exc)}", markup=False, soft_wrap=True)
+    console.print(f"[red]error:[/red] {escape(_explain(exc))}", soft_wrap=True)
     return typer.Exit(1)
 
 
@@ -331,7 +332,7 @@ def worker(
         if _Options.debug:
             raise
         refused = isinstance(exc, ServiceError) and exc.status in (401, 403)
-        console.print(f"[red]error:[/red] {_worker_trouble(exc, server)}", soft_wrap=True)
+        console.print(f"[red]error:[/red] {escape(_worker_trouble(exc, server))}", soft_wrap=True)
         raise typer.Exit(EXIT_REFUSED if refused else 1) from None
     if exit_on_oom and ran.ran_out_of_memory:
         raise typer.Exit(EXIT_OUT_OF_MEMORY)
