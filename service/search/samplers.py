@@ -90,9 +90,7 @@ SAMPLERS: dict[str, SamplerKind] = {
             warn_independent_sampling=False, warn_asynchronous_seeding=False, **options
         ),
     ),
-    "grid": SamplerKind(
-        cls=optuna.samplers.GridSampler, options={}, finite_only=True, build=_grid
-    ),
+    "grid": SamplerKind(cls=optuna.samplers.GridSampler, options={}, finite_only=True, build=_grid),
     "nsga2": SamplerKind(
         cls=optuna.samplers.NSGAIISampler,
         options={
