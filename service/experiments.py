@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
@@ -26,24 +27,49 @@ from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState
 from sweep.service.tables import Experiment, Trial, utcnow
 
 
-def submit(session: Session, *, spec: ExperimentCreate, project: str) -> ExperimentRead:
-    """A new running experiment (with its warm-start trials, if the spec brings some)."""
+def submit(
+    session: Session, *, spec: ExperimentCreate, project: str, idempotency_key: str | None = None
+) -> tuple[ExperimentRead, bool]:
+    """A new running experiment (with its warm-start trials, if the spec brings some); and
+    whether it is rather the one an earlier submission with the same `idempotency_key` made
+    (the spec must then be the same: a Conflict otherwise)."""
+    if idempotency_key is not None:
+        earlier = session.scalars(
+            select(Experiment).where(
+                Experiment.project == project, Experiment.idempotency_key == idempotency_key
+            )
+        ).first()
+        if earlier is not None:
+            if (earlier.name, earlier.spec) != (spec.name, _normalized(session, spec, project)):
+                raise Conflict(
+                    f"Idempotency-Key {idempotency_key!r} submitted experiment {earlier.id} "
+                    "with another spec; use a new key for a new experiment",
+                    field="Idempotency-Key",
+                )
+            return status(session, earlier), True
     experiment = create(session, spec=spec, project=project)
+    experiment.idempotency_key = idempotency_key
     trials.warm_start(session, experiment, spec.warm_start)
-    return status(session, experiment)
+    return status(session, experiment), False
 
 
-def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
+def _normalized(session: Session, spec: ExperimentCreate, project: str) -> dict[str, Any]:
+    """The spec as it would be stored, the project's uploaded dataset it names looked up."""
     uploaded = None
     if spec.dataset is not None and spec.dataset.name not in catalog.datasets():
         found = datasets.find(session, project, spec.dataset.name)
         uploaded = datasets.for_spec(found) if found is not None else None
-    normalized = specs.normalize(spec, uploaded)
+    return specs.normalize(spec, uploaded)
+
+
+def create(session: Session, *, spec: ExperimentCreate, project: str) -> Experiment:
+    normalized = _normalized(session, spec, project)
+    uploaded = "sha256" in (normalized.get("dataset") or {})
     plugin_model = spec.model is not None and spec.model not in catalog.BUNDLED_MODELS
     plugin_data = (
         spec.dataset is not None
         and spec.dataset.name not in catalog.BUNDLED_DATASETS
-        and uploaded is None
+        and not uploaded
     )
     experiment = Experiment(
         name=spec.name,

@@ -59,8 +59,17 @@ class Base(DeclarativeBase):
 
 class Experiment(Base):
     __tablename__ = "sweep_experiments"
-    # AUTOINCREMENT: SQLite never reuses the id of a deleted row.
-    __table_args__ = ({"sqlite_autoincrement": True},)
+    __table_args__ = (
+        # A submission's Idempotency-Key names one experiment of its project (NULLs differ).
+        Index(
+            "ix_sweep_experiments_project_idempotency_key",
+            "project",
+            "idempotency_key",
+            unique=True,
+        ),
+        # AUTOINCREMENT: SQLite never reuses the id of a deleted row.
+        {"sqlite_autoincrement": True},
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
@@ -100,6 +109,7 @@ class Experiment(Base):
     # The program a worker must run (None: the built-in trainer, which every worker has)
     needs_program: Mapped[str | None] = mapped_column(String(64), nullable=True)
     needs_gpus: Mapped[int | None] = mapped_column(Integer, nullable=True)  # on one worker
+    idempotency_key: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

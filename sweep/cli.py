@@ -352,15 +352,38 @@ def _worker_trouble(exc: ServiceError | ConnectionError, server: str) -> str:
 
 
 @app.command()
-def submit(spec_file: Path, server: ServerOpt = DEFAULT_SERVER) -> None:
-    """Submit an experiment spec (YAML or JSON); prints its id."""
+def submit(
+    spec_file: Path,
+    server: ServerOpt = DEFAULT_SERVER,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(help="submit once under this key: again, it names the same experiment"),
+    ] = None,
+) -> None:
+    """Submit an experiment spec (YAML or JSON); prints its id, and warns when one of the same
+    name and spec already runs (its trials would repeat the same suggestions)."""
+    client = _client(server)
     try:
-        experiment = _client(server).submit(spec_file)
+        experiment = client.submit(spec_file, idempotency_key=idempotency_key)
+        twins = [
+            e["id"]
+            for e in client.experiments(state="running", limit=1000)["items"]
+            if e["id"] != experiment["id"]
+            and (e["name"], e["spec"]) == (experiment["name"], experiment["spec"])
+        ]
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
     except ApiError as exc:
         raise _fail(exc) from exc
     console.print(f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted")
+    if twins:
+        console.print(
+            f"[yellow]warning:[/yellow] experiment {twins[0]} already runs this spec under this "
+            f"name: with the same seed its trials repeat the same suggestions. If that was not "
+            f"meant, sweep cancel {experiment['id']}; to submit once whatever the retries, pass "
+            "--idempotency-key",
+            soft_wrap=True,
+        )
 
 
 @app.command()

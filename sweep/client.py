@@ -210,10 +210,15 @@ class SweepClient:
 
     # Experiments
 
-    def submit(self, spec: dict[str, Any] | str | Path) -> Experiment:
-        """Create an experiment from a spec: a dict, or a YAML or JSON file."""
+    def submit(
+        self, spec: dict[str, Any] | str | Path, *, idempotency_key: str | None = None
+    ) -> Experiment:
+        """Create an experiment from a spec: a dict, or a YAML or JSON file. With an
+        `idempotency_key`, submitting again (a retry, a rerun of the script) answers the
+        experiment the first submission made instead of starting another."""
         body = spec if isinstance(spec, dict) else load_spec(spec)
-        return cast(Experiment, self._json("POST", "/experiments", json=body))
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return cast(Experiment, self._json("POST", "/experiments", json=body, headers=headers))
 
     def experiments(
         self, state: str | None = None, limit: int = 50, offset: int = 0

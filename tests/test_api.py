@@ -70,6 +70,24 @@ def test_submitted_spec_is_stored_with_defaults(client: TestClient) -> None:
     assert [e["id"] for e in listed["items"]] == [experiment["id"]]
 
 
+def test_an_idempotency_key_submits_once(client: TestClient) -> None:
+    spec = make_spec(budget=budget(3))
+    key = {"Idempotency-Key": "nightly-2026-12-02"}
+    first = client.post(f"{API}/experiments", json=spec, headers=key)
+    assert first.status_code == 201, first.text
+    again = client.post(f"{API}/experiments", json=spec, headers=key)
+    assert (again.status_code, again.headers.get("Idempotent-Replayed")) == (200, "true")
+    assert again.json()["id"] == first.json()["id"]
+    other = client.post(f"{API}/experiments", json={**spec, "name": "another"}, headers=key)
+    assert other.status_code == 409
+    assert other.json()["error"]["field"] == "Idempotency-Key"
+    # Without a key, or with another one, the same spec is a new experiment.
+    assert client.post(f"{API}/experiments", json=spec).json()["id"] != first.json()["id"]
+    fresh = client.post(f"{API}/experiments", json=spec, headers={"Idempotency-Key": "other"})
+    assert fresh.status_code == 201
+    assert client.get(f"{API}/experiments").json()["total"] == 3
+
+
 def test_trial_lifecycle_from_claim_to_weights(client: TestClient) -> None:
     experiment = create(client, budget=budget(2))
     worker = register(client)

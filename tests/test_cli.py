@@ -37,6 +37,14 @@ def test_init_ls_trials_watch_and_migrate(
     assert "submitted" in sweep("submit", "sweep.yaml")  # the template is a valid spec
     [experiment] = client.experiments()["items"]
     assert experiment["name"] == "my-sweep" and experiment["n_trials"] == 30
+    # The same spec again runs the same suggestions: said; an idempotency key submits once.
+    twin = " ".join(sweep("submit", "sweep.yaml", "--idempotency-key", "k1").split())
+    assert f"experiment {experiment['id']} already runs this spec under this name" in twin
+    twin_id = client.experiments()["items"][0]["id"]
+    again = sweep("submit", "sweep.yaml", "--idempotency-key", "k1")
+    assert f"experiment {twin_id} (my-sweep) submitted" in again
+    assert client.experiments()["total"] == 2
+    client.delete(twin_id)
 
     assert "wrote own.yaml" in sweep("init", "own.yaml", "--program", "train_cnn")
     assert "submitted" in sweep("submit", "own.yaml")  # so is the program's

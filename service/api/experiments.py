@@ -1,6 +1,6 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Response, status
+from fastapi import APIRouter, Header, Query, Response, status
 
 from sweep.service import experiments, trials
 from sweep.service.api.deps import (
@@ -35,13 +35,37 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 
 
-@router.post("", status_code=status.HTTP_201_CREATED)
+@router.post(
+    "",
+    status_code=status.HTTP_201_CREATED,
+    responses={200: {"description": "an earlier submission with this Idempotency-Key"}},
+)
 def create_experiment(
-    spec: ExperimentCreate, session: SessionDep, caller: Controller, submissions: SubmissionsDep
+    spec: ExperimentCreate,
+    session: SessionDep,
+    caller: Controller,
+    submissions: SubmissionsDep,
+    response: Response,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            min_length=1,
+            max_length=200,
+            description="the same key (in the same project) submits once: sent again, it "
+            "answers the experiment it made (200, Idempotent-Replayed: true)",
+        ),
+    ] = None,
 ) -> ExperimentRead:
     """Submit an experiment; trials start as soon as a worker claims."""
     submissions.check(caller.token_id)
-    return experiments.submit(session, spec=spec, project=caller.project_for(spec.project))
+    project = caller.project_for(spec.project)
+    submitted, replayed = experiments.submit(
+        session, spec=spec, project=project, idempotency_key=idempotency_key
+    )
+    if replayed:
+        response.status_code = status.HTTP_200_OK
+        response.headers["Idempotent-Replayed"] = "true"
+    return submitted
 
 
 @router.get("")
