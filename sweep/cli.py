@@ -8,6 +8,7 @@ without torch and a laptop runs `sweep ls` without the server's packages loaded.
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -43,6 +44,9 @@ console = Console()
 SPEC_TEMPLATE = Path(__file__).with_name("spec_template.yaml")
 PROGRAM_TEMPLATE = Path(__file__).with_name("program_template.yaml")
 ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="print JSON for scripts (watch: one line per change)")
+]
 
 
 class _Options:
@@ -85,6 +89,12 @@ def _fail(exc: Exception) -> typer.Exit:
         console.print_exception()
     console.print(f"[red]error:[/red] {escape(_explain(exc))}", soft_wrap=True)
     return typer.Exit(1)
+
+
+def _print_json(value: Any) -> None:
+    """One JSON document on a line of its own, for scripts (not through rich, which wraps)."""
+    sys.stdout.write(json.dumps(value, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def _explain(exc: Exception) -> str:
@@ -176,12 +186,15 @@ def dataset_remove(name: str, server: ServerOpt = DEFAULT_SERVER) -> None:
 
 
 @dataset_app.command("ls")
-def dataset_list(server: ServerOpt = DEFAULT_SERVER) -> None:
+def dataset_list(server: ServerOpt = DEFAULT_SERVER, as_json: JsonOpt = False) -> None:
     """The datasets your token's project holds."""
     try:
         found = _client(server).datasets()
     except ApiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(found)
+        return
     table = Table("project", "name", "task", "samples", "features", "classes", "uploaded")
     for d in found:
         classes = str(len(d["classes"])) if d["classes"] else "-"
@@ -413,12 +426,16 @@ def list_experiments(
     server: ServerOpt = DEFAULT_SERVER,
     state: Annotated[str | None, typer.Option(help="running, paused, completed...")] = None,
     limit: int = 50,
+    as_json: JsonOpt = False,
 ) -> None:
     """List experiments, newest first."""
     try:
         page = _client(server).experiments(state=state, limit=limit)
     except ApiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(page)
+        return
     table = Table("id", "name", "state", "progress", "best", "created")
     for e in page["items"]:
         table.add_row(
@@ -442,12 +459,16 @@ def trials(
     state: Annotated[str | None, typer.Option(help="queued, running, completed...")] = None,
     sort: Annotated[str, typer.Option(help="number or objective (best first)")] = "number",
     limit: int = 100,
+    as_json: JsonOpt = False,
 ) -> None:
     """An experiment's trials as a table."""
     try:
         page = _client(server).trials(experiment_id, state=state, sort=sort, limit=limit)
     except ApiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(page)
+        return
     console.print(trials_table(page["items"], f"{page['total']} trial(s)"))
 
 
@@ -503,12 +524,23 @@ def watch(
     experiment_id: int,
     server: ServerOpt = DEFAULT_SERVER,
     interval: Annotated[float, typer.Option(help="seconds between refreshes")] = 2.0,
+    as_json: JsonOpt = False,
 ) -> None:
-    """A live view of an experiment until it ends: its state and the running trials."""
+    """A live view of an experiment until it ends: its state and the running trials. Into a
+    pipe or a file (or with --json) it prints a line each time something changes."""
+    client = _client(server)
+    try:
+        if as_json or not console.is_terminal:
+            _watch_lines(client, experiment_id, interval, as_json)
+        else:
+            _watch_live(client, experiment_id, interval)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+
+
+def _watch_live(client: SweepClient, experiment_id: int, interval: float) -> None:
     from rich.console import Group
     from rich.live import Live
-
-    client = _client(server)
 
     def view() -> tuple[Group, bool]:
         experiment = client.experiment(experiment_id)
@@ -516,15 +548,44 @@ def watch(
         tables = Group(status_table(experiment), trials_table(running, "running"))
         return tables, experiment["state"] in ENDED
 
-    try:
-        shown, ended = view()
-        with Live(shown, console=console, auto_refresh=False) as live:
-            while not ended:
-                time.sleep(interval)
-                shown, ended = view()
-                live.update(shown, refresh=True)
-    except ApiError as exc:
-        raise _fail(exc) from exc
+    shown, ended = view()
+    with Live(shown, console=console, auto_refresh=False) as live:
+        while not ended:
+            time.sleep(interval)
+            shown, ended = view()
+            live.update(shown, refresh=True)
+
+
+def _watch_lines(client: SweepClient, experiment_id: int, interval: float, as_json: bool) -> None:
+    """A line per change (JSON lines with --json) until the experiment ends."""
+    last = None
+    while True:
+        e = client.experiment(experiment_id)
+        seen = (e["state"], e["counts"], e["best_value"], e["waiting_for"], e["stop_reason"])
+        if seen != last:
+            last = seen
+            if as_json:
+                _print_json(e)
+            else:
+                sys.stdout.write(_status_line(e) + "\n")
+                sys.stdout.flush()
+        if e["state"] in ENDED:
+            return
+        time.sleep(interval)
+
+
+def _status_line(e: Experiment) -> str:
+    counts = e["counts"]
+    line = (
+        f"{time.strftime('%H:%M:%S')} experiment {e['id']} {e['state']}: "
+        f"{finished(e)}/{e['n_trials']} done, {counts['running']} running, "
+        f"best {_fmt(e['best_value'])}"
+    )
+    if e["waiting_for"]:
+        line += f"; waiting for {e['waiting_for']}"
+    if e["stop_reason"] and e["state"] in ENDED:
+        line += f"; {e['stop_reason']}"
+    return line
 
 
 @app.command()
@@ -614,15 +675,21 @@ def status(
     experiment_id: int,
     server: ServerOpt = DEFAULT_SERVER,
     watch: Annotated[bool, typer.Option(help="follow until the experiment ends")] = False,
+    as_json: JsonOpt = False,
 ) -> None:
     """An experiment's state, trial counts per state and best value, with a progress bar."""
     client = _client(server)
     try:
         experiment = (
-            client.wait(experiment_id, progress=True) if watch else client.experiment(experiment_id)
+            client.wait(experiment_id, progress=not as_json)
+            if watch
+            else client.experiment(experiment_id)
         )
     except ApiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(experiment)
+        return
     console.print(status_table(experiment))
 
 
@@ -654,13 +721,45 @@ def best(
     experiment_id: int,
     server: ServerOpt = DEFAULT_SERVER,
     k: Annotated[int, typer.Option("-k", help="how many")] = 1,
+    as_json: JsonOpt = False,
 ) -> None:
     """The best trial (or the top k) with its params."""
     try:
         result = _client(server).best(experiment_id, k)
     except ApiError as exc:
         raise _fail(exc) from exc
+    if as_json:
+        _print_json(result)
+        return
     console.print(best_table(result))
+
+
+@app.command()
+def workers(
+    server: ServerOpt = DEFAULT_SERVER,
+    limit: int = 100,
+    as_json: JsonOpt = False,
+) -> None:
+    """The workers that registered, most recently seen first."""
+    try:
+        found = _client(server).workers(limit=limit)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    if as_json:
+        _print_json(found)
+        return
+    table = Table("id", "name", "host", "device", "gpus", "programs", "last seen")
+    for w in found:
+        table.add_row(
+            str(w["id"]),
+            w["name"],
+            w["hostname"],
+            w["device"],
+            str(w["gpus"]),
+            ", ".join(w["programs"]) or "-",
+            str(w["last_seen_at"])[:19],
+        )
+    console.print(table)
 
 
 def best_table(result: BestTrials) -> Table:

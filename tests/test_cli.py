@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -60,9 +61,22 @@ def test_init_ls_trials_watch_and_migrate(
     waiting = cells(sweep("status", str(experiment["id"])))
     assert ["waiting for", client.experiment(experiment["id"])["waiting_for"]] in waiting
     client.cancel(experiment["id"])
-    watched = cells(sweep("watch", str(experiment["id"])))
-    assert ["state", "cancelled"] in watched  # ended: shown once, returns
-    assert ["ended because", "cancelled by request"] in watched
+    # Into a pipe, watch prints a line per change; it has ended, so one line, and returns.
+    [watched] = sweep("watch", str(experiment["id"])).splitlines()
+    assert f"experiment {experiment['id']} cancelled: 1/30 done, 0 running" in watched
+    assert watched.endswith("; cancelled by request")
+
+    # For scripts: JSON, as the API answers it.
+    shown = json.loads(sweep("status", str(experiment["id"]), "--json"))
+    assert (shown["id"], shown["state"]) == (experiment["id"], "cancelled")
+    assert json.loads(sweep("ls", "--json"))["total"] == 2
+    page = json.loads(sweep("trials", str(experiment["id"]), "--json"))
+    assert [t["params"] for t in page["items"]] == [{"lr": 0.01, "dropout": 0.1}]
+    assert json.loads(sweep("best", str(experiment["id"]), "--json"))["trials"] == []
+    assert json.loads(sweep("workers", "--json")) == []
+    assert json.loads(sweep("dataset", "ls", "--json")) == []
+    [line] = sweep("watch", str(experiment["id"]), "--json").splitlines()
+    assert json.loads(line)["stop_reason"] == "cancelled by request"
 
     # Deleting says what goes and asks first.
     kept = " ".join(sweep("delete", str(experiment["id"]), code=1, answer="n\n").split())
