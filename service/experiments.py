@@ -22,6 +22,7 @@ from sweep.service.schemas import (
     ExperimentPage,
     ExperimentRead,
     TrialCounts,
+    trial_name,
 )
 from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState
 from sweep.service.tables import Experiment, Trial, utcnow
@@ -153,6 +154,7 @@ def read(
         counts=trial_counts,
         best_value=experiment.best_value,
         best_trial_id=experiment.best_trial_id,
+        best_trial=trial_name(experiment.id, experiment.best_trial_number),
         stop_reason=experiment.stop_reason,
         waiting_for=waiting_for,
         created_at=experiment.created_at,

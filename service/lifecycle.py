@@ -68,6 +68,7 @@ def finish(
     if state == TrialState.COMPLETED and _better(value, experiment):
         experiment.best_value = value
         experiment.best_trial_id = trial.id
+        experiment.best_trial_number = trial.number
     artifacts.discard(session, [trial.id], "checkpoint")
     artifacts.retain_models(session, experiment)
     session.flush()

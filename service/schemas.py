@@ -16,6 +16,7 @@ from pydantic import (
     StrictInt,
     StrictStr,
     ValidationInfo,
+    computed_field,
     field_validator,
 )
 
@@ -300,6 +301,7 @@ class ExperimentRead(BaseModel):
     counts: TrialCounts
     best_value: float | None
     best_trial_id: int | None
+    best_trial: str | None = None  # its name, EXPERIMENT/NUMBER
     stop_reason: str | None
     # Why a running experiment with work left gets no trials run: no live worker can run it.
     waiting_for: str | None = None
@@ -319,6 +321,11 @@ class MetricRead(BaseModel):
     epoch: int
     values: dict[str, float | None]
     created_at: datetime
+
+
+def trial_name(experiment_id: int, number: int | None) -> str | None:
+    """How users name a trial: EXPERIMENT/NUMBER, e.g. 1/17 (ids are the API's)."""
+    return None if number is None else f"{experiment_id}/{number}"
 
 
 class TrialRead(BaseModel):
@@ -342,6 +349,12 @@ class TrialRead(BaseModel):
     created_at: datetime
     started_at: datetime | None  # when its latest attempt started
     finished_at: datetime | None
+
+    @computed_field  # type: ignore[prop-decorator]
+    @property
+    def name(self) -> str | None:
+        """EXPERIMENT/NUMBER, as users name it; None until an enqueued trial first starts."""
+        return trial_name(self.experiment_id, self.number)
 
 
 class TrialDetail(TrialRead):

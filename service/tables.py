@@ -99,6 +99,7 @@ class Experiment(Base):
     # every API process and every rebuilt study continues from the same state.
     study_attrs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict, server_default="{}")
     best_trial_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    best_trial_number: Mapped[int | None] = mapped_column(Integer, nullable=True)  # its name
     best_value: Mapped[float | None] = mapped_column(Float, nullable=True)
     # requirements.device and .min_device_memory_gb, as columns a claim can filter on
     needs_device: Mapped[str | None] = mapped_column(String(16), nullable=True)

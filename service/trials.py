@@ -154,6 +154,16 @@ def detail(session: Session, trial: Trial) -> TrialDetail:
     )
 
 
+def by_number(session: Session, experiment: Experiment, number: int) -> TrialDetail:
+    """The trial a user names EXPERIMENT/NUMBER."""
+    trial = session.scalars(
+        select(Trial).where(Trial.experiment_id == experiment.id, Trial.number == number)
+    ).first()
+    if trial is None:
+        raise NotFound(f"experiment {experiment.id} has no trial number {number}")
+    return detail(session, trial)
+
+
 def page(
     session: Session,
     *,

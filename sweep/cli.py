@@ -44,6 +44,10 @@ console = Console()
 SPEC_TEMPLATE = Path(__file__).with_name("spec_template.yaml")
 PROGRAM_TEMPLATE = Path(__file__).with_name("program_template.yaml")
 ServerOpt = Annotated[str, typer.Option("--server", envvar="SWEEP_SERVER", help="service URL")]
+TrialArg = Annotated[
+    str,
+    typer.Argument(metavar="TRIAL", help="EXPERIMENT/NUMBER as tables show it (1/17), or its id"),
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="print JSON for scripts (watch: one line per change)")
 ]
@@ -474,18 +478,20 @@ def trials(
 
 @app.command("trial")
 def show_trial(
-    trial_id: int,
+    trial: TrialArg,
     server: ServerOpt = DEFAULT_SERVER,
     lines: Annotated[int, typer.Option(help="lines of its program's output to show")] = 20,
 ) -> None:
     """One trial: its state, params, config, how it ended, and its program's output."""
     try:
-        t = _client(server).trial(trial_id)
+        t = _client(server).trial(trial)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="TRIAL") from exc
     except ApiError as exc:
         raise _fail(exc) from exc
-    number = "-" if t["number"] is None else t["number"]
     console.print(
-        f"trial [bold]{t['id']}[/bold] (#{number} of experiment {t['experiment_id']}): "
+        f"trial [bold]{t['name'] or 'waiting to start'}[/bold] (id {t['id']}, experiment "
+        f"{t['experiment_id']}): "
         f"{t['state']}, value {_fmt(t['value'])}, attempt {t['attempt']}, "
         f"{t['last_epoch']} report(s)"
     )
@@ -499,13 +505,13 @@ def show_trial(
 
 
 def trials_table(items: list[Trial], title: str) -> Table:
-    table = Table("#", "id", "state", "reason", "value", "best epoch", "epochs", "attempt")
+    table = Table("trial", "id", "state", "reason", "value", "best epoch", "epochs", "attempt")
     table.add_column("worker")
     table.add_column("params")
     table.title = title
     for t in items:
         table.add_row(
-            "-" if t["number"] is None else str(t["number"]),
+            t["name"] or "(queued)",
             str(t["id"]),
             t["state"],
             t["failure_reason"] or "",
@@ -708,7 +714,7 @@ def status_table(e: Experiment) -> Table:
     for state, n in e["counts"].items():
         table.add_row(f"  {state}", str(n))
     table.add_row("best value", _fmt(e["best_value"]))
-    table.add_row("best trial", str(e["best_trial_id"] or "-"))
+    table.add_row("best trial", e["best_trial"] or "-")
     if e["waiting_for"]:
         table.add_row("waiting for", e["waiting_for"])
     if e["stop_reason"]:
@@ -766,7 +772,7 @@ def best_table(result: BestTrials) -> Table:
     table = Table(
         "rank",
         "trial",
-        "#",
+        "id",
         result["metric"],
         "epoch",
         "params",
@@ -775,8 +781,8 @@ def best_table(result: BestTrials) -> Table:
     for rank, t in enumerate(result["trials"], 1):
         table.add_row(
             str(rank),
+            t["name"] or "-",
             str(t["id"]),
-            str(t["number"]),
             _fmt(t["value"]),
             str(t["best_epoch"]),
             json.dumps(t["params"]),
@@ -786,7 +792,7 @@ def best_table(result: BestTrials) -> Table:
 
 @app.command()
 def download(
-    trial_id: int,
+    trial: TrialArg,
     output: Path,
     server: ServerOpt = DEFAULT_SERVER,
     outputs: Annotated[
@@ -807,15 +813,17 @@ def download(
     client = _client(server)
     try:
         if outputs:
-            client.download_outputs(trial_id, output)
+            client.download_outputs(trial, output)
         elif bundle:
-            client.download_bundle(trial_id, output)
+            client.download_bundle(trial, output)
         else:
-            client.download_model(trial_id, output)
+            client.download_model(trial, output)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="TRIAL") from exc
     except ApiError as exc:
         raise _fail(exc) from exc
     what = "the files of" if outputs else "the model bundle of" if bundle else "the model of"
-    console.print(f"{what} trial {trial_id} saved to {output}")
+    console.print(f"{what} trial {trial} saved to {output}")
 
 
 def _control(action: str) -> None:

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterator
@@ -31,6 +32,8 @@ if TYPE_CHECKING:
     from sweep.models.bundle import Predictor
 
 DEFAULT_SERVER = "http://127.0.0.1:8642"
+TrialRef = int | str  # a trial's id, or its name EXPERIMENT/NUMBER ("1/17")
+TRIAL_NAME = re.compile(r"^(?:(\d+)/)?(\d+)$")
 API = "/api/v1"
 ENDED = ("completed", "cancelled", "failed")
 
@@ -61,6 +64,7 @@ class Experiment(TypedDict):
     counts: TrialCounts
     best_value: float | None
     best_trial_id: int | None
+    best_trial: str | None  # its name, EXPERIMENT/NUMBER
     stop_reason: str | None
     waiting_for: str | None  # why a running experiment gets no trials run, e.g. no live worker
     created_at: str
@@ -72,6 +76,7 @@ class Trial(TypedDict):
     id: int
     experiment_id: int
     number: int | None
+    name: str | None  # EXPERIMENT/NUMBER, as users name it; None until first started
     state: str  # queued, running, completed, pruned, failed, cancelled
     params: dict[str, Any]
     value: float | None
@@ -325,26 +330,37 @@ class SweepClient:
         path = f"/experiments/{experiment_id}/best"
         return cast(BestTrials, self._json("GET", path, params={"k": k}))
 
-    def trial(self, trial_id: int) -> TrialDetail:
-        return cast(TrialDetail, self._json("GET", f"/trials/{trial_id}"))
+    # A trial is named to users EXPERIMENT/NUMBER ("1/17"), as every table shows it; the
+    # methods below take that name or the API's id (17 here is an id).
 
-    def download_outputs(self, trial_id: int, path: str | Path) -> Path:
+    def trial(self, trial: TrialRef) -> TrialDetail:
+        experiment, number = _trial_name(trial)
+        if experiment is None:
+            return cast(TrialDetail, self._json("GET", f"/trials/{number}"))
+        return cast(TrialDetail, self._json("GET", f"/experiments/{experiment}/trials/{number}"))
+
+    def trial_id(self, trial: TrialRef) -> int:
+        """The API's id of a trial named EXPERIMENT/NUMBER (or an id, as it is)."""
+        experiment, number = _trial_name(trial)
+        return number if experiment is None else self.trial(trial)["id"]
+
+    def download_outputs(self, trial: TrialRef, path: str | Path) -> Path:
         """The files the trial's program left in SWEEP_OUTPUT_DIR, as a .tar.gz at `path`."""
-        return self._download(f"/trials/{trial_id}/outputs", Path(path))
+        return self._download(f"/trials/{self.trial_id(trial)}/outputs", Path(path))
 
-    def download_model(self, trial_id: int, path: str | Path) -> Path:
+    def download_model(self, trial: TrialRef, path: str | Path) -> Path:
         """The trial's model file saved to `path`: for the built-in trainer a model bundle
         (`sweep.load_model(path)` loads it), for a program what it saved."""
-        return self._download(f"/trials/{trial_id}/model", Path(path))
+        return self._download(f"/trials/{self.trial_id(trial)}/model", Path(path))
 
-    def download_bundle(self, trial_id: int, directory: str | Path) -> Path:
+    def download_bundle(self, trial: TrialRef, directory: str | Path) -> Path:
         """The trial's model file (`model.pt`) and its record (`trial.json`: params, config,
         metrics, and the experiment's spec) in `directory`: all it takes to use the model."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        detail = self.trial(trial_id)
+        detail = self.trial(trial)
         experiment = self.experiment(detail["experiment_id"])
-        self.download_model(trial_id, directory / "model.pt")
+        self.download_model(detail["id"], directory / "model.pt")
         record = {
             "trial": detail,
             "experiment": {key: experiment[key] for key in ("id", "name", "project", "spec")},
@@ -352,7 +368,7 @@ class SweepClient:
         (directory / "trial.json").write_text(json.dumps(record, indent=2) + "\n")
         return directory
 
-    def load_model(self, trial_id: int) -> Predictor:
+    def load_model(self, trial: TrialRef) -> Predictor:
         """The trial's trained model, ready to use: an nn.Module in eval mode that takes raw
         samples and predicts in the dataset's own units and labels (needs torch).
 
@@ -362,15 +378,15 @@ class SweepClient:
         """
         from sweep.models import arrays, bundle, datasets
 
-        detail = self.trial(trial_id)
+        detail = self.trial(trial)
         spec = self.experiment(detail["experiment_id"])["spec"]
         if spec.get("program") is not None:
             raise ValueError(
-                f"trial {trial_id} ran a program: its model file is the program's own; "
+                f"trial {detail['name']} ran a program: its model file is the program's own; "
                 "save it with download_model (or sweep download)"
             )
         with tempfile.TemporaryDirectory() as scratch:
-            content = bundle.read(self.download_model(trial_id, Path(scratch) / "model.pt"))
+            content = bundle.read(self.download_model(detail["id"], Path(scratch) / "model.pt"))
             if bundle.is_bundle(content):
                 return bundle.from_content(content)
             # A bare state_dict, stored before models were bundled: rebuilt from the spec.
@@ -536,10 +552,11 @@ class SweepClient:
 
 
 def load_model(source: int | str | Path, client: SweepClient | None = None) -> Predictor:
-    """A trained model ready to use (see SweepClient.load_model): by trial id, from the
-    service (`client`, or one made of SWEEP_SERVER and SWEEP_TOKEN); or offline, from a model
-    bundle file `sweep download` saved, or the directory `sweep download --bundle` wrote."""
-    if isinstance(source, int):
+    """A trained model ready to use (see SweepClient.load_model): by trial id or name ("1/17"),
+    from the service (`client`, or one made of SWEEP_SERVER and SWEEP_TOKEN); or offline, from
+    a model bundle file `sweep download` saved, or the directory `sweep download --bundle`
+    wrote (a path: a Path, or a string that is no trial's name)."""
+    if isinstance(source, int) or (isinstance(source, str) and TRIAL_NAME.match(source)):
         if client is not None:
             return client.load_model(source)
         with SweepClient() as own:
@@ -548,6 +565,16 @@ def load_model(source: int | str | Path, client: SweepClient | None = None) -> P
 
     path = Path(source)
     return bundle.load(path / "model.pt" if path.is_dir() else path)
+
+
+def _trial_name(trial: TrialRef) -> tuple[int | None, int]:
+    """(experiment, number) of a name EXPERIMENT/NUMBER, or (None, id) of an id."""
+    if isinstance(trial, int):
+        return None, trial
+    if (match := TRIAL_NAME.match(trial.strip())) is None:
+        raise ValueError(f"a trial is named EXPERIMENT/NUMBER (1/17) or by its id, not {trial!r}")
+    experiment, number = match.groups()
+    return (None if experiment is None else int(experiment)), int(number)
 
 
 def _search_space(study: optuna.Study) -> dict[str, Any]:

@@ -95,10 +95,12 @@ def run_demo(
             cli.console.print("[red]no trial completed[/red]; see the worker logs")
             return 1
         top = best["trials"][0]
-        saved = client.download_model(top["id"], directory / f"best-trial-{top['id']}.pt")
+        name = top["name"] or str(top["id"])
+        saved = client.download_model(name, directory / f"best-trial-{name.replace('/', '-')}.pt")
         cli.console.print(
-            f"best trial {top['id']}: {best['metric']} = {top['value']:.4f}\n"
-            f"its model: {saved} (also at {url}/api/v1/trials/{top['id']}/model)\n"
+            f"best trial {name}: {best['metric']} = {top['value']:.4f}\n"
+            f"its model: {saved} (also: sweep download {name} FILE, or "
+            f"{url}/api/v1/trials/{top['id']}/model)\n"
             f"{_try_model(saved, experiment['spec']['dataset'])}\n"
             "use it (python, on a host with the worker extra):\n"
             f"  import sweep; model = sweep.load_model('{saved}')\n"

@@ -8,7 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
-from tests.helpers import attempt_headers, budget, claim, make_spec, register
+from tests.helpers import attempt_headers, budget, claim, claim_trial, make_spec, register
 
 API = "/api/v1"
 
@@ -86,6 +86,17 @@ def test_an_idempotency_key_submits_once(client: TestClient) -> None:
     fresh = client.post(f"{API}/experiments", json=spec, headers={"Idempotency-Key": "other"})
     assert fresh.status_code == 201
     assert client.get(f"{API}/experiments").json()["total"] == 3
+
+
+def test_a_trial_is_named_by_its_experiment_and_number(client: TestClient) -> None:
+    experiment_id = client.post(f"{API}/experiments", json=make_spec()).json()["id"]
+    assignment = claim_trial(client, "w")
+    trial = client.get(f"{API}/trials/{assignment['trial_id']}").json()
+    assert trial["name"] == f"{experiment_id}/{trial['number']}"
+    named = client.get(f"{API}/experiments/{experiment_id}/trials/{trial['number']}")
+    assert named.json()["id"] == trial["id"]
+    missing = client.get(f"{API}/experiments/{experiment_id}/trials/99")
+    assert missing.status_code == 404 and "no trial number 99" in missing.text
 
 
 def test_trial_lifecycle_from_claim_to_weights(client: TestClient) -> None:

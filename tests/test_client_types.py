@@ -52,6 +52,9 @@ def test_the_client_types_match_the_server_schemas(typed: Any) -> None:
     server = PAIRS[typed]
     client_fields = {name: shape(hint) for name, hint in get_type_hints(typed).items()}
     server_fields = {name: shape(f.annotation) for name, f in server.model_fields.items()}
+    server_fields |= {  # computed from the others, and answered with them
+        name: shape(f.return_type) for name, f in server.model_computed_fields.items()
+    }
     assert client_fields == server_fields, server.__name__
 
 

@@ -113,8 +113,15 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     print(f"\nscreenshot of the experiment page: {screenshot}")
 
     # The trial page: params, curve, a download of the weights.
-    best = client.experiment(experiment_id)["best_trial_id"]
-    page.click(f"#summary a[href='/dashboard/trials/{best}']")
+    ended = client.experiment(experiment_id)
+    best, name = ended["best_trial_id"], ended["best_trial"]
+    assert name == f"{experiment_id}/{client.trial(best)['number']}"
+    link = page.locator(f"#summary a[href='/dashboard/trials/{best}']")
+    assert link.inner_text() == f"trial {name}"  # named as the page it opens is titled
+    link.click()
+    page.locator("h1", has_text=f"Trial {name} of experiment {experiment_id}").wait_for(
+        timeout=WAIT_MS
+    )
     page.locator("#trial-curve[data-drawn='true'] svg.main-svg").first.wait_for(timeout=WAIT_MS)
     assert page.locator("#trial-curve .scatterlayer .trace").count() >= 2  # loss, accuracy...
     assert "val_accuracy" in page.inner_text("main")

@@ -55,7 +55,8 @@ def test_digits_sweep_end_to_end(
 
     # The best model loads ready to use, and its network into the model built from the
     # trial's params, reproducing its score.
-    model = sweep.load_model(best["id"], client)
+    assert best["name"] == f"{experiment_id}/{best['number']}"  # how users name it
+    model = sweep.load_model(best["name"], client)
     detail = client.trial(best["id"])
     network, dataset = build_for_trial(
         spec["model"], experiment["spec"]["dataset"], detail["config"]
@@ -69,7 +70,7 @@ def test_digits_sweep_end_to_end(
     env = {**os.environ, "SWEEP_TOKEN": server.admin_token}
     bundle = tmp_path / "best"
     subprocess.run(
-        [*cli, "download", str(best["id"]), str(bundle), "--bundle", "--server", server.url],
+        [*cli, "download", best["name"], str(bundle), "--bundle", "--server", server.url],
         check=True,
         env=env,
         capture_output=True,

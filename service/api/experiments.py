@@ -1,6 +1,6 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Query, Response, status
+from fastapi import APIRouter, Header, Path, Query, Response, status
 
 from sweep.service import experiments, trials
 from sweep.service.api.deps import (
@@ -22,6 +22,7 @@ from sweep.service.schemas import (
     ExperimentRead,
     Importance,
     OptunaStudy,
+    TrialDetail,
     TrialEnqueue,
     TrialPage,
     TrialRead,
@@ -144,6 +145,14 @@ def list_trials(
         limit=limit,
         offset=offset,
     )
+
+
+@router.get("/{experiment_id}/trials/{number}", dependencies=[READ])
+def get_trial_by_number(
+    experiment: ExperimentDep, number: Annotated[int, Path(ge=0, le=MAX_INT)], session: SessionDep
+) -> TrialDetail:
+    """The trial users name EXPERIMENT/NUMBER (1/17): as GET /trials/{id} answers it."""
+    return trials.by_number(session, experiment, number)
 
 
 @router.post("/{experiment_id}/trials", status_code=status.HTTP_201_CREATED, dependencies=[CONTROL])

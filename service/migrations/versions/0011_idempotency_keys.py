@@ -1,4 +1,5 @@
-"""Submissions with an Idempotency-Key: the same key submits once per project
+"""Submissions with an Idempotency-Key (the same key submits once per project), and the
+best trial's number, which names it to users as EXPERIMENT/NUMBER
 
 Revision ID: 0011
 Revises: 0010
@@ -24,9 +25,15 @@ def upgrade() -> None:
             ["project", "idempotency_key"],
             unique=True,
         )
+        batch.add_column(sa.Column("best_trial_number", sa.Integer(), nullable=True))
+    op.execute(
+        "UPDATE sweep_experiments SET best_trial_number = (SELECT number FROM sweep_trials "
+        "WHERE sweep_trials.id = sweep_experiments.best_trial_id)"
+    )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("sweep_experiments") as batch:
+        batch.drop_column("best_trial_number")
         batch.drop_index("ix_sweep_experiments_project_idempotency_key")
         batch.drop_column("idempotency_key")

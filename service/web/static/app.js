@@ -153,14 +153,14 @@ async function experimentPage(id, me) {
       [[stateBadge(e.state), `${c.completed + c.pruned + c.failed + c.cancelled} / ${e.n_trials}`,
         c.running, c.queued, c.completed, c.pruned, c.failed, number(e.best_value),
         e.best_trial_id ? el("a", { href: `/dashboard/trials/${e.best_trial_id}` },
-          `trial ${e.best_trial_id}`) : "–", e.stop_reason || ""]]),
+          `trial ${e.best_trial ?? e.best_trial_id}`) : "–", e.stop_reason || ""]]),
     e.waiting_for ? el("p", { id: "waiting-for" }, `Waiting: ${e.waiting_for}`) : "");
     renderActions(e, me, actions, refresh);
     const page = await getJson(`/experiments/${id}/trials?limit=500`);
     trials.replaceChildren(table(
-      ["#", "state", "reason", "value", "best epoch", "epochs", "attempt", "worker", "params"],
+      ["trial", "state", "reason", "value", "best epoch", "epochs", "attempt", "worker", "params"],
       page.items.map((t) => [
-        el("a", { href: `/dashboard/trials/${t.id}` }, t.number ?? "(waiting)"),
+        el("a", { href: `/dashboard/trials/${t.id}` }, t.name ?? "(waiting)"),
         stateBadge(t.state), reasonCell(t), number(t.value), t.best_epoch ?? "–", t.last_epoch,
         t.attempt, t.worker_id ?? "–", JSON.stringify(t.params)])));
     const notReady = await getJson(`/experiments/${id}/plots`);
@@ -237,7 +237,7 @@ async function trialPage(id) {
     },
   }, "Download weights");
   show(
-    el("h1", {}, `Trial ${t.number ?? "(waiting)"} of `,
+    el("h1", {}, `Trial ${t.name ?? "(waiting to start)"} of `,
       el("a", { href: `/dashboard/experiments/${t.experiment_id}` },
         `experiment ${t.experiment_id}`)),
     table(["state", "value", "best epoch", "epochs", "attempt", "retries", "worker",
