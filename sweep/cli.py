@@ -935,6 +935,40 @@ def import_study(
     )
 
 
+@app.command("import-wandb")
+def import_wandb(
+    config_file: Path,
+    program: Annotated[
+        str | None, typer.Option(help="the program workers run (default: the config's stem)")
+    ] = None,
+    write: Annotated[
+        Path | None, typer.Option("--write", help="write the Sweep spec here instead of submitting")
+    ] = None,
+    server: ServerOpt = DEFAULT_SERVER,
+) -> None:
+    """Convert a W&B sweep configuration into a Sweep spec and submit it (or --write it),
+    naming what it could not convert."""
+    from sweep import wandb_config
+
+    try:
+        converted = wandb_config.load(config_file, program=program)
+    except (ValueError, OSError) as exc:
+        raise typer.BadParameter(str(exc), param_hint="CONFIG_FILE") from exc
+    for note in converted.notes:
+        console.print(f"[yellow]note:[/yellow] {escape(note)}", soft_wrap=True)
+    if write is not None:
+        import yaml
+
+        write.write_text(yaml.safe_dump(converted.spec, sort_keys=False))
+        console.print(f"wrote {write}")
+        return
+    try:
+        experiment = _client(server).submit(converted.spec)
+    except ApiError as exc:
+        raise _fail(exc) from exc
+    console.print(f"experiment [bold]{experiment['id']}[/bold] ({experiment['name']}) submitted")
+
+
 @app.command()
 def delete(
     experiment_id: int,

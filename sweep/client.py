@@ -225,6 +225,19 @@ class SweepClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         return cast(Experiment, self._json("POST", "/experiments", json=body, headers=headers))
 
+    def submit_wandb(
+        self, config: dict[str, Any] | str | Path, *, program: str | None = None
+    ) -> tuple[Experiment, list[str]]:
+        """Submit a W&B sweep configuration (a dict or its YAML file) as an experiment of the
+        program `program` (default: its `program`'s stem); and what did not convert."""
+        from sweep import wandb_config
+
+        if isinstance(config, dict):
+            converted = wandb_config.convert(config, program=program)
+        else:
+            converted = wandb_config.load(config, program=program)
+        return self.submit(converted.spec), converted.notes
+
     def experiments(
         self, state: str | None = None, limit: int = 50, offset: int = 0
     ) -> Page[Experiment]:
