@@ -34,6 +34,7 @@ from sweep.service.tables import (
     Artifact,
     Experiment,
     Trial,
+    utcnow,
 )
 from tests.helpers import (
     authorize,
@@ -265,20 +266,26 @@ def test_blobs_sql_held_move_into_the_store_resumably_and_back(db_url: str, tmp_
     blobs["outputs"] = b"\x1f\x8b" + blobs["outputs"]
     sha = "ab" * 32
     with db.transaction() as session:
-        experiment = Experiment(
-            name="before",
-            state="completed",
-            spec=make_spec(),
-            metric="val_accuracy",
-            direction="maximize",
-            n_trials=2,
-            max_concurrent=1,
-        )
-        session.add(experiment)
-        session.flush()
+        # In Core, naming only the columns 0009 has (the model has later ones).
+        stamp = utcnow()
+        experiment_id = session.execute(
+            insert(Experiment.__table__).values(
+                name="before",
+                state="completed",
+                spec=make_spec(),
+                metric="val_accuracy",
+                direction="maximize",
+                n_trials=2,
+                max_concurrent=1,
+                trial_count=2,
+                finish_seq=2,
+                created_at=stamp,
+                updated_at=stamp,
+            )
+        ).inserted_primary_key[0]
         trials = [
             Trial(
-                experiment_id=experiment.id,
+                experiment_id=experiment_id,
                 number=n,
                 state="completed",
                 params={},
@@ -288,7 +295,6 @@ def test_blobs_sql_held_move_into_the_store_resumably_and_back(db_url: str, tmp_
         ]
         session.add_all(trials)
         session.flush()
-        stamp = experiment.created_at
         for trial in trials:
             row = {"trial_id": trial.id, "size": 50_000, "created_at": stamp}
             session.execute(insert(LEGACY_WEIGHTS).values(**row, data=blobs["weights"]))

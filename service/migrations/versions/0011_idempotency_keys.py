@@ -17,15 +17,19 @@ branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
 
+# No batch mode: on SQLite it copies the table and drops the old one, and dropping
+# sweep_experiments would cascade to every trial. SQLite adds and drops columns in place.
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("sweep_experiments") as batch:
-        batch.add_column(sa.Column("idempotency_key", sa.String(200), nullable=True))
-        batch.create_index(
-            "ix_sweep_experiments_project_idempotency_key",
-            ["project", "idempotency_key"],
-            unique=True,
-        )
-        batch.add_column(sa.Column("best_trial_number", sa.Integer(), nullable=True))
+    op.add_column("sweep_experiments", sa.Column("idempotency_key", sa.String(200), nullable=True))
+    op.create_index(
+        "ix_sweep_experiments_project_idempotency_key",
+        "sweep_experiments",
+        ["project", "idempotency_key"],
+        unique=True,
+    )
+    op.add_column("sweep_experiments", sa.Column("best_trial_number", sa.Integer(), nullable=True))
     op.execute(
         "UPDATE sweep_experiments SET best_trial_number = (SELECT number FROM sweep_trials "
         "WHERE sweep_trials.id = sweep_experiments.best_trial_id)"
@@ -33,7 +37,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("sweep_experiments") as batch:
-        batch.drop_column("best_trial_number")
-        batch.drop_index("ix_sweep_experiments_project_idempotency_key")
-        batch.drop_column("idempotency_key")
+    op.drop_index("ix_sweep_experiments_project_idempotency_key", "sweep_experiments")
+    for column in ("best_trial_number", "idempotency_key"):
+        if op.get_bind().dialect.name == "sqlite":  # in place (SQLite 3.35 and later)
+            op.execute(f"ALTER TABLE sweep_experiments DROP COLUMN {column}")
+        else:
+            op.drop_column("sweep_experiments", column)
