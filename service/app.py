@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -18,7 +19,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web
+from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
 from sweep.service.api import ROUTERS
 from sweep.service.api import metrics as metrics_api
 from sweep.service.config import Settings
@@ -58,10 +59,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         stopping = asyncio.Event()
         expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings, metrics))
         cleaning = asyncio.create_task(_clean_store_until(stopping, db, store, settings))
+        delivering = asyncio.create_task(_deliver_webhooks_until(stopping, db, settings))
         yield
         stopping.set()
         await expiry  # lets a round in progress finish its transaction
         await cleaning
+        await delivering
         db.dispose()
 
     app = FastAPI(
@@ -148,6 +151,27 @@ async def _clean_store_until(
                 await run_in_threadpool(collect)
         except Exception:  # an unreachable database or store: next round
             log.exception("cleaning the artifact store failed")
+
+
+async def _deliver_webhooks_until(
+    stopping: asyncio.Event, db: Database, settings: Settings
+) -> None:
+    """POST the webhook deliveries that are due, each round, until the server stops."""
+    with httpx.Client(timeout=webhooks.SEND_TIMEOUT_SECONDS, follow_redirects=False) as http:
+        while not stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), settings.webhook_poll_seconds)
+                return
+            try:
+                while (
+                    await run_in_threadpool(
+                        webhooks.deliver_due, db, http, settings.webhook_retry_seconds
+                    )
+                    == webhooks.BATCH
+                ):
+                    pass
+            except Exception:  # an unreachable database: next round
+                log.exception("delivering webhooks failed")
 
 
 def _error(

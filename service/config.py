@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     max_dataset_bytes: int = 512 * 2**20
     # How long a pre-signed URL for a direct transfer to or from S3 stays valid.
     presign_seconds: int = 3600
+    # Webhooks: how often due deliveries are sent, and the first retry's wait (doubling).
+    webhook_poll_seconds: float = 1.0
+    webhook_retry_seconds: float = 5.0
     # How often deleted artifacts' objects are removed from the store, and how often the
     # store is swept for objects no row references (older than artifact_gc_grace_seconds,
     # so that uploads under way are left alone).

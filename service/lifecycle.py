@@ -15,7 +15,7 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from sweep.service import artifacts, rows
+from sweep.service import artifacts, rows, webhooks
 from sweep.service.db import notify_on_commit
 from sweep.service.states import (
     ENDED_EXPERIMENT_STATES,
@@ -65,10 +65,13 @@ def finish(
     trial.failure_reason = reason
     trial.failure_message = message
     trial.lease_expires_at = None
-    if state == TrialState.COMPLETED and _better(value, experiment):
+    best = state == TrialState.COMPLETED and _better(value, experiment)
+    if best:
         experiment.best_value = value
         experiment.best_trial_id = trial.id
         experiment.best_trial_number = trial.number
+    if best or state == TrialState.FAILED:
+        webhooks.trial_ended(session, experiment, trial, best=best)
     artifacts.discard(session, [trial.id], "checkpoint")
     artifacts.retain_models(session, experiment)
     session.flush()
@@ -130,6 +133,7 @@ def move_experiment(
     if target in ENDED_EXPERIMENT_STATES:
         experiment.finished_at = utcnow()
         experiment.stop_reason = reason
+        webhooks.experiment_ended(session, experiment)
     if target == ExperimentState.RUNNING:
         notify_on_commit(session)
     session.flush()

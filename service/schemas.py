@@ -571,6 +571,42 @@ class FailIn(Strict):
 Project = Annotated[StrictStr, Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
+WebhookEvent = Literal["experiment.ended", "experiment.failed", "trial.failed", "trial.new_best"]
+
+
+class WebhookCreate(Strict):
+    url: Annotated[StrictStr, Field(max_length=2000, pattern=r"^https?://[^\s/]+\S*$")]
+    # The project whose events it gets; the calling admin's own when theirs is one.
+    project: Project = "default"
+    events: list[WebhookEvent] | None = Field(None, min_length=1)  # None: every event
+
+
+class WebhookRead(BaseModel):
+    id: int
+    project: str
+    url: str
+    events: list[str]
+    created_at: datetime
+
+
+class WebhookCreated(WebhookRead):
+    secret: str  # signs each delivery (X-Sweep-Signature); shown in this answer only
+
+
+class WebhookDeliveryRead(BaseModel):
+    id: int
+    webhook_id: int
+    event: str
+    payload: dict[str, Any]
+    state: str  # pending, delivered, failed (after its last attempt)
+    attempts: int
+    next_attempt_at: datetime
+    last_status: int | None
+    last_error: str | None
+    created_at: datetime
+    delivered_at: datetime | None
+
+
 class TokenCreate(Strict):
     name: Name = "token"
     role: Literal["admin", "user", "viewer", "worker"]

@@ -146,6 +146,42 @@ class DeletedArtifact(Base):
     deleted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class Webhook(Base):
+    """A URL an admin registered for a project's events (never one a spec names: the server
+    calls no address a user chose). Its secret signs every delivery (HMAC-SHA256)."""
+
+    __tablename__ = "sweep_webhooks"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    project: Mapped[str] = mapped_column(String(100), index=True)
+    url: Mapped[str] = mapped_column(String(2000))
+    events: Mapped[list[str]] = mapped_column(JSON)
+    secret: Mapped[str] = mapped_column(String(100))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: written in the transaction that made it happen (so none is
+    lost, and none is sent for a change rolled back), then sent and retried with backoff."""
+
+    __tablename__ = "sweep_webhook_deliveries"
+    __table_args__ = (Index("ix_sweep_webhook_deliveries_due", "state", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    webhook_id: Mapped[int] = mapped_column(
+        ForeignKey("sweep_webhooks.id", ondelete="CASCADE"), index=True
+    )
+    event: Mapped[str] = mapped_column(String(32))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # delivered, failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
 class UserDataset(Base):
     """A dataset a user uploaded (CSV or NPZ), validated and stored as arrays X and y."""
 
