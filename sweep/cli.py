@@ -48,6 +48,9 @@ TrialArg = Annotated[
     str,
     typer.Argument(metavar="TRIAL", help="EXPERIMENT/NUMBER as tables show it (1/17), or its id"),
 ]
+WideOpt = Annotated[
+    bool, typer.Option("--wide", help="every column, whole (tables fit 80 columns otherwise)")
+]
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="print JSON for scripts (watch: one line per change)")
 ]
@@ -464,8 +467,9 @@ def trials(
     sort: Annotated[str, typer.Option(help="number or objective (best first)")] = "number",
     limit: int = 100,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
-    """An experiment's trials as a table."""
+    """An experiment's trials as a table, a column per parameter."""
     try:
         page = _client(server).trials(experiment_id, state=state, sort=sort, limit=limit)
     except ApiError as exc:
@@ -473,7 +477,7 @@ def trials(
     if as_json:
         _print_json(page)
         return
-    console.print(trials_table(page["items"], f"{page['total']} trial(s)"))
+    console.print(trials_table(page["items"], f"{page['total']} trial(s)", wide=wide))
 
 
 @app.command("trial")
@@ -504,25 +508,79 @@ def show_trial(
         console.print("\n".join(kept[-lines:]), markup=False, highlight=False)
 
 
-def trials_table(items: list[Trial], title: str) -> Table:
-    table = Table("trial", "id", "state", "reason", "value", "best epoch", "epochs", "attempt")
-    table.add_column("worker")
-    table.add_column("params")
-    table.title = title
-    for t in items:
-        table.add_row(
+def trials_table(items: list[Trial], title: str, *, wide: bool = False) -> Table:
+    """A row per trial and a column per parameter. To fit 80 columns the trial, its state and
+    value keep their width and the parameters' cells are cut short (…); with `wide` every
+    column is whole, and the id, attempt and worker show too."""
+    rows = [
+        [
             t["name"] or "(queued)",
-            str(t["id"]),
             t["state"],
             t["failure_reason"] or "",
             _fmt(t["value"]),
             str(t["best_epoch"] or "-"),
-            str(t["last_epoch"]),
-            str(t["attempt"]),
-            str(t["worker_id"] or "-"),
-            _params(t["params"]),
+        ]
+        + (
+            [str(t["last_epoch"]), str(t["attempt"]), str(t["worker_id"] or "-"), str(t["id"])]
+            if wide
+            else []
         )
+        for t in items
+    ]
+    heads = ["trial", "state", "reason", "value", "epoch"]
+    heads += ["epochs", "attempt", "worker", "id"] if wide else []
+    return _with_params(_table(title, wide), heads, rows, [t["params"] for t in items], wide)
+
+
+PARAM_WIDTH = 10  # a parameter's column at most, but with --wide
+
+
+def _with_params(
+    table: Table,
+    heads: list[str],
+    rows: list[list[str]],
+    params: list[dict[str, Any]],
+    wide: bool,
+) -> Table:
+    """`rows` under `heads` at their full width, then a column per parameter: with `wide` all
+    of them whole, else as many as fit the terminal, cut short (…), the rest named below."""
+    room = console.width - 1
+    for i, head in enumerate(heads):
+        width = max([len(head), *(len(row[i]) for row in rows)])
+        table.add_column(head, no_wrap=True, min_width=width)
+        room -= width + 2  # its padding and border
+    names = _param_names(params)
+    cells = [[_param(values.get(n)) for n in names] for values in params]
+    shown = []
+    for i, name in enumerate(names):
+        width = max([len(name), *(len(row[i]) for row in cells)])
+        width = width if wide else min(width, PARAM_WIDTH)
+        if not wide and room < width + 2:
+            break
+        room -= width + 2
+        shown.append(i)
+        table.add_column(name, no_wrap=True, max_width=None if wide else PARAM_WIDTH)
+    for row, values in zip(rows, cells, strict=True):
+        table.add_row(*row, *(values[i] for i in shown))
+    if len(shown) < len(names):
+        hidden = ", ".join(names[len(shown) :])
+        table.caption = f"not shown: {hidden} (--wide shows every column)"
     return table
+
+
+def _table(title: str, wide: bool) -> Table:
+    return Table(title=title, collapse_padding=not wide, pad_edge=wide)
+
+
+def _param_names(params: Iterator[dict[str, Any]] | list[dict[str, Any]]) -> list[str]:
+    """Every parameter name, in the order they first appear."""
+    return list(dict.fromkeys(name for p in params for name in p))
+
+
+def _param(value: Any) -> str:
+    if value is None:
+        return ""
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 @app.command()
@@ -728,6 +786,7 @@ def best(
     server: ServerOpt = DEFAULT_SERVER,
     k: Annotated[int, typer.Option("-k", help="how many")] = 1,
     as_json: JsonOpt = False,
+    wide: WideOpt = False,
 ) -> None:
     """The best trial (or the top k) with its params."""
     try:
@@ -737,7 +796,7 @@ def best(
     if as_json:
         _print_json(result)
         return
-    console.print(best_table(result))
+    console.print(best_table(result, wide=wide))
 
 
 @app.command()
@@ -768,26 +827,17 @@ def workers(
     console.print(table)
 
 
-def best_table(result: BestTrials) -> Table:
-    table = Table(
-        "rank",
-        "trial",
-        "id",
-        result["metric"],
-        "epoch",
-        "params",
-        title=f"best by {result['direction']} {result['metric']}",
-    )
-    for rank, t in enumerate(result["trials"], 1):
-        table.add_row(
-            str(rank),
-            t["name"] or "-",
-            str(t["id"]),
-            _fmt(t["value"]),
-            str(t["best_epoch"]),
-            json.dumps(t["params"]),
-        )
-    return table
+def best_table(result: BestTrials, *, wide: bool = False) -> Table:
+    """The best trials, a column per parameter (cut short to fit 80 columns, but with `wide`)."""
+    found = result["trials"]
+    rows = [
+        [str(rank), t["name"] or "-", _fmt(t["value"]), str(t["best_epoch"])]
+        + ([str(t["id"])] if wide else [])
+        for rank, t in enumerate(found, 1)
+    ]
+    heads = ["rank", "trial", result["metric"], "epoch", *(["id"] if wide else [])]
+    title = f"best by {result['direction']} {result['metric']}"
+    return _with_params(_table(title, wide), heads, rows, [t["params"] for t in found], wide)
 
 
 @app.command()

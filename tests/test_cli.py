@@ -56,7 +56,23 @@ def test_init_ls_trials_watch_and_migrate(
     listed = sweep("ls", "--state", "running")
     assert "my-sweep" in listed and "0/30" in listed
     client.enqueue(experiment["id"], {"lr": 0.01, "dropout": 0.1})
-    assert "1 trial(s)" in sweep("trials", str(experiment["id"]), "--state", "queued")
+    queued = sweep("trials", str(experiment["id"]), "--state", "queued")
+    assert "1 trial(s)" in queued and max(map(len, queued.splitlines())) <= 80
+    # A column per parameter; --wide adds the id, attempt and worker.
+    assert ["trial", "state", "reason", "value", "epoch", "lr", "dropout"] in cells(queued)
+    assert ["(queued)", "queued", "", "-", "-", "0.01", "0.1"] in cells(queued)
+    wide = sweep("trials", str(experiment["id"]), "--wide")
+    assert (cells(wide)[0][:9]) == [
+        "trial",
+        "state",
+        "reason",
+        "value",
+        "epoch",
+        "epochs",
+        "attempt",
+        "worker",
+        "id",
+    ]
     # Why nothing runs (no worker registered) shows in status, as does why it ended.
     waiting = cells(sweep("status", str(experiment["id"])))
     assert ["waiting for", client.experiment(experiment["id"])["waiting_for"]] in waiting
@@ -145,5 +161,9 @@ def test_what_goes_wrong_with_the_server_is_one_line_saying_what_to_do(
 
 def cells(table: str) -> list[list[str]]:
     """The rows of a table the CLI printed, as lists of their cells' text."""
-    rows = (line.strip().strip("│┃").split("│") for line in table.splitlines() if "│" in line)
+    rows = (
+        line.strip().strip("│┃").replace("┃", "│").split("│")
+        for line in table.splitlines()
+        if "│" in line or "┃" in line
+    )
     return [[cell.strip() for cell in row] for row in rows]
