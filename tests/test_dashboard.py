@@ -92,6 +92,8 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     row = page.locator("#experiments tr", has_text="dashboard-demo")
     row.wait_for(timeout=WAIT_MS)
     assert "completed" in row.inner_text() and "8 / 8" in row.inner_text()
+    objective = client.experiment(experiment_id)["spec"]["objective"]
+    assert f"{objective['direction']} {objective['metric']}" in row.inner_text()
     page.select_option("#state-filter", "running")
     page.locator("#experiments", has_text="1 experiment(s)").wait_for(timeout=WAIT_MS)
     assert "waiting-for-workers" in page.inner_text("#experiments")
@@ -122,12 +124,19 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     page.locator("h1", has_text=f"Trial {name} of experiment {experiment_id}").wait_for(
         timeout=WAIT_MS
     )
-    page.locator("#trial-curve[data-drawn='true'] svg.main-svg").first.wait_for(timeout=WAIT_MS)
-    assert page.locator("#trial-curve .scatterlayer .trace").count() >= 2  # loss, accuracy...
+    # One chart per metric it reported (costs and timings aside), each on its own axis.
+    reported = {n for m in client.trial(best)["metrics"] for n in m["values"]}
+    expected = reported - {"epoch_seconds", "train_seconds", "n_params", "latency_ms"}
+    assert {"val_loss", "val_accuracy", "lr"} <= expected
+    drawn = page.locator("#trial-curves .metric-curve[data-drawn='true']")
+    drawn.nth(len(expected) - 1).wait_for(timeout=WAIT_MS)
+    charts = page.locator("#trial-curves .metric-curve")
+    assert {charts.nth(i).get_attribute("data-metric") for i in range(charts.count())} == expected
+    assert page.locator("#trial-curves .scatterlayer .trace").count() == len(expected)
     assert "val_accuracy" in page.inner_text("main")
     with page.expect_download() as download:
         page.click("#download-weights")
-    assert download.value.suggested_filename == f"trial-{best}.pt"
+    assert download.value.suggested_filename == f"trial-{name.replace('/', '-')}.pt"
 
     # Pause and resume from the page; a single-objective experiment has no Pareto front.
     page.goto(f"{server.url}/dashboard/experiments/{waiting}")

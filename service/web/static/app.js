@@ -111,13 +111,13 @@ async function experimentsPage() {
     const page = await getJson(`/experiments?limit=200${query}`);
     holder.replaceChildren(table(
       ["id", "name", "project", "state", "finished / n_trials", "running", "pruned", "failed",
-        "best value", "age"],
+        "objective", "best value", "age"],
       page.items.map((e) => {
         const c = e.counts;
         const finished = c.completed + c.pruned + c.failed + c.cancelled;
         return [e.id, el("a", { href: `/dashboard/experiments/${e.id}` }, e.name), e.project,
           stateBadge(e.state), `${finished} / ${e.n_trials}`, c.running, c.pruned, c.failed,
-          number(e.best_value), age(e.created_at)];
+          objective(e.spec), number(e.best_value), age(e.created_at)];
       })), el("p", {}, `${page.total} experiment(s)`));
   }
   await poll(refresh, () => true);
@@ -183,6 +183,9 @@ async function drawPlot(id, kind, holder, notReady) {
     holder.dataset.drawn = "false";
     return;
   }
+  if (holder.dataset.drawn !== "true") {  // the first time: say it is coming
+    holder.replaceChildren(el("div", { class: "note loading" }, `${title}: loading…`));
+  }
   const figure = await getJson(`/experiments/${id}/plots/${kind}`);
   figure.layout = { ...figure.layout, title: { text: title } };
   holder.querySelector(".note")?.remove();
@@ -218,16 +221,28 @@ function renderActions(e, me, holder, refresh) {
 // ---------------------------------------------------------------------------------------
 // Trial page
 
+// What an experiment optimizes, e.g. "maximize val_accuracy" (each objective, comma-separated).
+function objective(spec) {
+  const objectives = spec.objectives || (spec.objective ? [spec.objective] : []);
+  return objectives.map((o) => `${o.direction} ${o.metric}`).join(", ");
+}
+
 async function trialPage(id) {
   const t = await getJson(`/trials/${id}`);
   const metricNames = [...new Set(t.metrics.flatMap((m) => Object.keys(m.values)))];
-  const curve = el("div", { class: "plot", id: "trial-curve" });
+  const shown = metricNames.filter((n) => !["epoch_seconds", "train_seconds", "n_params",
+    "latency_ms"].includes(n));
+  // One chart per metric, each on its own axis: a loss, an accuracy and a learning rate
+  // share no scale.
+  const curves = el("div", { class: "plots", id: "trial-curves" },
+    ...shown.map((n) => el("div", { class: "plot metric-curve", "data-metric": n })));
   const download = el("button", {
     id: "download-weights",
     onclick: async () => {
       try {
         const blob = await (await api(`/trials/${id}/model`)).blob();
-        const link = el("a", { href: URL.createObjectURL(blob), download: `trial-${id}.pt` });
+        const file = `trial-${(t.name ?? String(id)).replace("/", "-")}.pt`;
+        const link = el("a", { href: URL.createObjectURL(blob), download: file });
         document.body.append(link);
         link.click();
         link.remove();
@@ -248,23 +263,28 @@ async function trialPage(id) {
     el("h2", {}, "Params"),
     table(["param", "value"], Object.entries(t.params).map(([k, v]) => [k, JSON.stringify(v)])),
     el("h2", {}, "Metrics per epoch"),
-    curve,
+    curves,
     table(["epoch", ...metricNames],
       t.metrics.map((m) => [m.epoch, ...metricNames.map((n) => number(m.values[n]))])),
     ...(t.output ? [el("h2", {}, "Its program's output (the tail)"),
       el("pre", { id: "trial-output" }, t.output)] : []),
   );
-  const shown = metricNames.filter((n) => !["epoch_seconds", "train_seconds", "n_params",
-    "latency_ms"].includes(n));
-  await Plotly.react(curve, shown.map((n) => ({
-    type: "scatter",
-    mode: "lines+markers",
-    name: n,
-    x: t.metrics.map((m) => m.epoch),
-    y: t.metrics.map((m) => m.values[n]),
-  })), { title: { text: "Metrics per epoch" }, xaxis: { title: { text: "epoch" } } },
-  { responsive: true });
-  curve.dataset.drawn = "true";
+  await Promise.all([...curves.children].map(async (holder) => {
+    const n = holder.dataset.metric;
+    await Plotly.react(holder, [{
+      type: "scatter",
+      mode: "lines+markers",
+      name: n,
+      x: t.metrics.map((m) => m.epoch),
+      y: t.metrics.map((m) => m.values[n]),
+    }], {
+      title: { text: n },
+      xaxis: { title: { text: "epoch" } },
+      yaxis: { title: { text: n }, type: n === "lr" ? "log" : "linear" },
+      showlegend: false,
+    }, { responsive: true });
+    holder.dataset.drawn = "true";
+  }));
 }
 
 // ---------------------------------------------------------------------------------------
