@@ -33,7 +33,7 @@ class Chaos:
 # third of the worker processes are killed, and the server goes down more than once.
 CHAOS = {
     "postgresql": Chaos(trials=24, workers=4, kills=3, server_restarts=2),
-    "sqlite": Chaos(trials=18, workers=4, kills=2, server_restarts=1),
+    "sqlite": Chaos(trials=12, workers=4, kills=2, server_restarts=1),
 }
 
 

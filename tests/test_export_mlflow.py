@@ -54,7 +54,7 @@ def test_an_experiment_exports_to_mlflow_and_again_without_duplicates(
             "lr": {"type": "float", "low": 1e-5, "high": 10.0, "log": True},
             "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
         },
-        fixed={"epochs": 3, "activation": "leaky_relu", "hidden_layers": 3, "hidden_units": 128},
+        fixed={"epochs": 2, "activation": "leaky_relu", "hidden_layers": 3, "hidden_units": 128},
         pruner={"name": "threshold", "options": {"lower": 0.5}},
         budget=budget(4, 1),
     )
