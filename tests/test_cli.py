@@ -7,11 +7,11 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tests.helpers import wait_until
 from tests.processes import serve
 
 pytestmark = pytest.mark.processes  # real server, worker or pool processes
@@ -149,11 +149,13 @@ def test_what_goes_wrong_with_the_server_is_one_line_saying_what_to_do(
             stderr=subprocess.STDOUT,
             env={**env, "SWEEP_TOKEN": server.worker_token},
         )
+
+    def names_the_url() -> bool:
+        assert lost.poll() is None, log.read_text()  # it retries rather than exits
+        return f"POST {nowhere}/api/v1/workers failed" in log.read_text()
+
     try:
-        deadline = time.monotonic() + 60
-        while f"POST {nowhere}/api/v1/workers failed" not in log.read_text():
-            assert lost.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.1)
+        wait_until(names_the_url, 60, "the worker to name the URL it retries", poll=0.1)
     finally:
         lost.kill()
         lost.wait()
