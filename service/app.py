@@ -29,6 +29,7 @@ from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.observe import Observe
 from sweep.service.search import Optimizer
+from sweep.service.search.plots import Plots
 from sweep.service.store import Store
 
 API_PREFIX = "/api/v1"
@@ -50,6 +51,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
         )
+        app.state.plots = Plots(app.state.optimizer, ttl=settings.plot_refresh_seconds)
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)

@@ -27,6 +27,8 @@ class Settings(BaseSettings):
     max_claim_wait_seconds: float = 30.0
     # How often a waiting claim looks at the database again when nothing woke it.
     claim_poll_seconds: float = 0.5
+    # A running experiment's plots are drawn again at most this often (an ended one's once).
+    plot_refresh_seconds: float = 5.0
     # A claimed trial whose worker sends nothing (heartbeat or report) for this long is
     # handed out again; workers heartbeat at a quarter of it.
     lease_seconds: float = 60.0

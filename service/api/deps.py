@@ -18,6 +18,7 @@ from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.schemas import MAX_INT
 from sweep.service.search import Optimizer
+from sweep.service.search.plots import Plots
 from sweep.service.store import Store
 from sweep.service.tables import Experiment, Trial
 
@@ -30,6 +31,11 @@ def get_db(request: Request) -> Database:
 def get_optimizer(request: Request) -> Optimizer:
     optimizer: Optimizer = request.app.state.optimizer
     return optimizer
+
+
+def get_plots(request: Request) -> Plots:
+    plots: Plots = request.app.state.plots
+    return plots
 
 
 def get_settings(request: Request) -> Settings:
@@ -56,6 +62,7 @@ DatabaseDep = Annotated[Database, Depends(get_db)]
 SubmissionsDep = Annotated[SubmissionRate, Depends(get_submissions)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OptimizerDep = Annotated[Optimizer, Depends(get_optimizer)]
+PlotsDep = Annotated[Plots, Depends(get_plots)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 StoreDep = Annotated[Store, Depends(get_store)]
 

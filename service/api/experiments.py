@@ -9,6 +9,7 @@ from sweep.service.api.deps import (
     Controller,
     ExperimentDep,
     OptimizerDep,
+    PlotsDep,
     Reader,
     SessionDep,
     SubmissionsDep,
@@ -184,10 +185,10 @@ def optuna_study(
 
 @router.get("/{experiment_id}/plots", dependencies=[READ])
 def plots_not_ready(
-    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep
+    experiment: ExperimentDep, session: SessionDep, drawn: PlotsDep
 ) -> dict[str, str]:
     """The plots that cannot be drawn yet (too few trials, one objective...), each with why."""
-    return plots.available(session, optimizer, experiment)
+    return drawn.available(session, experiment)
 
 
 @router.get(
@@ -197,14 +198,15 @@ def plots_not_ready(
     responses={200: {"content": {"application/json": {}}, "description": "a plotly figure"}},
 )
 def plot(
-    experiment: ExperimentDep, session: SessionDep, optimizer: OptimizerDep, kind: plots.PlotKind
+    experiment: ExperimentDep, session: SessionDep, drawn: PlotsDep, kind: plots.PlotKind
 ) -> Response:
     """A plot of the experiment as a plotly figure (JSON): Optuna's optimization history,
     intermediate values, parallel coordinates, parameter importance, slice, contour of the two
-    most important parameters, Pareto front; or a timeline of trials per worker."""
-    return Response(
-        plots.figure(session, optimizer, experiment, kind), media_type="application/json"
-    )
+    most important parameters, Pareto front; or a timeline of trials per worker. Beyond 1,000
+    completed trials, the trial plots draw the 100 best and a fixed random sample of the
+    others, and the learning curves the 100 best over a band of all (layout.meta.note says
+    so). Figures are kept until the experiment changes (a running one's: a few seconds)."""
+    return Response(drawn.figure(session, experiment, kind), media_type="application/json")
 
 
 @router.get("/{experiment_id}/best", dependencies=[READ])
