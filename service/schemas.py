@@ -349,6 +349,8 @@ class TrialRead(BaseModel):
     created_at: datetime
     started_at: datetime | None  # when its latest attempt started
     finished_at: datetime | None
+    # Its last reported epoch's metrics: in trial lists (pages, the best), None elsewhere.
+    last_metrics: dict[str, float | None] | None = None
 
     @computed_field  # type: ignore[prop-decorator]
     @property
@@ -370,6 +372,19 @@ class TrialPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class Curve(BaseModel):
+    trial_id: int
+    name: str
+    state: str
+    epochs: list[int]
+    values: list[float | None]
+
+
+class Curves(BaseModel):
+    metric: str
+    curves: list[Curve]  # in the order the trials were asked for
 
 
 class OptunaTrial(BaseModel):

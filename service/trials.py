@@ -5,13 +5,14 @@ sweep.service.attempts; how trials end, in sweep.service.lifecycle.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from sweep.models import catalog
-from sweep.service import artifacts, lifecycle, rows, search, specs
+from sweep.service import artifacts, lifecycle, rows, search, specs, trial_table
 from sweep.service.db import notify_on_commit
 from sweep.service.errors import Conflict, NotFound
 from sweep.service.schemas import (
@@ -137,8 +138,11 @@ def _repeats(session: Session, experiment: Experiment, params: dict[str, Any]) -
 # --- queries -------------------------------------------------------------------------------
 
 
-def read(trial: Trial) -> TrialRead:
-    return TrialRead.model_validate(trial, from_attributes=True)
+def read(trial: Trial, last_metrics: dict[str, Any] | None = None) -> TrialRead:
+    out = TrialRead.model_validate(trial, from_attributes=True)
+    if last_metrics is not None:
+        out.last_metrics = last_metrics
+    return out
 
 
 def detail(session: Session, trial: Trial) -> TrialDetail:
@@ -169,24 +173,26 @@ def page(
     *,
     experiment: Experiment,
     state: TrialState | None,
-    sort: Literal["number", "objective"],
+    sort: str,
     order: Literal["asc", "desc"] | None,
     limit: int,
     offset: int,
+    where: Sequence[str] = (),
 ) -> TrialPage:
+    """A page of the experiment's trials (sorts and filters: sweep.service.trial_table), each
+    with its last reported metrics."""
+    filters = trial_table.parse_filters(experiment, where)
     query = select(Trial).where(Trial.experiment_id == experiment.id)
     if state is not None:
         query = query.where(Trial.state == state)
+    query = trial_table.apply_filters(query, filters)
     total = session.scalar(select(func.count()).select_from(query.subquery())) or 0
-    if sort == "objective":
-        best_first = "desc" if experiment.direction == "maximize" else "asc"
-        column = Trial.value.desc() if (order or best_first) == "desc" else Trial.value.asc()
-        query = query.order_by(column.nulls_last(), Trial.number)
-    else:
-        by_number = Trial.number.desc() if order == "desc" else Trial.number.asc()
-        query = query.order_by(by_number.nulls_last(), Trial.id)
+    query = trial_table.order_by(query, experiment, sort, order)
     items = session.scalars(query.limit(limit).offset(offset)).all()
-    return TrialPage(items=[read(t) for t in items], total=total, limit=limit, offset=offset)
+    last = trial_table.last_metrics(session, items)
+    return TrialPage(
+        items=[read(t, last.get(t.id, {})) for t in items], total=total, limit=limit, offset=offset
+    )
 
 
 def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
@@ -207,12 +213,13 @@ def best(session: Session, *, experiment: Experiment, k: int) -> BestTrials:
             (completed[i] for i in front),
             key=lambda t: (-(t.value or 0.0) if directions[0] == "maximize" else t.value, t.id),
         )
+        last = trial_table.last_metrics(session, ranked)
         return BestTrials(
             metric=experiment.metric,
             direction=experiment.direction,
             objectives=[{"metric": o["metric"], "direction": o["direction"]} for o in wanted],
             pareto_front=True,
-            trials=[read(t) for t in ranked],
+            trials=[read(t, last.get(t.id, {})) for t in ranked],
         )
     result = page(
         session,

@@ -94,6 +94,7 @@ class Trial(TypedDict):
     created_at: str
     started_at: str | None
     finished_at: str | None
+    last_metrics: dict[str, float | None] | None  # the last epoch's, in trial lists
 
 
 class Metric(TypedDict):
@@ -312,13 +313,16 @@ class SweepClient:
         experiment_id: int,
         *,
         state: str | None = None,
-        sort: str | None = None,  # number, or objective (best first)
+        sort: str | None = None,  # number, objective (best first), param:NAME, metric:NAME
         order: str | None = None,  # asc or desc
+        where: list[str] | None = None,  # ["lr>=0.001", "optimizer=adam"]: all must hold
         limit: int | None = None,
         offset: int | None = None,
     ) -> Page[Trial]:
         """One page of an experiment's trials; sort="objective" puts the best first."""
-        params = _query(state=state, sort=sort, order=order, limit=limit, offset=offset)
+        params = _query(
+            state=state, sort=sort, order=order, where=where, limit=limit, offset=offset
+        )
         path = f"/experiments/{experiment_id}/trials"
         return cast(Page[Trial], self._json("GET", path, params=params))
 

@@ -1,8 +1,9 @@
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
+from pydantic import Field
 
-from sweep.service import experiments, trials
+from sweep.service import experiments, trial_table, trials
 from sweep.service.api.deps import (
     CONTROL,
     READ,
@@ -17,6 +18,7 @@ from sweep.service.api.deps import (
 from sweep.service.schemas import (
     MAX_INT,
     BestTrials,
+    Curves,
     ExperimentChange,
     ExperimentCreate,
     ExperimentPage,
@@ -131,21 +133,54 @@ def list_trials(
     experiment: ExperimentDep,
     session: SessionDep,
     state: TrialState | None = None,
-    sort: Literal["number", "objective"] = "number",
+    sort: Annotated[
+        str,
+        Query(
+            max_length=200,
+            description="number, objective (best first unless order says), param:NAME, or "
+            "metric:NAME (its value at the trial's last reported epoch)",
+        ),
+    ] = "number",
     order: Literal["asc", "desc"] | None = None,
+    where: Annotated[
+        list[str],
+        Query(
+            max_length=50,
+            description="filters on parameters, all of which hold: NAME>=X, NAME<=X, NAME=X "
+            "(lr>=0.001, optimizer=adam)",
+        ),
+    ] = [],  # noqa: B006 - FastAPI copies a query default
     limit: Limit = 100,
     offset: Offset = 0,
 ) -> TrialPage:
-    """An experiment's trials, paged; sort=objective puts the best first unless order says."""
+    """An experiment's trials, paged, filtered and sorted in SQL, each with its last reported
+    metrics."""
     return trials.page(
         session,
         experiment=experiment,
         state=state,
         sort=sort,
         order=order,
+        where=where,
         limit=limit,
         offset=offset,
     )
+
+
+@router.get("/{experiment_id}/curves", dependencies=[READ])
+def trial_curves(
+    experiment: ExperimentDep,
+    session: SessionDep,
+    metric: Annotated[str, Query(min_length=1, max_length=64)],
+    trial: Annotated[
+        list[Annotated[int, Field(ge=0, le=MAX_INT)]],
+        Query(min_length=1, max_length=50, description="trial numbers (1/17: 17)"),
+    ],
+    max_points: Annotated[int, Query(ge=2, le=10_000)] = 500,
+) -> Curves:
+    """One metric per epoch for each of the trials named, to overlay them: at most
+    max_points points per trial (evenly spaced epochs, the last one kept)."""
+    return trial_table.curves(session, experiment, metric, trial, max_points)
 
 
 @router.get("/{experiment_id}/trials/{number}", dependencies=[READ])
