@@ -16,7 +16,8 @@ from sweep.client import SweepClient
 from sweep.service.config import Settings
 from sweep.service.search.plots import PLOTS
 from sweep.service.tokens import create_in_database
-from tests.helpers import budget, make_spec, wait_for_end
+from tests import seeding
+from tests.helpers import budget, make_spec, wait_for_end, wait_until
 from tests.processes import ServerProcess, serve, start_worker, stop_workers
 
 pytestmark = pytest.mark.processes  # real server, worker or pool processes
@@ -83,12 +84,16 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     page.on("pageerror", lambda e: problems.append(str(e)))
     page.on("request", lambda r: problems.append(f"token in {r.url}") if "token" in r.url else 0)
 
-    # Without a token the API says 401 and the page asks for one.
+    # Without a token the page asks for one, and says so when the server refuses it.
     page.goto(f"{server.url}/dashboard/")
-    page.wait_for_selector("text=Enter an API token")
-    problems.clear()  # the refused request is logged by the browser as an error
+    page.locator("#sign-in", has_text="Enter an API token").wait_for(timeout=WAIT_MS)
+    assert "sweep token create" in page.inner_text("#sign-in")
+    page.fill("#token-input", "not-a-token")
+    page.click("#token-use")
+    page.locator("#token-refused").wait_for(timeout=WAIT_MS)
+    problems.clear()  # the refused requests are logged by the browser as errors
     page.fill("#token-input", server.admin_token)
-    page.click("text=Use token")
+    page.click("#token-use")
     row = page.locator("#experiments tr", has_text="dashboard-demo")
     row.wait_for(timeout=WAIT_MS)
     assert "completed" in row.inner_text() and "8 / 8" in row.inner_text()
@@ -109,6 +114,48 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     # Learning curves: one trace per trial.
     assert page.locator("#plot-intermediate .scatterlayer .trace").count() == 8
     assert page.locator("#plot-timeline .barlayer .point").count() == 8
+    # Log axes on request.
+    page.check("#plot-history-log-y")
+    axis = "document.getElementById('plot-history')._fullLayout.yaxis.type"
+    page.wait_for_function(f"{axis} === 'log'", timeout=WAIT_MS)
+    page.uncheck("#plot-history-log-y")
+    page.wait_for_function(f"{axis} !== 'log'", timeout=WAIT_MS)
+
+    # The trials table: a metric column chosen, sorted by it on the server.
+    page.click("#trial-columns summary")
+    page.check("#trial-columns input[data-column='val_loss']")
+    by_loss = page.locator("#trials th[data-sort='metric:val_loss']")
+    by_loss.click(timeout=WAIT_MS)
+    page.locator("#trials th[data-sort='metric:val_loss']", has_text="▲").wait_for(timeout=WAIT_MS)
+    lowest = client.trials(experiment_id, sort="metric:val_loss", limit=1)["items"][0]
+    first_row = page.locator("#trials tbody tr").first
+    assert first_row.locator("a").inner_text() == lowest["name"]
+    loss = (lowest["last_metrics"] or {})["val_loss"]
+    assert f"{loss:.5g}"[:5] in first_row.inner_text()
+    # Filtered on a parameter's range, on the server.
+    lrs = sorted(t["params"]["lr"] for t in client.all_trials(experiment_id))
+    page.fill("#trial-filters input[data-param='lr'][data-op='<=']", repr(lrs[3]))
+    page.click("#trial-filter-apply")
+    page.locator("#trials-range", has_text="of 4 trial(s)").wait_for(timeout=WAIT_MS)
+    page.click("#trial-filter-clear")
+    page.locator("#trials-range", has_text="of 8 trial(s)").wait_for(timeout=WAIT_MS)
+
+    # Compare: two trials selected, their curves of any metric overlaid, named in a legend.
+    picks = page.locator("#trials input.pick")
+    picks.nth(0).check()
+    picks.nth(1).check()
+    names = [page.locator("#trials tbody tr").nth(i).locator("a").inner_text() for i in (0, 1)]
+    compare = page.locator("#compare-plot[data-drawn='true']")
+    compare.wait_for(timeout=WAIT_MS)
+    page.wait_for_function(
+        "document.querySelectorAll('#compare-plot .scatterlayer .trace').length === 2",
+        timeout=WAIT_MS,
+    )
+    legend = page.locator("#compare-plot .legend").text_content() or ""
+    assert all(name in legend for name in names), legend
+    page.select_option("#compare-metric", "val_accuracy")
+    page.locator("#compare-plot .gtitle", has_text="val_accuracy").wait_for(timeout=WAIT_MS)
+
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "dashboard-experiment.png"
     page.screenshot(path=str(screenshot), full_page=True)
@@ -165,7 +212,42 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
         assert failed.status_code == 200, failed.text
     page.locator("#trials td", has_text="diverged").wait_for(timeout=WAIT_MS)
     page.locator("#plot-timeline[data-drawn='true'] svg.main-svg").first.wait_for(timeout=WAIT_MS)
+
+    # The budget, a queued trial and the experiment's deletion, from the page.
+    page.fill("#budget-n-trials", "6")
+    page.click("#budget-form button")
+    wait_until(lambda: client.experiment(waiting)["n_trials"] == 6, 30, "the new budget")
+    page.fill("#enqueue-form input[data-param='lr']", "0.01")
+    page.select_option("#enqueue-form select[data-param='optimizer']", label="adam")
+    page.click("#enqueue-form button")
+    page.locator("#enqueue-done", has_text="queued").wait_for(timeout=WAIT_MS)
+    queued = client.trials(waiting, state="queued")["items"]
+    assert [t["params"] for t in queued] == [{"lr": 0.01, "optimizer": "adam"}]
+    dialogs: list[str] = []
+
+    def accept(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dialog.accept()
+
+    page.once("dialog", accept)
+    page.click("#action-delete")
+    page.wait_for_url(f"{server.url}/dashboard/", timeout=WAIT_MS)
+    assert "trial(s), their metrics, weights and checkpoints" in dialogs[0]
+    assert waiting not in [e["id"] for e in client.experiments()["items"]]
     assert problems == []
+
+    # An outlier does not squeeze a Pareto front into a corner: the axes fit the rest.
+    outlier = pareto_with_an_outlier(client, server)
+    page.goto(f"{server.url}/dashboard/experiments/{outlier}")
+    page.locator("#plot-pareto[data-drawn='true']").wait_for(timeout=WAIT_MS)
+    assert page.get_attribute("#plot-pareto", "data-outliers") == "1"
+    top = page.evaluate("document.getElementById('plot-pareto')._fullLayout.yaxis.range[1]")
+    assert top < 10_000, top
+    page.uncheck("#plot-pareto-fit")
+    page.wait_for_function(
+        "document.getElementById('plot-pareto')._fullLayout.yaxis.range[1] > 1e6",
+        timeout=WAIT_MS,
+    )
 
     # A viewer sees the experiment but gets no buttons it could not use.
     viewer = create_in_database(
@@ -173,8 +255,111 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     )
     page.click("#token-forget")
     page.fill("#token-input", viewer)
-    page.click("text=Use token")
+    page.click("#token-use")
     page.locator("#who", has_text="viewer").wait_for(timeout=WAIT_MS)
     page.locator("#summary .state").wait_for(timeout=WAIT_MS)
     assert page.locator(".actions button").count() == 0
+    assert page.locator("#budget-form, #enqueue-form").count() == 0
     context.close()
+
+
+def test_an_experiment_of_10000_trials_opens_at_once_and_pages_on_the_server(
+    chromium: Any, request: pytest.FixtureRequest, sqlite_url: str, tmp_path: Path
+) -> None:
+    """10,000 finished trials of 20 epochs each: the page paints its summary and first page of
+    trials at once, pages, sorts and filters on the server, and draws every plot from a
+    sample or a band (each saying so). The times are printed: speed is measured, not
+    asserted."""
+    n_trials, epochs = 10_000, 20
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    spec = make_spec(
+        name="ten-thousand",
+        search_space=seeding.SPACE,
+        fixed={"epochs": epochs},
+        budget=budget(n_trials),
+    )
+    experiment_id = client.submit(spec)["id"]
+    seeding.finished_trials(server.database_url, experiment_id, n_trials, epochs)
+    problems: list[str] = []
+    context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+    context.add_init_script(f"sessionStorage.setItem('sweep-token', '{server.admin_token}')")
+    page = context.new_page()
+    page.on("pageerror", lambda e: problems.append(str(e)))
+
+    page.goto(f"{server.url}/dashboard/experiments/{experiment_id}")
+    page.locator("#trials-range", has_text=f"1-50 of {n_trials}").wait_for(timeout=WAIT_MS)
+    assert page.locator("#trials tbody tr").count() == 50
+    for kind in PLOTS:
+        plotted(page, kind).wait_for(timeout=120_000)
+    timings = page.evaluate("window.sweepTimings")
+    paint = page.evaluate(
+        "performance.getEntriesByName('first-contentful-paint')[0]?.startTime ?? null"
+    )
+    # The band and sample notes say what a plot shows of so many trials.
+    assert "the 100 best of" in page.inner_text("#plot-intermediate")
+    assert "others at random" in page.inner_text("#plot-parallel")
+
+    # Paging, sorting by a metric and filtering happen on the server.
+    page.click("#trials-next")
+    page.locator("#trials-range", has_text=f"51-100 of {n_trials}").wait_for(timeout=WAIT_MS)
+    page.click("#trials th[data-sort='param:lr']")
+    page.locator("#trials th[data-sort='param:lr']", has_text="▲").wait_for(timeout=WAIT_MS)
+    page.locator("#trials-range", has_text="1-50").wait_for(timeout=WAIT_MS)
+    smallest = client.trials(experiment_id, sort="param:lr", limit=1)["items"][0]["name"]
+    assert page.locator("#trials tbody tr").first.locator("a").inner_text() == smallest
+    page.fill("#trial-filters input[data-param='lr'][data-op='>=']", "0.1")
+    page.click("#trial-filter-apply")
+    wanted = client.trials(experiment_id, where=["lr>=0.1"], limit=1)["total"]
+    page.locator("#trials-range", has_text=f"of {wanted} trial(s)").wait_for(timeout=WAIT_MS)
+    assert 0 < wanted < n_trials
+
+    # Opened again, every plot comes from what the first visit drew.
+    again = context.new_page()
+    again.goto(f"{server.url}/dashboard/experiments/{experiment_id}")
+    for kind in PLOTS:
+        plotted(again, kind).wait_for(timeout=WAIT_MS)
+    cached = again.evaluate("window.sweepTimings")
+    print(
+        f"\n{n_trials:,} trials x {epochs} epochs: first contentful paint {paint:.0f} ms, "
+        f"summary {timings['summary']:.0f} ms, first page of trials {timings['trials']:.0f} ms, "
+        f"every plot {timings['plots']:.0f} ms; opened again: trials "
+        f"{cached['trials']:.0f} ms, every plot {cached['plots']:.0f} ms"
+    )
+    assert problems == []
+    context.close()
+
+
+def pareto_with_an_outlier(client: SweepClient, server: ServerProcess) -> int:
+    """A two-objective experiment of 10 finished trials, one of them with 1,000 times the
+    others' n_params."""
+    spec = make_spec(
+        name="pareto-outlier",
+        objectives=[
+            {"metric": "val_accuracy", "direction": "maximize"},
+            {"metric": "n_params", "direction": "minimize"},
+        ],
+        budget=budget(10),
+    )
+    del spec["objective"], spec["pruner"]
+    experiment_id = client.submit(spec)["id"]
+    as_worker = {"Authorization": f"Bearer {server.worker_token}"}
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers=as_worker) as worker:
+        worker_id = worker.post("/workers", json={"name": "pareto"}).json()["id"]
+        for i in range(10):
+            trial = worker.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 0}).json()
+            attempt = {"X-Attempt-Token": trial["token"]}
+            accuracy, size = 0.5 + i / 25, (9 - i) * 100 + 1000 + (5_000_000 if i == 4 else 0)
+            metrics = {"val_accuracy": accuracy, "n_params": size}
+            url = f"/trials/{trial['trial_id']}"
+            reported = worker.post(
+                f"{url}/reports", json={"epoch": 1, "metrics": metrics}, headers=attempt
+            )
+            assert reported.status_code == 200, reported.text
+            done = worker.post(f"{url}/complete", json={"value": accuracy}, headers=attempt)
+            assert done.status_code == 200, done.text
+    return experiment_id
+
+
+def plotted(page: Any, kind: str) -> Any:
+    """Plot `kind` drawn, or its note saying why it cannot be."""
+    return page.locator(f"#plot-{kind}[data-drawn='true'], #plot-{kind} .note:not(.loading)")
