@@ -180,6 +180,11 @@ def test_the_dashboard_shows_the_sweep_and_controls_experiments(
     charts = page.locator("#trial-curves .metric-curve")
     assert {charts.nth(i).get_attribute("data-metric") for i in range(charts.count())} == expected
     assert page.locator("#trial-curves .scatterlayer .trace").count() == len(expected)
+    loss_axis = "document.getElementById('curve-val_loss')._fullLayout.yaxis.type"
+    page.check("#curve-val_loss-log-y")
+    page.wait_for_function(f"{loss_axis} === 'log'", timeout=WAIT_MS)
+    config = page.inner_text("#trial-config")
+    assert all(name in config for name in client.trial(best)["config"])  # the full config
     assert "val_accuracy" in page.inner_text("main")
     with page.expect_download() as download:
         page.click("#download-weights")

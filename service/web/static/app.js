@@ -700,8 +700,10 @@ async function trialPage(id) {
     "latency_ms"].includes(n));
   // One chart per metric, each on its own axis: a loss, an accuracy and a learning rate
   // share no scale.
+  const holders = shown.map((n) => el("div", { class: "plot metric-curve", "data-metric": n,
+    id: `curve-${n.replace(/[^A-Za-z0-9_-]/g, "_")}` }));
   const curves = el("div", { class: "plots", id: "trial-curves" },
-    ...shown.map((n) => el("div", { class: "plot metric-curve", "data-metric": n })));
+    ...holders.map((h) => el("div", { class: "plot-card" }, plotToolbar(h, "compare"), h)));
   const download = el("button", {
     id: "download-weights",
     onclick: async () => {
@@ -728,6 +730,9 @@ async function trialPage(id) {
     t.has_weights ? download : el("p", {}, "No weights stored."),
     el("h2", {}, "Params"),
     table(["param", "value"], Object.entries(t.params).map(([k, v]) => [k, JSON.stringify(v)])),
+    el("h2", {}, "Config (every hyperparameter it trained with)"),
+    el("div", { id: "trial-config" }, table(["name", "value"],
+      Object.entries(t.config).map(([k, v]) => [k, JSON.stringify(v)]))),
     el("h2", {}, "Metrics per epoch"),
     curves,
     table(["epoch", ...metricNames],
@@ -736,7 +741,7 @@ async function trialPage(id) {
       el("pre", { id: "trial-output" }, t.output)] : []),
   );
   await plotly;
-  await Promise.all([...curves.children].map(async (holder) => {
+  await Promise.all(holders.map(async (holder) => {
     const n = holder.dataset.metric;
     await Plotly.react(holder, [{
       type: "scatter",
@@ -750,6 +755,8 @@ async function trialPage(id) {
       yaxis: { title: { text: n }, type: n === "lr" ? "log" : "linear" },
       showlegend: false,
     }, { responsive: true });
+    rememberAxes(holder);
+    applyToolbar(holder);
     holder.dataset.drawn = "true";
   }));
 }
