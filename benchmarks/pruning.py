@@ -1,11 +1,14 @@
 """What pruning saves and what it costs, and what TPE buys over random search, on real sweeps.
 
-    .venv/bin/python benchmarks/pruning.py [--pruner NAME --pruner-options JSON] [--seeds 0 1 2]
-        [--trials 40] [--epochs 20] [--skip-samplers | --only-samplers]
+    .venv/bin/python benchmarks/pruning.py [--model mlp|cnn] [--pruner NAME --pruner-options JSON]
+        [--seeds 0 1 2] [--trials 40] [--epochs 20] [--skip-samplers | --only-samplers]
 
-Every sweep trains the `mlp` model on the bundled `digits` dataset through the real app in
-process (a fresh SQLite file each) with one in-process worker on one CPU thread, so sweeps
-differ only in what the sampler and pruner decide. We count epochs, not seconds: the machine
+Every sweep trains the `mlp` model (the demo's search space) or the `cnn` model (the same
+optimizer, lr, batch size, activation and dropout, with its channels and fc_units) on the
+bundled digits (`digits`, or `digits_image` for the CNN) through the real app in process (a
+fresh SQLite file each) with one in-process worker on one CPU thread, so sweeps differ only
+in what the sampler and pruner decide. --also adds more pruners to (1), sharing its sweeps
+without a pruner. We count epochs, not seconds: the machine
 may be shared, and an epoch costs the same whichever trial runs it.
 
 1. Pruning: the same trial budget with TPE (sampler seed = each of --seeds), without a pruner
@@ -52,10 +55,18 @@ from sweep.worker.client import ServiceClient
 from sweep.worker.loop import Worker, WorkerOptions
 
 API = "/api/v1"
-# The demo's search space (examples/digits-mlp.yaml).
+# The demo's search space (examples/digits-mlp.yaml), and the CNN's beside it.
 SPACE: dict[str, Any] = yaml.safe_load(
     (Path(__file__).parent.parent / "examples" / "digits-mlp.yaml").read_text()
 )["search_space"]
+SPACES: dict[str, dict[str, Any]] = {
+    "mlp": SPACE,
+    "cnn": {
+        **{name: value for name, value in SPACE.items() if name != "hidden_units"},
+        "channels": {"type": "int", "low": 4, "high": 32, "log": True},
+        "fc_units": {"type": "int", "low": 16, "high": 128, "log": True},
+    },
+}
 # The service's default pruner; service/search/pruners.py says why it is the default.
 DEFAULT_PRUNER: str = search.DEFAULT_PRUNER["name"]
 DEFAULT_PRUNER_OPTIONS: dict[str, Any] = search.DEFAULT_PRUNER["options"]
@@ -76,10 +87,10 @@ def spec(
 ) -> dict[str, Any]:
     return {
         "name": f"{sampler}-{seed}-{pruner['name']}",
-        "model": "mlp",
-        "dataset": "digits",
+        "model": args.model,
+        "dataset": "digits_image" if args.model == "cnn" else "digits",
         "objective": {"metric": "val_accuracy", "direction": "maximize"},
-        "search_space": SPACE,
+        "search_space": SPACES[args.model],
         # No checkpoints: nothing is interrupted here, and they would only add I/O.
         "fixed": {"epochs": args.epochs, "checkpoint_every": 0},
         "sampler": {"name": sampler, "seed": seed},
@@ -229,6 +240,7 @@ def sampler_row(label: str, tpe: float, rnd: float, tpe_epochs: float, rnd_epoch
 
 def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=sorted(SPACES), default="mlp")
     parser.add_argument("--pruner", default=DEFAULT_PRUNER, help="a name in PRUNER_OPTIONS")
     parser.add_argument(
         "--pruner-options",
@@ -251,6 +263,12 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--trials", type=int, default=40, help="trials per sweep")
     parser.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    parser.add_argument(
+        "--also",
+        type=json.loads,
+        default=[],
+        help='more pruners for (1), a JSON list: [{"name": "median", "options": {...}}, ...]',
+    )
     only = parser.add_mutually_exclusive_group()
     only.add_argument("--skip-samplers", action="store_true", help="run (1) only")
     only.add_argument("--only-samplers", action="store_true", help="run (2) only")
@@ -273,10 +291,14 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("sweep").setLevel(logging.ERROR)
     pruner, sweeps = chosen_pruner(args), Sweeps(args)
-    print(f"mlp on digits, {args.trials} trials x {args.epochs} epochs, one worker, one thread")
+    print(
+        f"{args.model} on digits, {args.trials} trials x {args.epochs} epochs, one worker, "
+        "one thread"
+    )
     started = time.perf_counter()
     if not args.only_samplers:
-        compare_pruning(sweeps, pruner, args.seeds)
+        for candidate in [pruner, *args.also]:
+            compare_pruning(sweeps, candidate, args.seeds)
     if not args.skip_samplers:
         sampler_pruner = pruner if args.sampler_pruner == "chosen" else {"name": "none"}
         compare_samplers(sweeps, sampler_pruner, args.sampler_seeds)
