@@ -7,7 +7,7 @@
 No training: a trial's objective is a fixed function of its params, so only the control plane
 is timed: TPE suggesting 5 params, 3 intermediate values each followed by a pruning decision,
 and the final value. Both sides use the same search space, TPE with the same seed, Sweep's
-default pruner (percentile 33, 5 startup trials, 1 warm-up step), and the same PostgreSQL
+default pruner (search.DEFAULT_PRUNER), and the same PostgreSQL
 server, each side on a fresh database of its own:
 
 - optuna: N client processes running ask -> suggest_* x5 -> (report + should_prune) x3 -> tell
