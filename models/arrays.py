@@ -28,4 +28,8 @@ def to_npz(X: np.ndarray, y: np.ndarray) -> bytes:
 def from_npz(data: bytes) -> tuple[np.ndarray, np.ndarray]:
     """X and y from NPZ bytes; never unpickles (object arrays are refused)."""
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-        return npz["X"], npz["y"]
+        X, y = npz["X"], npz["y"]
+    for name, array in (("X", X), ("y", y)):
+        if not isinstance(array, np.ndarray):  # np.load gives a member that is no .npy as bytes
+            raise ValueError(f"{name}.npy is not a numpy array file")
+    return X, y

@@ -201,7 +201,10 @@ def _parse_csv(data: bytes, target: str) -> tuple[np.ndarray, list[Any]]:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise InvalidSpec(f"the CSV is not UTF-8 text: {exc}", field="body") from exc
-    rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    try:
+        rows = [row for row in csv.reader(io.StringIO(text)) if row]
+    except csv.Error as exc:  # a cell over the csv module's field limit, a stray NUL...
+        raise InvalidSpec(f"the CSV cannot be read: {exc}", field="body") from exc
     if len(rows) < 2:
         raise InvalidSpec("a CSV needs a header row and at least one data row", field="body")
     header = [h.strip() for h in rows[0]]
@@ -268,6 +271,10 @@ def _parse_npz(data: bytes) -> tuple[np.ndarray, list[Any]]:
         X, y = arrays.from_npz(data)
     except (zipfile.BadZipFile, OSError, EOFError) as exc:
         raise InvalidSpec(f"not an NPZ file: {exc}", field="body") from exc
+    except NotImplementedError as exc:  # a compression method zipfile cannot read
+        raise InvalidSpec(f"the NPZ cannot be unpacked: {exc}", field="body") from exc
+    except RuntimeError as exc:  # an encrypted member
+        raise InvalidSpec(f"the NPZ cannot be unpacked: {exc}", field="body") from exc
     except KeyError as exc:
         raise InvalidSpec(f"an NPZ needs arrays X and y; missing {exc}", field="body") from exc
     except ValueError as exc:  # object arrays, which would need unpickling
@@ -313,6 +320,8 @@ def _check(X: np.ndarray, y: np.ndarray, task: str) -> None:
         raise InvalidSpec(f"{len(X)} samples; {MIN_SAMPLES} to {MAX_SAMPLES} needed", field="body")
     if int(np.prod(X.shape[1:])) > MAX_FEATURES:
         raise InvalidSpec(f"more than {MAX_FEATURES} features per sample", field="body")
+    if int(np.prod(X.shape[1:])) == 0:
+        raise InvalidSpec(f"X has no features: its shape is {X.shape}", field="body")
     if task == "regression":
         return
     counts = np.bincount(y.astype(np.int64))

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import io
+import pickle
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -124,6 +126,35 @@ def npz(**arrays: Any) -> bytes:
     return buffer.getvalue()
 
 
+def npy(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    return buffer.getvalue()
+
+
+def npz_members(**members: bytes) -> bytes:
+    """An NPZ-shaped zip holding these bytes as NAME.npy, whatever they are."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in members.items():
+            archive.writestr(f"{name}.npy", data)
+    return buffer.getvalue()
+
+
+def zip_flagged(data: bytes, flags: int = 0, method: int | None = None) -> bytes:
+    """A zip with general-purpose `flags` set (1: encrypted) or its members' compression
+    method replaced, in the local and the central headers."""
+    out = bytearray(data)
+    for signature, flag_at, method_at in ((b"PK\x03\x04", 6, 8), (b"PK\x01\x02", 8, 10)):
+        at = out.find(signature)
+        while at != -1:
+            out[at + flag_at] |= flags
+            if method is not None:
+                out[at + method_at : at + method_at + 2] = method.to_bytes(2, "little")
+            at = out.find(signature, at + 4)
+    return bytes(out)
+
+
 BAD_UPLOADS = [
     ("no target", b"a,b\n1,2\n", {"format": "csv"}, "target", "needs target"),
     ("unknown target", b"a,b\n1,2\n", {"target": "c"}, "target", "no column 'c'"),
@@ -163,17 +194,62 @@ BAD_UPLOADS = [
         "body",
         "finite",
     ),
+    (
+        "a cell over the csv field limit",
+        b"a,y\n" + b"1" * 200_000 + b",0\n",
+        {"target": "y"},
+        "body",
+        "field limit",
+    ),
+    (
+        "a quoted 1 MB cell",
+        b'a,y\n"' + b"x" * 1_000_000 + b'",0\n',
+        {"target": "y"},
+        "body",
+        "field limit",
+    ),
+    (
+        "an encrypted npz",
+        zip_flagged(npz(X=np.zeros((20, 2)), y=np.arange(20) % 2), flags=1),
+        {"format": "npz"},
+        "body",
+        "encrypted",
+    ),
+    (
+        "an npz compressed as zipfile cannot read",
+        zip_flagged(npz(X=np.zeros((20, 2)), y=np.arange(20) % 2), method=99),
+        {"format": "npz"},
+        "body",
+        "compression",
+    ),
+    (
+        "an npz whose y.npy is a pickle",
+        npz_members(X=npy(np.zeros((20, 2))), y=pickle.dumps(list(range(20)))),
+        {"format": "npz"},
+        "body",
+        "y.npy is not a numpy",
+    ),
+    (
+        "an npz without features",
+        npz(X=np.zeros((20, 0)), y=np.arange(20) % 2),
+        {"format": "npz"},
+        "body",
+        "no features",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("case", "data", "params", "field", "says"), BAD_UPLOADS)
-def test_bad_uploads_are_refused_with_the_reason_and_store_nothing(
-    client: TestClient, case: str, data: bytes, params: dict[str, Any], field: str, says: str
-) -> None:
-    refused = put(client, "bad", data, **params)
-    assert refused.status_code == 422, (case, refused.text)
-    error = refused.json()["error"]
-    assert error["field"] == field and says in error["message"], (case, error)
+def test_bad_uploads_are_refused_with_the_reason_and_store_nothing(client: TestClient) -> None:
+    for case, data, params, field, says in BAD_UPLOADS:
+        refused = put(client, "bad", data, **params)
+        assert refused.status_code == 422, (case, refused.text)
+        error = refused.json()["error"]
+        assert error["field"] == field and says in error["message"], (case, error)
+    assert client.get(f"{API}/datasets").json() == []
+    # Names a URL path cannot keep ("." and ".." are gone before the server sees them).
+    for name in ("...", ".hidden", ".", ".."):
+        refused = client.put(f"{API}/datasets/{name}", params={"target": "y"}, content=b"a,y\n")
+        assert refused.status_code in (404, 405, 422), (name, refused.text)
     assert client.get(f"{API}/datasets").json() == []
 
 

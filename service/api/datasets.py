@@ -18,7 +18,8 @@ from sweep.service.schemas import DatasetRead
 
 router = APIRouter(prefix="/datasets", tags=["datasets"])
 
-DatasetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
+# Not "." or "..": a name starts with a letter, a digit, "_" or "-" (a URL path keeps it).
+DatasetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$")]
 Project = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
