@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
-from sweep.service.api import ROUTERS
+from sweep.service.api import ROUTERS, contract
 from sweep.service.api import metrics as metrics_api
 from sweep.service.config import Settings
 from sweep.service.db import Database
@@ -85,6 +85,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(metrics_api.router)
     app.include_router(web.router)
     _install_error_handlers(app)
+    routers = [(API_PREFIX, router) for router in ROUTERS] + [("", metrics_api.router)]
+    app.openapi = lambda: contract.openapi(app, routers)  # type: ignore[method-assign]
     return app
 
 

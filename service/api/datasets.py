@@ -3,6 +3,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Path, Query, Response, status
 
 from sweep.service import datasets, uploads
+from sweep.service.api import contract
 from sweep.service.api.deps import (
     ANY_TOKEN,
     CallerDep,
@@ -23,7 +24,20 @@ DatasetName = Annotated[str, Path(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}$"
 Project = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9_.-]+$")]
 
 
-@router.put("/{name}", status_code=status.HTTP_201_CREATED)
+@router.put(
+    "/{name}",
+    status_code=status.HTTP_201_CREATED,
+    # The body is read as a stream (sweep.service.api.deps.dataset_body), so declared here.
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                media: {"schema": contract.BINARY}
+                for media in ("text/csv", "application/octet-stream", "application/x-npz")
+            },
+        }
+    },
+)
 async def upload_dataset(
     name: DatasetName,
     data: DatasetBody,
@@ -76,7 +90,7 @@ def delete_dataset(
     "/content/{sha256}",
     dependencies=[ANY_TOKEN],
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **contract.REDIRECT},
 )
 def dataset_content(
     sha256: Annotated[str, Path(pattern=r"^[0-9a-f]{64}$")],

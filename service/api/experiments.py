@@ -42,7 +42,10 @@ Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
 @router.post(
     "",
     status_code=status.HTTP_201_CREATED,
-    responses={200: {"description": "an earlier submission with this Idempotency-Key"}},
+    responses={
+        200: {"description": "an earlier submission with this Idempotency-Key"},
+        429: {"description": "over SWEEP_MAX_SUBMISSIONS_PER_MINUTE for this token"},
+    },
 )
 def create_experiment(
     spec: ExperimentCreate,
@@ -198,7 +201,11 @@ def enqueue_trial(experiment: ExperimentDep, body: TrialEnqueue, session: Sessio
     return trials.enqueue(session, experiment.id, body.params)
 
 
-@router.get("/{experiment_id}/importance", dependencies=[READ])
+@router.get(
+    "/{experiment_id}/importance",
+    dependencies=[READ],
+    responses={409: {"description": "too few completed trials to tell"}},
+)
 def parameter_importance(
     experiment: ExperimentDep,
     session: SessionDep,
@@ -230,7 +237,10 @@ def plots_not_ready(
     "/{experiment_id}/plots/{kind}",
     dependencies=[READ],
     response_class=Response,
-    responses={200: {"content": {"application/json": {}}, "description": "a plotly figure"}},
+    responses={
+        200: {"content": {"application/json": {}}, "description": "a plotly figure"},
+        409: {"description": "nothing to plot yet (GET .../plots says why)"},
+    },
 )
 def plot(
     experiment: ExperimentDep, session: SessionDep, drawn: PlotsDep, kind: plots.PlotKind

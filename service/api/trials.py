@@ -3,6 +3,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request, Response
 
 from sweep.service import attempts, trials, uploads
+from sweep.service.api import contract
 from sweep.service.api.deps import (
     READ,
     RUN,
@@ -57,7 +58,7 @@ def get_trial(trial: TrialDep, session: SessionDep) -> TrialDetail:
     "/{trial_id}/model",
     dependencies=[READ],
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={200: {"content": {"application/octet-stream": {}}}, **contract.REDIRECT},
 )
 def get_model(
     trial: TrialDep,
@@ -82,7 +83,10 @@ def get_model(
     "/{trial_id}/outputs",
     dependencies=[READ],
     response_class=Response,
-    responses={200: {"content": {"application/gzip": {}}}},
+    responses={
+        200: {"content": {"application/gzip": {"schema": contract.BINARY}}},
+        **contract.REDIRECT,
+    },
 )
 def get_outputs(
     trial: TrialDep,
@@ -208,7 +212,11 @@ async def upload_checkpoint(
     tags=["worker protocol"],
     dependencies=[RUN],
     response_class=Response,
-    responses={200: {"content": {"application/octet-stream": {}}}},
+    responses={
+        200: {"content": {"application/octet-stream": {}}},
+        409: {"description": "the attempt is no longer the trial's running one"},
+        **contract.REDIRECT,
+    },
 )
 def download_checkpoint(
     trial_id: VisibleTrialId,
