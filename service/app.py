@@ -74,6 +74,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Hyperparameter sweeps: experiments over HTTP, trials run by PyTorch workers.",
         version="0.1.0",
         lifespan=lifespan,
+        # Operation ids are the routes' names (create_experiment): what generated clients call.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.state.settings = settings
     app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)

@@ -382,7 +382,7 @@ class Curve(BaseModel):
     values: list[float | None]
 
 
-class Curves(BaseModel):
+class CurveSet(BaseModel):
     metric: str
     curves: list[Curve]  # in the order the trials were asked for
 

@@ -22,7 +22,7 @@ from sqlalchemy import Select, Text, and_, cast, select
 from sqlalchemy.orm import Session
 
 from sweep.service.errors import InvalidSpec, NotFound
-from sweep.service.schemas import Curve, Curves, trial_name
+from sweep.service.schemas import Curve, CurveSet, trial_name
 from sweep.service.tables import Experiment, Trial, TrialMetric
 
 _FILTER = re.compile(r"^(?P<name>[^<>=]+?)\s*(?P<op>>=|<=|=)\s*(?P<value>.+)$")
@@ -144,7 +144,7 @@ def last_metrics(session: Session, trials: Sequence[Trial]) -> dict[int, dict[st
 
 def curves(
     session: Session, experiment: Experiment, metric: str, numbers: Sequence[int], max_points: int
-) -> Curves:
+) -> CurveSet:
     """`metric` per epoch for the trials numbered; 404 naming a number the experiment lacks."""
     wanted = list(dict.fromkeys(numbers))
     found = {
@@ -176,7 +176,7 @@ def curves(
                 values=[v for _, v in kept],
             )
         )
-    return Curves(metric=metric, curves=out)
+    return CurveSet(metric=metric, curves=out)
 
 
 def thin(points: list[Any], most: int) -> list[Any]:

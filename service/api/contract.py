@@ -40,7 +40,8 @@ ERROR = {
         }
     },
 }
-ERROR_REF = {"$ref": "#/components/schemas/Error"}
+# Not "Error": a model named like its one property confuses generated code (error.error).
+ERROR_REF = {"$ref": "#/components/schemas/ErrorResponse"}
 RETRY_AFTER = {
     "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
 }
@@ -85,7 +86,7 @@ def openapi(app: FastAPI, routers: list[tuple[str, APIRouter]]) -> dict[str, Any
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
     schemas.pop("ValidationError", None)
-    schemas["Error"] = ERROR
+    schemas["ErrorResponse"] = ERROR
     routes = {
         (prefix + route.path_format, method.lower()): route
         for prefix, router in routers

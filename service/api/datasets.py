@@ -31,10 +31,8 @@ Project = Annotated[str | None, Query(min_length=1, max_length=100, pattern=r"^[
     openapi_extra={
         "requestBody": {
             "required": True,
-            "content": {
-                media: {"schema": contract.BINARY}
-                for media in ("text/csv", "application/octet-stream", "application/x-npz")
-            },
+            # The bytes of a CSV or an NPZ (`format` says which), whatever the Content-Type.
+            "content": {"application/octet-stream": {"schema": contract.BINARY}},
         }
     },
 )

@@ -18,7 +18,7 @@ from sweep.service.api.deps import (
 from sweep.service.schemas import (
     MAX_INT,
     BestTrials,
-    Curves,
+    CurveSet,
     ExperimentChange,
     ExperimentCreate,
     ExperimentPage,
@@ -43,7 +43,7 @@ Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
     "",
     status_code=status.HTTP_201_CREATED,
     responses={
-        200: {"description": "an earlier submission with this Idempotency-Key"},
+        200: {"model": ExperimentRead, "description": "an earlier submission with this key"},
         429: {"description": "over SWEEP_MAX_SUBMISSIONS_PER_MINUTE for this token"},
     },
 )
@@ -180,7 +180,7 @@ def trial_curves(
         Query(min_length=1, max_length=50, description="trial numbers (1/17: 17)"),
     ],
     max_points: Annotated[int, Query(ge=2, le=10_000)] = 500,
-) -> Curves:
+) -> CurveSet:
     """One metric per epoch for each of the trials named, to overlay them: at most
     max_points points per trial (evenly spaced epochs, the last one kept)."""
     return trial_table.curves(session, experiment, metric, trial, max_points)
