@@ -15,25 +15,28 @@ import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from sweep import logs
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
 from sweep.service.api import ROUTERS, contract
 from sweep.service.api import metrics as metrics_api
 from sweep.service.config import Settings
-from sweep.service.db import Database
+from sweep.service.db import Database, lost_a_race, unavailable
 from sweep.service.errors import SweepError
 from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.observe import Observe
+from sweep.service.retrying import RETRY_HEADER, RunAgainOnRace
 from sweep.service.search import Optimizer
 from sweep.service.search.plots import Plots
 from sweep.service.store import Store
 
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100
+RETRY_AFTER_SECONDS = 2  # what a 503 tells callers to wait
 log = logging.getLogger("sweep.service")
 
 
@@ -80,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)
     app.state.metrics = metrics
+    app.add_middleware(RunAgainOnRace)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Observe, metrics=metrics)
     for router in ROUTERS:
@@ -122,8 +126,8 @@ async def _expire_leases_until(
         try:
             await run_in_threadpool(grant_grace if after_outage else expire)
             after_outage = False
-        except Exception:  # a busy or unreachable database: try again next round
-            log.exception("lease expiry failed")
+        except Exception as exc:  # a busy or unreachable database: try again next round
+            _round_failed("lease expiry", exc)
             after_outage = True
 
 
@@ -155,8 +159,8 @@ async def _clean_store_until(
             if time.monotonic() - last_collect >= settings.artifact_gc_seconds:
                 last_collect = time.monotonic()
                 await run_in_threadpool(collect)
-        except Exception:  # an unreachable database or store: next round
-            log.exception("cleaning the artifact store failed")
+        except Exception as exc:  # an unreachable database or store: next round
+            _round_failed("cleaning the artifact store", exc)
 
 
 async def _deliver_webhooks_until(
@@ -176,8 +180,21 @@ async def _deliver_webhooks_until(
                     == webhooks.BATCH
                 ):
                     pass
-            except Exception:  # an unreachable database: next round
-                log.exception("delivering webhooks failed")
+            except Exception as exc:  # an unreachable database: next round
+                _round_failed("delivering webhooks", exc)
+
+
+def _round_failed(what: str, exc: Exception) -> None:
+    """A background round that failed: one line when the database is unavailable (the next
+    round tries again), the traceback when it is something else."""
+    if isinstance(exc, DBAPIError) and unavailable(exc):
+        log.warning("%s waits: the database is unavailable (%s)", what, _first_line(exc.orig))
+    else:
+        log.exception("%s failed", what)
+
+
+def _first_line(error: BaseException | None) -> str:
+    return (str(error).strip().splitlines() or [""])[0]
 
 
 def _error(
@@ -247,12 +264,27 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("conflicting write: %s", exc.orig)
         return _error(409, "conflict", "a concurrent change conflicts with this one; retry")
 
-    @app.exception_handler(OperationalError)
-    async def database_busy(_: Request, exc: OperationalError) -> JSONResponse:
-        log.warning("database unavailable: %s", exc.orig)
-        return _error(503, "unavailable", "the database is busy or unreachable; retry")
+    @app.exception_handler(DBAPIError)
+    async def database_fault(request: Request, exc: DBAPIError) -> JSONResponse:
+        # Unreachable, read-only, refusing the role, full, timed out, a lost race: the
+        # database's state, not a bug, so the caller retries (workers do, after Retry-After).
+        if not unavailable(exc):
+            return await unexpected(request, exc)
+        log.warning("database unavailable: %s", _first_line(exc.orig))
+        response = _error(503, "unavailable", "the database is unavailable for now; retry")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+        if lost_a_race(exc):
+            response.headers[RETRY_HEADER.decode()] = "1"
+        return response
 
     @app.exception_handler(Exception)
-    async def unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
-        return _error(500, "internal", "internal server error")
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # This handler runs outside the middleware that set the request's id: set it again.
+        rid = request.scope.get("state", {}).get("request_id")
+        token = logs.request_id.set(rid)
+        try:
+            log.exception("unhandled error", exc_info=exc)
+        finally:
+            logs.request_id.reset(token)
+        message = f"internal server error (request id {rid})" if rid else "internal server error"
+        return _error(500, "internal", message)

@@ -18,6 +18,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -156,3 +157,49 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+
+
+# --- faults --------------------------------------------------------------------------------
+
+# SQLSTATEs of a database that is there but cannot do this now (PostgreSQL's codes): the
+# request may succeed later, so it answers 503 rather than 500.
+UNAVAILABLE_SQLSTATES = frozenset(
+    {
+        "25006",  # read_only_sql_transaction: default_transaction_read_only, a hot standby
+        "42501",  # insufficient_privilege: the role's grants were revoked
+        "53100",  # disk_full
+        "53200",  # out_of_memory
+        "53300",  # too_many_connections
+        "55P03",  # lock_not_available: lock_timeout
+        "57014",  # query_canceled: statement_timeout
+        "57P01",  # admin_shutdown
+        "57P02",  # crash_shutdown
+        "57P03",  # cannot_connect_now
+        "40001",  # serialization_failure
+        "40P01",  # deadlock_detected
+    }
+)
+# Faults that running the same request again at once usually gets past.
+RACE_SQLSTATES = frozenset({"40001", "40P01"})
+
+
+def sqlstate(exc: DBAPIError) -> str | None:
+    code = getattr(exc.orig, "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def unavailable(exc: DBAPIError) -> bool:
+    """Whether `exc` is the database's state (unreachable, read-only, refusing, full, busy)
+    rather than a bug in a statement."""
+    code = sqlstate(exc) or ""
+    return (
+        isinstance(exc, OperationalError | InterfaceError)
+        or exc.connection_invalidated
+        or code in UNAVAILABLE_SQLSTATES
+        or code.startswith("08")  # connection_exception and its kinds
+    )
+
+
+def lost_a_race(exc: DBAPIError) -> bool:
+    """A serialization failure or deadlock: the request can be run again as it is."""
+    return sqlstate(exc) in RACE_SQLSTATES

@@ -28,6 +28,7 @@ class Observe:
         sent = _header(scope, b"x-request-id")
         rid = sent if sent and logs.VALID_ID.fullmatch(sent) else uuid.uuid4().hex[:16]
         token = logs.request_id.set(rid)
+        scope.setdefault("state", {})["request_id"] = rid  # for handlers outside this one
         started = time.perf_counter()
         status = 500  # unless a response starts
 

@@ -26,6 +26,8 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, cast
 
 import httpx
 
+from sweep.worker.retry import RetryPolicy, retry_after
+
 if TYPE_CHECKING:
     import optuna
 
@@ -36,6 +38,9 @@ TrialRef = int | str  # a trial's id, or its name EXPERIMENT/NUMBER ("1/17")
 TRIAL_NAME = re.compile(r"^(?:(\d+)/)?(\d+)$")
 API = "/api/v1"
 ENDED = ("completed", "cancelled", "failed")
+FAULTS = frozenset({500, 502, 503, 504})  # the service's or its database's, not the call's
+IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+FAULT_RETRY = RetryPolicy(initial=0.5, maximum=5.0, give_up_after=30.0)
 
 
 # -------------------------------------------------------------------------------------------
@@ -200,13 +205,24 @@ class SweepClient:
         self.http.close()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            response = self.http.request(method, API + path, **kwargs)
-        except httpx.TransportError as exc:
-            raise Unreachable(str(self.http.base_url), exc) from exc
-        if response.status_code >= 400:
-            raise ApiError(response)
-        return response
+        """One call; a fault of the service or its database (500, 502, 503, 504) is retried
+        with backoff for up to half a minute (FAULT_RETRY), honouring Retry-After: any call on a 503
+        (the service says nothing was done), only reads and idempotent writes on the others.
+        A server that cannot be reached at all is said at once (Unreachable)."""
+        delays = FAULT_RETRY.delays()
+        while True:
+            try:
+                response = self.http.request(method, API + path, **kwargs)
+            except httpx.TransportError as exc:
+                raise Unreachable(str(self.http.base_url), exc) from exc
+            if response.status_code < 400:
+                return response
+            status = response.status_code
+            safe = status == 503 or (status in FAULTS and method in IDEMPOTENT)
+            delay = next(delays, None) if safe else None
+            if delay is None:
+                raise ApiError(response)
+            time.sleep(max(delay, retry_after(response.headers)))
 
     def _json(self, method: str, path: str, **kwargs: Any) -> Any:
         return self._request(method, path, **kwargs).json()

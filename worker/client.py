@@ -12,10 +12,12 @@ from typing import Any
 import httpx
 
 from sweep import logs
-from sweep.worker.retry import RetryPolicy
+from sweep.worker.retry import RetryPolicy, retry_after
 
 API = "/api/v1"
-RETRYABLE_STATUS = {502, 503, 504}
+# A fault of the service or its database, not of the request: waited out (a 500 too, which
+# a bug the worker cannot fix also answers; retrying it costs a request per backoff step).
+RETRYABLE_STATUS = {500, 502, 503, 504}
 NO_DIRECT_SECONDS = 600.0
 OUTPUT_LIMIT = 64 * 1024  # characters of a program's output kept with its trial
 log = logging.getLogger("sweep.worker")
@@ -230,6 +232,7 @@ class ServiceClient:
             kwargs["headers"] = {**kwargs.get("headers", {}), "X-Request-ID": request_id}
         delays = self.retry.delays() if retry else iter(())
         while True:
+            asked = 0.0  # what the service asked to wait (Retry-After)
             try:
                 response = self.http.request(method, API + path, **kwargs)
             except httpx.TransportError as exc:
@@ -240,10 +243,12 @@ class ServiceClient:
                 if response.status_code not in RETRYABLE_STATUS:
                     raise _error(response)
                 problem = f"HTTP {response.status_code}"
+                asked = retry_after(response.headers)
             url = f"{self.http.base_url}{API}{path}"
             delay = next(delays, None)
             if delay is None:
                 raise ConnectionError(f"{method} {url}: gave up retrying ({problem})")
+            delay = max(delay, asked)
             log.warning("%s %s failed (%s); retrying in %.1fs", method, url, problem, delay)
             if self.stop.wait(delay):
                 raise ConnectionError(f"{method} {url}: not retried, shutting down ({problem})")

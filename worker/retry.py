@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 
 
@@ -26,3 +26,12 @@ class RetryPolicy:
             waited += delay
             yield delay
             base *= self.multiplier
+
+
+def retry_after(headers: Mapping[str, str]) -> float:
+    """The seconds a Retry-After header asks for (its delta-seconds form), else 0."""
+    value = headers.get("retry-after", "")
+    try:
+        return max(0.0, min(float(value), 300.0))
+    except ValueError:
+        return 0.0
