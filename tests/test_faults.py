@@ -1,0 +1,223 @@
+"""Whatever the database does, the service answers 503 (never 500) and its workers ride it out.
+
+A real server on PostgreSQL connects as a role of its own, so the test can do to it what
+operators and incidents do: revoke its privileges (before its workers start, and mid-sweep),
+set the database read-only, terminate its connections. Meanwhile a prober submits, pauses,
+resumes, reads and lists every half second and records every answer."""
+
+from __future__ import annotations
+
+import secrets
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+import pytest
+
+from sweep.client import SweepClient
+from sweep.service.config import Settings
+from sweep.service.tokens import create_in_database
+from tests.conftest import PG_ADMIN
+from tests.helpers import (
+    assert_metrics_intact,
+    budget,
+    make_spec,
+    quick_spec,
+    wait_for_end,
+    wait_until,
+)
+from tests.processes import serve, start_worker, stop_workers
+
+pytestmark = [pytest.mark.processes, pytest.mark.postgres]
+
+N_TRIALS = 14
+OUTAGE = 3.0  # seconds each fault lasts
+
+
+class Database:
+    """The test's database and the role the server uses, driven as their superuser."""
+
+    def __init__(self, url: str) -> None:
+        self.name = url.rsplit("/", 1)[1]
+        self.role = f"sweep_app_{secrets.token_hex(4)}"
+        self.admin = psycopg.connect(PG_ADMIN.rsplit("/", 1)[0] + f"/{self.name}", autocommit=True)
+        self.admin.execute(f'CREATE ROLE "{self.role}" LOGIN')
+        self.admin.execute(f'GRANT ALL ON SCHEMA public TO "{self.role}"')
+        base = url.rsplit("/", 1)[0].replace("postgresql+psycopg://postgres@", "")
+        self.url = f"postgresql+psycopg://{self.role}@{base}/{self.name}"
+
+    def revoke(self) -> None:
+        for kind in ("TABLES", "SEQUENCES"):
+            self.admin.execute(f'REVOKE ALL ON ALL {kind} IN SCHEMA public FROM "{self.role}"')
+
+    def grant(self) -> None:
+        for kind in ("TABLES", "SEQUENCES"):
+            self.admin.execute(f'GRANT ALL ON ALL {kind} IN SCHEMA public TO "{self.role}"')
+
+    def read_only(self, on: bool) -> None:
+        """New sessions start read-only (or not); the server's open ones are ended so that
+        its pool opens new ones."""
+        setting = (
+            "SET default_transaction_read_only = on"
+            if on
+            else "RESET default_transaction_read_only"
+        )
+        self.admin.execute(f'ALTER DATABASE "{self.name}" {setting}')
+        self.terminate()
+
+    def terminate(self) -> None:
+        self.admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+            (self.role,),
+        )
+
+    def close(self) -> None:
+        self.terminate()
+        self.admin.execute(f'ALTER DATABASE "{self.name}" RESET default_transaction_read_only')
+        self.admin.execute(f'REASSIGN OWNED BY "{self.role}" TO postgres')
+        self.admin.execute(f'DROP OWNED BY "{self.role}"')
+        self.admin.execute(f'DROP ROLE "{self.role}"')
+        self.admin.close()
+
+
+@pytest.fixture
+def database(postgresql_url: str) -> Iterator[Database]:
+    db = Database(postgresql_url)
+    try:
+        yield db
+    finally:
+        db.close()
+
+
+class Prober(threading.Thread):
+    """Submit, pause, resume, read and list every half second; every answer is kept with the
+    fault it came during."""
+
+    def __init__(self, url: str, token: str, experiment_id: int, paused: int) -> None:
+        super().__init__(daemon=True)
+        self.http = httpx.Client(
+            base_url=f"{url}/api/v1", headers={"Authorization": f"Bearer {token}"}, timeout=20
+        )
+        self.experiment_id, self.paused = experiment_id, paused
+        self.fault = "none"
+        self.answers: list[tuple[str, str, int]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        probe = quick_spec(name="probe", project="probe", budget=budget(1))
+        calls = [
+            ("submit", lambda: self.http.post("/experiments", json=probe)),
+            ("pause", lambda: self.http.post(f"/experiments/{self.paused}/pause")),
+            ("resume", lambda: self.http.post(f"/experiments/{self.paused}/resume")),
+            ("read", lambda: self.http.get(f"/experiments/{self.experiment_id}")),
+            ("list", lambda: self.http.get("/experiments")),
+        ]
+        while not self.done.is_set():
+            for name, call in calls:
+                fault = self.fault
+                self.answers.append((fault, name, call().status_code))
+            self.done.wait(0.5)
+        self.http.close()
+
+    def during(self, fault: str) -> dict[str, list[int]]:
+        seen: dict[str, list[int]] = {}
+        for when, name, status in self.answers:
+            if when == fault:
+                seen.setdefault(name, []).append(status)
+        return seen
+
+
+def progress(client: SweepClient, experiment_id: int) -> int:
+    """Epochs stored so far, over every trial."""
+    return sum(t["last_epoch"] for t in client.all_trials(experiment_id))
+
+
+@pytest.mark.timeout(400)
+def test_database_faults_answer_503_and_the_sweep_finishes(
+    database: Database, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, database.url, tmp_path / "logs")
+    spec = make_spec(
+        search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+        fixed={"epochs": 8},
+        pruner={"name": "none"},
+        budget=budget(N_TRIALS, 2),
+    )
+    experiment_id = client.submit(spec)["id"]
+    paused = client.submit(quick_spec(name="paused", project="probe", budget=budget(1)))["id"]
+    settings = Settings(database_url=database.url)
+    workers_token = create_in_database(role="worker", project="default", settings=settings)
+    prober = Prober(server.url, server.admin_token, experiment_id, paused)
+    workers: list[Any] = []
+    recovery: dict[str, float] = {}
+
+    def fault(name: str, start: Any, end: Any) -> None:
+        """`start` the fault, keep it OUTAGE seconds, `end` it; then time the sweep's first
+        stored epoch after it."""
+        before = progress(client, experiment_id)
+        prober.fault = name
+        start()
+        time.sleep(OUTAGE)  # the outage itself, not a wait for a state
+        assert all(w.poll() is None for w in workers), f"a worker exited during {name}"
+        end()
+        ended = time.monotonic()
+        prober.fault = "none"
+        wait_until(lambda: progress(client, experiment_id) > before, 60, f"progress after {name}")
+        recovery[name] = time.monotonic() - ended
+
+    prober.start()
+    try:
+        # Revoked before the workers start: they keep trying to register.
+        env = {"SWEEP_TOKEN": workers_token}
+
+        def start_workers() -> None:
+            database.revoke()
+            for i in range(2):
+                workers.append(
+                    start_worker(
+                        server, tmp_path / "logs", f"w{i}", "--exit-when-idle", "10", env=env
+                    )
+                )
+
+        fault("revoked before workers start", start_workers, database.grant)
+        fault("read-only", lambda: database.read_only(True), lambda: database.read_only(False))
+        fault("revoked mid-sweep", database.revoke, database.grant)
+        fault("connections terminated", database.terminate, lambda: None)
+        ended = wait_for_end(client, experiment_id, timeout=240)
+        assert all(w.poll() is None or w.returncode == 0 for w in workers)
+    finally:
+        prober.done.set()
+        prober.join(timeout=30)
+        stop_workers(workers)
+
+    assert ended["state"] == "completed" and ended["trials_created"] == N_TRIALS
+    assert sum(ended["counts"][s] for s in ("completed", "pruned")) == N_TRIALS
+    assert_metrics_intact(client, experiment_id)
+    assert all(w.returncode == 0 for w in workers)  # they rode out every fault and ended idle
+    statuses = {status for _, _, status in prober.answers}
+    assert all(s < 500 or s == 503 for s in statuses), sorted(statuses)
+    for name in ("read-only", "revoked mid-sweep"):
+        seen = prober.during(name)
+        assert 503 in seen["submit"], (name, seen)  # the fault was real, and said so
+    assert set(prober.during("read-only")["read"]) == {200}  # reads go on
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("server-*.log"))
+    assert "unhandled error" not in logs and "Traceback" not in logs
+    print(
+        "\nanswers per fault (status: count): "
+        + "; ".join(
+            f"{name}: "
+            + ", ".join(
+                f"{op} {dict(sorted((s, codes.count(s)) for s in set(codes)))}"
+                for op, codes in prober.during(name).items()
+            )
+            for name in recovery
+        )
+        + "\nseconds from each fault's end to the next stored epoch: "
+        + ", ".join(f"{name} {seconds:.1f}" for name, seconds in recovery.items())
+        + f" (median {statistics.median(recovery.values()):.1f})"
+    )
