@@ -3,8 +3,8 @@ a few times, before the caller hears of it: nothing of theirs was committed (one
 per request), so running them again is what the caller would do, only sooner.
 
 The error handler marks such an answer with RETRY_HEADER; this middleware holds each answer's
-start until it knows, replays the request's body (bodies up to MAX_BODY are kept for that;
-larger ones, streamed uploads, run once) and drops the marker from what it finally sends."""
+start until it knows, replays the request's body (JSON bodies up to MAX_BODY are kept for
+that; uploads stream through and run once) and drops the marker from what it finally sends."""
 
 from __future__ import annotations
 
@@ -24,11 +24,11 @@ class RunAgainOnRace:
         self.app, self.attempts = app, attempts
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] != "http" or not _replayable(scope):
             await self.app(scope, receive, send)
             return
         body, complete = await _buffer(receive)
-        if not complete:  # too large to keep: one run, the rest streamed from the caller
+        if not complete:  # longer than it said: one run, the rest streamed from the caller
             await self.app(scope, _replay(body, receive), send)
             return
         for attempt in range(1, self.attempts + 1):
@@ -57,6 +57,17 @@ class RunAgainOnRace:
 
         await self.app(scope, receive, answer)
         return dropped
+
+
+def _replayable(scope: Scope) -> bool:
+    """A call without a body, or with a JSON one of at most MAX_BODY bytes: uploads stream
+    through untouched (they are checked before their first byte is read, and never kept)."""
+    headers = dict(scope["headers"])
+    length = headers.get(b"content-length")
+    if length is None:
+        return b"transfer-encoding" not in headers
+    json_body = headers.get(b"content-type", b"").startswith(b"application/json")
+    return length.isdigit() and (int(length) == 0 or (json_body and int(length) <= MAX_BODY))
 
 
 async def _buffer(receive: Receive) -> tuple[list[Message], bool]:

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypedDict, TypeVar, cast
 
 import httpx
 
-from sweep.worker.retry import RetryPolicy, retry_after
+from sweep.retry import RetryPolicy, retry_after
 
 if TYPE_CHECKING:
     import optuna

@@ -76,9 +76,9 @@ def test_mypy_sees_into_each_package(tmp_path: Path) -> None:
     probe.write_text(
         "from sweep.models.plugins import ModelPlugin\n"
         "from sweep.service.states import TrialState\n"
-        "from sweep.worker.retry import RetryPolicy\n"
+        "from sweep.worker.client import OUTPUT_LIMIT\n"
         "a: int = TrialState.RUNNING\n"
-        "b: str = RetryPolicy()\n"
+        "b: str = OUTPUT_LIMIT\n"
         'c: int = ModelPlugin(build="pkg:build").build\n'
     )
     config, cache = str(ROOT / "pyproject.toml"), str(ROOT / ".mypy_cache")

@@ -16,10 +16,10 @@ from fastapi.testclient import TestClient
 
 from sweep.models import catalog
 from sweep.models.datasets import load_dataset
+from sweep.retry import RetryPolicy
 from sweep.worker.client import ServiceClient, TrialGone
 from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
-from sweep.worker.retry import RetryPolicy
 from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
 from tests.helpers import budget, quick_spec, submit, trials_of
 

@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 
 from sweep import logs
-from sweep.worker.retry import RetryPolicy, retry_after
+from sweep.retry import RetryPolicy, retry_after
 
 API = "/api/v1"
 # A fault of the service or its database, not of the request: waited out (a 500 too, which
