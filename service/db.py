@@ -89,9 +89,11 @@ class Changes:
                 self._waiters.discard(waiter)
 
 
-def ping(session: Session) -> None:
-    """A round trip to the database (raises when it is unreachable)."""
-    session.execute(text("SELECT 1"))
+def probe_write(database: Database) -> None:
+    """A write that changes nothing, in a transaction of its own: it raises when the database
+    cannot take writes (unreachable, read-only, the role's privileges revoked, locked)."""
+    with database.transaction() as session:
+        session.execute(text("UPDATE sweep_experiments SET id = id WHERE id < 0"))
 
 
 def notify_on_commit(session: Session) -> None:

@@ -23,7 +23,7 @@ from sweep.service.config import Settings
 from tests.helpers import authorize, budget, checksum, make_spec
 
 API = "/api/v1"
-PUBLIC = {("GET", f"{API}/healthz")}
+PUBLIC = {("GET", f"{API}/healthz"), ("GET", f"{API}/readyz")}
 
 
 @pytest.fixture(scope="module")
@@ -245,6 +245,7 @@ def test_no_token_bad_token_and_revoked_token_get_401(
     app_client: TestClient, tokens: dict[str, dict[str, str]]
 ) -> None:
     assert app_client.get(f"{API}/healthz").status_code == 200
+    assert app_client.get(f"{API}/readyz").json() == {"status": "ready"}
     for headers in ({}, {"Authorization": "Bearer swp_nope"}, {"Authorization": "Basic x"}):
         response = app_client.get(f"{API}/experiments", headers=headers)
         assert response.status_code == 401

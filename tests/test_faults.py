@@ -3,7 +3,8 @@
 A real server on PostgreSQL connects as a role of its own, so the test can do to it what
 operators and incidents do: revoke its privileges (before its workers start, and mid-sweep),
 set the database read-only, terminate its connections. Meanwhile a prober submits, pauses,
-resumes, reads and lists every half second and records every answer."""
+resumes, reads, lists and asks for liveness and readiness every half second and records every
+answer."""
 
 from __future__ import annotations
 
@@ -116,6 +117,8 @@ class Prober(threading.Thread):
             ("resume", lambda: self.http.post(f"/experiments/{self.paused}/resume")),
             ("read", lambda: self.http.get(f"/experiments/{self.experiment_id}")),
             ("list", lambda: self.http.get("/experiments")),
+            ("alive", lambda: self.http.get("/healthz")),
+            ("ready", lambda: self.http.get("/readyz")),
         ]
         while not self.done.is_set():
             for name, call in calls:
@@ -205,6 +208,10 @@ def test_database_faults_answer_503_and_the_sweep_finishes(
         seen = prober.during(name)
         assert 503 in seen["submit"], (name, seen)  # the fault was real, and said so
     assert set(prober.during("read-only")["read"]) == {200}  # reads go on
+    for name in ("read-only", "revoked mid-sweep"):  # alive, and out of a load balancer
+        assert set(prober.during(name)["alive"]) == {200}
+        assert 503 in prober.during(name)["ready"]
+    assert prober.during("none")["ready"][-1] == 200
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("server-*.log"))
     assert "unhandled error" not in logs and "Traceback" not in logs
     print(

@@ -118,6 +118,8 @@ def _complete(operation: dict[str, Any], route: APIRoute, path: str, method: str
             statuses.add("400")
     if path.endswith("/healthz"):
         statuses = set()
+    if path.endswith("/readyz"):
+        statuses = {"503"}
     for status in statuses:
         answer = responses.setdefault(status, {"description": WHY[status]})
         answer["content"] = {"application/json": {"schema": ERROR_REF}}

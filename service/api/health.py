@@ -1,13 +1,22 @@
 from fastapi import APIRouter
 
 from sweep.service import db
-from sweep.service.api.deps import SessionDep
+from sweep.service.api.deps import DatabaseDep
 
 router = APIRouter(tags=["health"])
 
 
 @router.get("/healthz")
-def healthz(session: SessionDep) -> dict[str, str]:
-    """Liveness and database reachability."""
-    db.ping(session)
+def healthz() -> dict[str, str]:
+    """Liveness: the process answers. It does not look at the database, so an orchestrator
+    does not restart every API process while the database is down (see /readyz)."""
     return {"status": "ok"}
+
+
+@router.get("/readyz", responses={503: {"description": "the database does not take writes now"}})
+def readyz(database: DatabaseDep) -> dict[str, str]:
+    """Readiness: the database takes a write from this process (a write probe that changes
+    nothing), so a load balancer or Kubernetes sends traffic elsewhere while it is unreachable,
+    read-only, refusing this process's role, or locked."""
+    db.probe_write(database)
+    return {"status": "ready"}
