@@ -228,3 +228,54 @@ def test_database_faults_answer_503_and_the_sweep_finishes(
         + ", ".join(f"{name} {seconds:.1f}" for name, seconds in recovery.items())
         + f" (median {statistics.median(recovery.values()):.1f})"
     )
+
+
+def test_a_request_that_loses_a_deadlock_runs_again_and_succeeds(
+    postgresql_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A completion locks its trial, then its experiment; another transaction holding the
+    experiment then asks for the trial: a deadlock, which PostgreSQL breaks by aborting the
+    completion (its wait is shorter). The server runs the completion again and the worker
+    sees it succeed, never the deadlock."""
+    name = postgresql_url.rsplit("/", 1)[1]
+    with psycopg.connect(PG_ADMIN, autocommit=True) as admin:  # the server's sessions, not ours
+        admin.execute(f"ALTER DATABASE \"{name}\" SET deadlock_timeout = '200ms'")
+    server, client = serve(request, postgresql_url, tmp_path / "logs")
+    experiment_id = client.submit(quick_spec(budget=budget(1)))["id"]
+    as_worker = {"Authorization": f"Bearer {server.worker_token}"}
+    with httpx.Client(base_url=f"{server.url}/api/v1", headers=as_worker, timeout=60) as worker:
+        worker_id = worker.post("/workers", json={"name": "w"}).json()["id"]
+        trial = worker.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 5}).json()
+        attempt = {"X-Attempt-Token": trial["token"]}
+        url = f"/trials/{trial['trial_id']}"
+        report = {"epoch": 1, "metrics": {"val_accuracy": 0.5}}
+        assert worker.post(f"{url}/reports", json=report, headers=attempt).status_code == 200
+
+        dsn = PG_ADMIN.rsplit("/", 1)[0] + f"/{name}"
+        with psycopg.connect(dsn) as other, psycopg.connect(dsn, autocommit=True) as watcher:
+            other.execute("SET deadlock_timeout = '10s'")  # so the completion is the victim
+            other.execute(
+                "SELECT id FROM sweep_experiments WHERE id = %s FOR UPDATE", (experiment_id,)
+            )
+            answers: list[httpx.Response] = []
+            completing = threading.Thread(
+                target=lambda: answers.append(
+                    worker.post(f"{url}/complete", json={"value": 0.5}, headers=attempt)
+                )
+            )
+            completing.start()
+            waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"  # a row lock's wait
+            wait_until(
+                lambda: watcher.execute(waiting).fetchone()[0],  # type: ignore[index]
+                30,
+                "the completion to wait for the experiment",
+            )
+            other.execute(
+                "SELECT id FROM sweep_trials WHERE id = %s FOR UPDATE", (trial["trial_id"],)
+            )
+            other.rollback()
+            completing.join(timeout=60)
+    assert [a.status_code for a in answers] == [200], [a.text for a in answers]
+    assert client.trial(trial["trial_id"])["state"] == "completed"
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("server-*.log"))
+    assert "database unavailable: deadlock detected" in logs  # it happened, and was run again
