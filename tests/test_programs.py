@@ -458,12 +458,15 @@ def test_a_torchrun_job_of_two_processes_reports_once_and_every_rank_stops_when_
     two = {"resources": {"processes": 2}}
     completes = client.submit(cnn_spec(1, program="train_ddp", requirements=two))
     # A threshold above which a maximized metric is pruned: every trial, at its first report.
+    # Reports are not waited on, so the verdict reaches the ranks a report or two later: with
+    # 3 epochs a loaded machine could finish them first; with 100 it never does unpruned.
     pruned = client.submit(
         cnn_spec(
             1,
             program="train_ddp",
             requirements=two,
             pruner={"name": "threshold", "options": {"upper": 0.0}},
+            fixed={"epochs": 100},
         )
     )
     # It exits by itself after both trials, once their programs have ended.
