@@ -163,7 +163,9 @@ async function experimentPage(id, me) {
     el("h2", {}, "Trials"), trials.node, compare.node, el("h2", {}, "Spec"), spec);
 
   let experiment = null;
-  let formsFor = null;  // the state the forms were built for: rebuilt only when it changes
+  // Whether the forms were built for an ended experiment: they are rebuilt only when that
+  // changes, never under the user's typing.
+  let formsFor = null;
   async function refresh() {
     experiment = await getJson(`/experiments/${id}`);
     const e = experiment;
@@ -181,8 +183,8 @@ async function experimentPage(id, me) {
     e.waiting_for ? el("p", { id: "waiting-for" }, `Waiting: ${e.waiting_for}`) : "");
     mark("summary");
     renderActions(e, me, actions, refresh);
-    if (formsFor !== `${e.state}/${e.n_trials}/${e.max_concurrent}`) {
-      formsFor = `${e.state}/${e.n_trials}/${e.max_concurrent}`;
+    if (formsFor !== ENDED.has(e.state)) {
+      formsFor = ENDED.has(e.state);
       renderForms(e, me, forms, refresh);
     }
     trials.spec = e.spec;
