@@ -35,6 +35,7 @@ class Filter:
     param: str
     op: Op
     value: Any
+    numeric: bool  # compared as a number; else as the JSON text of a choice
 
 
 def parse_filters(experiment: Experiment, where: Sequence[str]) -> list[Filter]:
@@ -54,7 +55,8 @@ def parse_filters(experiment: Experiment, where: Sequence[str]) -> list[Filter]:
         numeric = space[name]["type"] in NUMERIC
         if op != "=" and not numeric:
             raise InvalidSpec(f"{name} is categorical: filter it with {name}=VALUE", field="where")
-        filters.append(Filter(name, typed(Op, op), _value(name, raw, space[name], numeric)))
+        value = _value(name, raw, space[name], numeric)
+        filters.append(Filter(name, typed(Op, op), value, numeric))
     return filters
 
 
@@ -76,9 +78,11 @@ def _value(name: str, raw: str, param: dict[str, Any], numeric: bool) -> Any:
 
 def apply_filters(query: Select[Any], filters: list[Filter]) -> Select[Any]:
     for f in filters:
-        if f.op == "=":
+        if f.op == "=" and not f.numeric:
             # Both databases give a JSON value's text the way json.dumps writes it.
             query = query.where(cast(Trial.params[f.param], Text) == json.dumps(f.value))
+        elif f.op == "=":
+            query = query.where(Trial.params[f.param].as_float() == f.value)
         elif f.op == ">=":
             query = query.where(Trial.params[f.param].as_float() >= f.value)
         else:

@@ -14,23 +14,27 @@ SPACE = {
     "lr": {"type": "float", "low": 1e-4, "high": 1.0, "log": True},
     "optimizer": {"type": "categorical", "choices": ["sgd", "adam"]},
     "batch_size": {"type": "categorical", "choices": [16, 64]},
+    "hidden_layers": {"type": "int", "low": 1, "high": 3},
 }
-# (lr, optimizer, batch_size, val_loss per epoch)
+# (lr, optimizer, batch_size, hidden_layers, val_loss per epoch)
 TRIALS = [
-    (0.1, "sgd", 16, [0.9, 0.5, 0.4]),
-    (0.001, "adam", 64, [0.8, 0.3]),
-    (0.01, "adam", 16, [0.7, 0.6, 0.55]),
-    (0.5, "sgd", 64, [2.0]),
+    (0.1, "sgd", 16, 1, [0.9, 0.5, 0.4]),
+    (0.001, "adam", 64, 2, [0.8, 0.3]),
+    (0.01, "adam", 16, 3, [0.7, 0.6, 0.55]),
+    (0.5, "sgd", 64, 2, [2.0]),
 ]
 
 
 def run(client: TestClient) -> int:
-    experiment_id = submit(client, small(SPACE, budget=budget(len(TRIALS))))
-    for lr, optimizer, batch_size, _ in TRIALS:
-        queued = client.post(
-            f"{API}/experiments/{experiment_id}/trials",
-            json={"params": {"lr": lr, "optimizer": optimizer, "batch_size": batch_size}},
-        )
+    experiment_id = submit(client, small(SPACE, fixed={"epochs": 2}, budget=budget(len(TRIALS))))
+    for lr, optimizer, batch_size, layers, _ in TRIALS:
+        params = {
+            "lr": lr,
+            "optimizer": optimizer,
+            "batch_size": batch_size,
+            "hidden_layers": layers,
+        }
+        queued = client.post(f"{API}/experiments/{experiment_id}/trials", json={"params": params})
         assert queued.status_code == 201, queued.text
     worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
     for *_, losses in TRIALS:
@@ -74,6 +78,9 @@ def test_trials_filter_and_sort_by_parameters_and_metrics(client: TestClient) ->
     assert lrs(ranged) == [0.1, 0.01] and ranged["total"] == 2
     assert lrs(page(client, experiment_id, where=["optimizer=adam"])) == [0.001, 0.01]
     assert lrs(page(client, experiment_id, where=["batch_size=64", "optimizer=sgd"])) == [0.5]
+    assert lrs(page(client, experiment_id, where=["lr=0.01"])) == [0.01]
+    assert lrs(page(client, experiment_id, where=["hidden_layers=2"])) == [0.001, 0.5]
+    assert lrs(page(client, experiment_id, where=["hidden_layers>=3"])) == [0.01]
 
     assert lrs(page(client, experiment_id, sort="param:lr")) == [0.001, 0.01, 0.1, 0.5]
     assert lrs(page(client, experiment_id, sort="param:lr", order="desc")) == [
