@@ -90,10 +90,11 @@ class Changes:
 
 
 def probe_write(database: Database) -> None:
-    """A write that changes nothing, in a transaction of its own: it raises when the database
-    cannot take writes (unreachable, read-only, the role's privileges revoked, locked)."""
+    """A real write that changes no value, in a transaction of its own (the schema version's
+    one row rewritten with itself): it raises when the database cannot take writes
+    (unreachable, read-only, the role's privileges revoked, locked, its disk full)."""
     with database.transaction() as session:
-        session.execute(text("UPDATE sweep_experiments SET id = id WHERE id < 0"))
+        session.execute(text("UPDATE alembic_version SET version_num = version_num"))
 
 
 def notify_on_commit(session: Session) -> None:

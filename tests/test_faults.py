@@ -2,14 +2,17 @@
 
 A real server on PostgreSQL connects as a role of its own, so the test can do to it what
 operators and incidents do: revoke its privileges (before its workers start, and mid-sweep),
-set the database read-only, terminate its connections. Meanwhile a prober submits, pauses,
-resumes, reads, lists and asks for liveness and readiness every half second and records every
-answer."""
+set the database read-only, terminate its connections; on SQLite, fill its disk. Meanwhile a
+prober submits, pauses, resumes, reads, lists and asks for liveness and readiness every half
+second and records every answer."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
 import statistics
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -34,7 +37,7 @@ from tests.helpers import (
 )
 from tests.processes import serve, start_worker, stop_workers
 
-pytestmark = [pytest.mark.processes, pytest.mark.postgres]
+pytestmark = pytest.mark.processes  # real server, worker or pool processes
 
 N_TRIALS = 14
 OUTAGE = 3.0  # seconds each fault lasts
@@ -140,6 +143,7 @@ def progress(client: SweepClient, experiment_id: int) -> int:
     return sum(t["last_epoch"] for t in client.all_trials(experiment_id))
 
 
+@pytest.mark.postgres
 @pytest.mark.timeout(400)
 def test_database_faults_answer_503_and_the_sweep_finishes(
     database: Database, tmp_path: Path, request: pytest.FixtureRequest
@@ -230,6 +234,7 @@ def test_database_faults_answer_503_and_the_sweep_finishes(
     )
 
 
+@pytest.mark.postgres
 def test_a_request_that_loses_a_deadlock_runs_again_and_succeeds(
     postgresql_url: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
@@ -279,3 +284,86 @@ def test_a_request_that_loses_a_deadlock_runs_again_and_succeeds(
     assert client.trial(trial["trial_id"])["state"] == "completed"
     logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("server-*.log"))
     assert "database unavailable: deadlock detected" in logs  # it happened, and was run again
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB filesystem of its own (tmpfs) for the server's SQLite file, to fill."""
+    where = tmp_path / "disk"
+    where.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        message = f"cannot mount a small filesystem here: {mounted.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+@pytest.mark.timeout(300)
+def test_a_full_disk_under_sqlite_answers_503_and_the_sweep_finishes(
+    small_disk: Path, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    # The artifact store stays on the big disk: this is about the database's.
+    env = {"SWEEP_DATA_DIR": str(tmp_path / "data")}
+    server, client = serve(request, f"sqlite:///{small_disk / 'sweep.db'}", tmp_path / "logs", env)
+    spec = make_spec(
+        search_space={"dropout": {"type": "float", "low": 0.0, "high": 0.2}},
+        fixed={"epochs": 8},
+        pruner={"name": "none"},
+        budget=budget(6, 1),
+    )
+    experiment_id = client.submit(spec)["id"]
+    paused = client.submit(quick_spec(name="paused", project="probe", budget=budget(1)))["id"]
+    settings = Settings(database_url=f"sqlite:///{small_disk / 'sweep.db'}")
+    token = create_in_database(role="worker", project="default", settings=settings)
+    worker = start_worker(
+        server, tmp_path / "logs", "w", "--exit-when-idle", "10", env={"SWEEP_TOKEN": token}
+    )
+    prober = Prober(server.url, server.admin_token, experiment_id, paused)
+    prober.start()
+    try:
+        wait_until(lambda: progress(client, experiment_id) >= 2, 60, "the sweep to start")
+        before = progress(client, experiment_id)
+        prober.fault = "disk full"
+        filler = small_disk / "filler"
+        with filler.open("wb") as f, contextlib.suppress(OSError):
+            while True:  # until the filesystem says it is full
+                f.write(bytes(1 << 16))
+                f.flush()
+        time.sleep(OUTAGE)  # the outage itself, not a wait for a state
+        assert worker.poll() is None, "the worker exited while the disk was full"
+        filler.unlink()
+        freed = time.monotonic()
+        prober.fault = "none"
+        wait_until(lambda: progress(client, experiment_id) > before, 60, "progress")
+        moving = time.monotonic() - freed
+        ended = wait_for_end(client, experiment_id, timeout=240)
+    finally:
+        prober.done.set()
+        prober.join(timeout=30)
+        stop_workers([worker])
+    assert ended["state"] == "completed" and ended["trials_created"] == 6
+    assert_metrics_intact(client, experiment_id)
+    assert worker.returncode == 0
+    statuses = {status for _, _, status in prober.answers}
+    assert all(s < 500 or s == 503 for s in statuses), sorted(statuses)
+    seen = prober.during("disk full")
+    assert 503 in seen["submit"] and 503 in seen["ready"] and set(seen["alive"]) == {200}
+    logs = "".join(p.read_text() for p in (tmp_path / "logs").glob("server-*.log"))
+    assert "database or disk is full" in logs and "Traceback" not in logs
+    print(
+        "\ndisk full: "
+        + ", ".join(
+            f"{op} {dict(sorted((s, codes.count(s)) for s in set(codes)))}"
+            for op, codes in seen.items()
+        )
+        + f"; the sweep stored its next epoch {moving:.1f} s after the disk was freed"
+    )

@@ -15,8 +15,8 @@ def healthz() -> dict[str, str]:
 
 @router.get("/readyz", responses={503: {"description": "the database does not take writes now"}})
 def readyz(database: DatabaseDep) -> dict[str, str]:
-    """Readiness: the database takes a write from this process (a write probe that changes
-    nothing), so a load balancer or Kubernetes sends traffic elsewhere while it is unreachable,
-    read-only, refusing this process's role, or locked."""
+    """Readiness: the database takes a write from this process (a row rewritten with its own
+    value), so a load balancer or Kubernetes sends traffic elsewhere while it is unreachable,
+    read-only, refusing this process's role, locked, or out of disk."""
     db.probe_write(database)
     return {"status": "ready"}
