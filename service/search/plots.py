@@ -230,38 +230,25 @@ def _add_band(fig: go.Figure, trials: list[FrozenTrial]) -> None:
             by_step.setdefault(step, []).append(value)
     steps = sorted(by_step)
     low, median, high = ([float(np.percentile(by_step[s], q)) for s in steps] for q in (10, 50, 90))
-    band = {"width": 0}
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=high,
-            mode="lines",
-            line=band,
-            name="90th percentile",
-            showlegend=False,
-            hoverinfo="skip",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=low,
-            mode="lines",
-            line=band,
-            fill="tonexty",
-            fillcolor="rgba(100,100,100,0.2)",
-            name="10th to 90th percentile",
-        )
-    )
-    fig.add_trace(
-        go.Scatter(
-            x=steps,
-            y=median,
-            mode="lines",
-            name="median of all",
-            line={"color": "black", "dash": "dash"},
-        )
-    )
+    edge = {"mode": "lines", "line": {"width": 0}}
+    traces: list[dict[str, Any]] = [  # the upper edge, the lower one filled up to it, the median
+        {**edge, "y": high, "name": "90th percentile", "showlegend": False, "hoverinfo": "skip"},
+        {
+            **edge,
+            "y": low,
+            "name": "10th to 90th percentile",
+            "fill": "tonexty",
+            "fillcolor": "rgba(100,100,100,0.2)",
+        },
+        {
+            "mode": "lines",
+            "y": median,
+            "name": "median of all",
+            "line": {"color": "black", "dash": "dash"},
+        },
+    ]
+    for trace in traces:
+        fig.add_trace(go.Scatter(x=steps, **trace))
 
 
 def _problem(
