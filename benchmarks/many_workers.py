@@ -1,0 +1,362 @@
+"""A thousand workers on one API process: idle, woken by a submission, then all busy.
+
+    .venv/bin/python benchmarks/many_workers.py [--workers 1000] [--idle 60] [--busy 60]
+        [--report-every 2] [--claim-wait 30] [--server-workers 1] [--pg URL] [--json FILE]
+
+One real `sweep server` on a fresh PostgreSQL database, and this process simulating
+--workers workers over real HTTP on 127.0.0.1 (asyncio + httpx, one connection each: a
+long poll holds its connection). The workers speak the protocol `sweep worker` speaks;
+they only do not train. Three phases:
+
+a. idle: every worker long-polls its claim (--claim-wait seconds, `sweep worker`'s default
+   unless given) with no experiment, for --idle seconds. Printed: the server's CPU as a share
+   of one core (target < 10%), PostgreSQL's, and the database's transactions per second.
+b. wake: an experiment with a slot for every worker is submitted. Printed: the time from the
+   submission to each worker's claim answered with a trial, p50 / p99 / last (target p99 < 2 s).
+c. busy: every worker reports an epoch every --report-every seconds and heartbeats as its
+   assignment says, for --busy seconds. Printed: report and heartbeat latency p50 / p99 / max
+   (target: report p99 < 250 ms), the server's CPU, and leases lost (a 409, or a stop).
+
+Baseline in the same run: the round trip of `GET /healthz` (no database) over the same client
+before phase a, so the latencies can be read against this machine's HTTP floor. The load runs
+on the same machine as the server and PostgreSQL: its own CPU is printed too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.control_plane import (
+    PG_ADMIN,
+    SPACE,
+    cpu_seconds,
+    descendants,
+    fresh_database,
+)
+from sweep.worker.loop import WorkerOptions
+from tests.processes import ServerProcess
+
+API = "/api/v1"
+
+
+@dataclass
+class Observed:
+    claimed_at: dict[int, float] = field(default_factory=dict)  # worker -> monotonic time
+    reports: list[float] = field(default_factory=list)  # seconds each took
+    heartbeats: list[float] = field(default_factory=list)
+    lost: int = 0  # 409 on a report or heartbeat, or an answer other than continue
+    errors: list[str] = field(default_factory=list)
+    retried: int = 0  # answers 503, sent again as a worker does
+    empty_claims: int = 0
+
+
+class Load:
+    def __init__(self, server: ServerProcess, args: argparse.Namespace) -> None:
+        self.args = args
+        self.http = httpx.AsyncClient(
+            base_url=server.url + API,
+            headers={"Authorization": f"Bearer {server.worker_token}"},
+            timeout=args.claim_wait + 60,
+            limits=httpx.Limits(max_connections=args.workers + 20, max_keepalive_connections=None),
+        )
+        self.admin = httpx.AsyncClient(
+            base_url=server.url + API,
+            headers={"Authorization": f"Bearer {server.admin_token}"},
+            timeout=60,
+        )
+        self.observed = Observed()
+        self.busy = asyncio.Event()  # phase c: reports are being timed
+        self.stop = asyncio.Event()
+
+    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+        while True:
+            response = await self.http.post(path, **kwargs)
+            if response.status_code != 503:
+                return response
+            self.observed.retried += 1
+            await asyncio.sleep(float(response.headers.get("retry-after", 1)))
+
+    async def register(self) -> list[int]:
+        gate = asyncio.Semaphore(50)
+
+        async def one(i: int) -> int:
+            async with gate:
+                response = await self.post("/workers", json={"name": f"sim{i}"})
+                return int(response.json()["id"])
+
+        return await asyncio.gather(*(one(i) for i in range(self.args.workers)))
+
+    async def worker(self, worker_id: int) -> None:
+        while not self.stop.is_set():
+            response = await self.post(
+                f"/workers/{worker_id}/claim", json={"wait_seconds": self.args.claim_wait}
+            )
+            if response.status_code == 204:
+                self.observed.empty_claims += 1
+                continue
+            if response.status_code != 200:
+                self.observed.errors.append(f"claim {response.status_code}: {response.text}")
+                return
+            self.observed.claimed_at[worker_id] = time.monotonic()
+            await self.run_trial(response.json())
+            return
+
+    async def run_trial(self, assignment: dict[str, Any]) -> None:
+        headers = {"X-Attempt-Token": assignment["token"]}
+        trial = assignment["trial_id"]
+        beating = asyncio.create_task(self.heartbeat(trial, headers, assignment))
+        try:
+            epoch = 0
+            next_at = time.monotonic() + self.args.report_every
+            while not self.stop.is_set():
+                await _until(next_at, self.stop)
+                if self.stop.is_set():
+                    return
+                epoch += 1
+                body = {"epoch": epoch, "metrics": {"val_accuracy": 0.5 + 0.4 * epoch / 100}}
+                started = time.monotonic()
+                response = await self.post(f"/trials/{trial}/reports", json=body, headers=headers)
+                if self.busy.is_set():
+                    self.observed.reports.append(time.monotonic() - started)
+                if not self.answered_continue(response):
+                    return
+                next_at += self.args.report_every
+        finally:
+            beating.cancel()
+
+    async def heartbeat(self, trial: int, headers: dict[str, str], assignment: Any) -> None:
+        every = float(assignment["heartbeat_seconds"])
+        next_at = time.monotonic() + every
+        while not self.stop.is_set():
+            await _until(next_at, self.stop)
+            if self.stop.is_set():
+                return
+            started = time.monotonic()
+            response = await self.post(f"/trials/{trial}/heartbeat", headers=headers)
+            if self.busy.is_set():
+                self.observed.heartbeats.append(time.monotonic() - started)
+            if not self.answered_continue(response):
+                return
+            next_at += every
+
+    def answered_continue(self, response: httpx.Response) -> bool:
+        if response.status_code == 200 and response.json().get("action") == "continue":
+            return True
+        if not self.stop.is_set():
+            self.observed.lost += 1
+            self.observed.errors.append(f"{response.status_code}: {response.text[:200]}")
+        return False
+
+    async def floor(self, n: int = 200) -> list[float]:
+        """Round trips of GET /healthz: the HTTP floor on this machine."""
+        times = []
+        for _ in range(n):
+            started = time.monotonic()
+            (await self.http.get("/healthz")).raise_for_status()
+            times.append(time.monotonic() - started)
+        return times
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.admin.aclose()
+
+
+async def _until(deadline: float, stop: asyncio.Event) -> None:
+    remaining = deadline - time.monotonic()
+    if remaining > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), remaining)
+
+
+class Meter:
+    """CPU of the server's processes, of the database's backends and of this process, and the
+    database's transactions, between two marks."""
+
+    def __init__(self, admin: psycopg.Connection[Any], database: str, server_pid: int) -> None:
+        self.admin, self.database, self.server_pid = admin, database, server_pid
+
+    def read(self) -> dict[str, float]:
+        server = [self.server_pid, *descendants(self.server_pid)]
+        backends = [
+            row[0]
+            for row in self.admin.execute(
+                "SELECT pid FROM pg_stat_activity WHERE datname = %s", (self.database,)
+            )
+        ]
+        (xacts,) = self.admin.execute(
+            "SELECT xact_commit + xact_rollback FROM pg_stat_database WHERE datname = %s",
+            (self.database,),
+        ).fetchone() or (0,)
+        own = os.times()
+        return {
+            "at": time.monotonic(),
+            "server": sum(cpu_seconds(p) for p in server),
+            "postgres": sum(cpu_seconds(p) for p in backends),
+            "load": own.user + own.system,
+            "xacts": float(xacts),
+        }
+
+    @staticmethod
+    def rates(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        elapsed = after["at"] - before["at"]
+        return {k: (after[k] - before[k]) / elapsed for k in before if k != "at"} | {
+            "seconds": elapsed
+        }
+
+
+def quantiles(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {"n": 0}
+    ordered = sorted(values)
+    cut = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else []
+    return {
+        "n": len(ordered),
+        "p50": statistics.median(ordered),
+        "p99": cut[98] if cut else ordered[0],
+        "max": ordered[-1],
+    }
+
+
+def ms(q: dict[str, float]) -> str:
+    if not q.get("n"):
+        return "none"
+    return f"p50 {q['p50'] * 1e3:.1f} ms, p99 {q['p99'] * 1e3:.1f} ms, max {q['max'] * 1e3:.1f} ms"
+
+
+async def scenario(server: ServerProcess, meter: Meter, args: argparse.Namespace) -> dict[str, Any]:
+    load = Load(server, args)
+    results: dict[str, Any] = {"workers": args.workers, "claim_wait": args.claim_wait}
+    try:
+        floor = await load.floor()
+        results["healthz"] = quantiles(floor)
+        print(f"baseline GET /healthz: {ms(results['healthz'])}", flush=True)
+        worker_ids = await load.register()
+        tasks = [asyncio.create_task(load.worker(w)) for w in worker_ids]
+
+        # a. idle: let every claim reach its long poll, then measure.
+        await asyncio.sleep(min(5.0, args.claim_wait))
+        before = meter.read()
+        await asyncio.sleep(args.idle)
+        idle = Meter.rates(before, meter.read())
+        results["idle"] = idle
+        print(
+            f"a. idle {args.workers} workers, {idle['seconds']:.0f} s: server "
+            f"{idle['server'] * 100:.1f}% of a core, PostgreSQL {idle['postgres'] * 100:.1f}%, "
+            f"{idle['xacts']:.1f} database transactions/s, load {idle['load'] * 100:.1f}%",
+            flush=True,
+        )
+
+        # b. wake: one experiment with a slot for every worker.
+        spec = {
+            "name": "many-workers",
+            "model": "mlp",
+            "dataset": "digits",
+            "objective": {"metric": "val_accuracy", "direction": "maximize"},
+            "search_space": SPACE,
+            "sampler": {"name": "tpe", "seed": 1},
+            "budget": {"n_trials": args.workers, "max_concurrent": args.workers},
+        }
+        submitted = time.monotonic()
+        response = await load.admin.post("/experiments", json=spec)
+        response.raise_for_status()
+        experiment_id = response.json()["id"]
+        deadline = submitted + 120
+        while len(load.observed.claimed_at) < args.workers and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        waits = [t - submitted for t in load.observed.claimed_at.values()]
+        results["wake"] = quantiles(waits)
+        wake = results["wake"]
+        print(
+            f"b. submit -> claims started: {len(waits)} of {args.workers}, "
+            f"p50 {wake.get('p50', 0):.2f} s, p99 {wake.get('p99', 0):.2f} s, "
+            f"last {wake.get('max', 0):.2f} s",
+            flush=True,
+        )
+
+        # c. busy: every trial reports and heartbeats; time the calls for --busy seconds.
+        before = meter.read()
+        load.busy.set()
+        await asyncio.sleep(args.busy)
+        load.busy.clear()
+        busy = Meter.rates(before, meter.read())
+        results["busy"] = busy | {
+            "reports": quantiles(load.observed.reports),
+            "heartbeats": quantiles(load.observed.heartbeats),
+            "lost": load.observed.lost,
+        }
+        reports = load.observed.reports
+        print(
+            f"c. busy {busy['seconds']:.0f} s: {len(reports)} reports "
+            f"({len(reports) / busy['seconds']:.0f}/s) {ms(results['busy']['reports'])}; "
+            f"{len(load.observed.heartbeats)} heartbeats {ms(results['busy']['heartbeats'])}; "
+            f"leases lost {load.observed.lost}; server {busy['server'] * 100:.0f}% of a core, "
+            f"PostgreSQL {busy['postgres'] * 100:.0f}%, load {busy['load'] * 100:.0f}%",
+            flush=True,
+        )
+        load.stop.set()
+        await load.admin.post(f"/experiments/{experiment_id}/cancel")
+        await asyncio.wait(tasks, timeout=args.claim_wait + 30)
+        for task in tasks:
+            task.cancel()
+        results["retried_503"] = load.observed.retried
+        results["errors"] = load.observed.errors[:10]
+        if load.observed.errors:
+            print(f"errors ({len(load.observed.errors)}):", *load.observed.errors[:5], sep="\n  ")
+    finally:
+        await load.close()
+    return results
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--workers", type=int, default=1000)
+    parser.add_argument("--idle", type=float, default=60.0, help="seconds of phase a")
+    parser.add_argument("--busy", type=float, default=60.0, help="seconds of phase c")
+    parser.add_argument("--report-every", type=float, default=2.0)
+    parser.add_argument(
+        "--claim-wait", type=float, default=WorkerOptions().wait_seconds, help="long poll"
+    )
+    parser.add_argument("--server-workers", type=int, default=1, help="API processes")
+    parser.add_argument("--pg", default=PG_ADMIN)
+    parser.add_argument("--json", type=Path)
+    return parser.parse_args()
+
+
+def main() -> None:
+    args = parse_args()
+    with (
+        psycopg.connect(args.pg, autocommit=True) as admin,
+        fresh_database(admin, args.pg) as (
+            name,
+            url,
+        ),
+    ):
+        log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"many-workers-{os.getpid()}"
+        server = ServerProcess(url, log_dir, args=["--workers", str(args.server_workers)])
+        server.start()
+        try:
+            assert server.process is not None
+            meter = Meter(admin, name, server.process.pid)
+            results = asyncio.run(scenario(server, meter, args))
+        finally:
+            server.stop()
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
