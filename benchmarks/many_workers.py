@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import statistics
 import sys
 import time
@@ -60,7 +61,7 @@ class Observed:
     heartbeats: list[float] = field(default_factory=list)
     lost: int = 0  # 409 on a report or heartbeat, or an answer other than continue
     errors: list[str] = field(default_factory=list)
-    retried: int = 0  # answers 503, sent again as a worker does
+    retried: int = 0  # calls sent again after a 503 or a lost connection, as a worker does
     empty_claims: int = 0
 
 
@@ -83,8 +84,12 @@ class Load:
         self.stop = asyncio.Event()
 
     async def post(self, path: str, **kwargs: Any) -> httpx.Response:
-        while True:
-            response = await self.http.post(path, **kwargs)
+        while True:  # as a worker does: a lost connection or a 503 is sent again
+            try:
+                response = await self.http.post(path, **kwargs)
+            except httpx.TransportError:
+                self.observed.retried += 1
+                continue
             if response.status_code != 503:
                 return response
             self.observed.retried += 1
@@ -121,7 +126,8 @@ class Load:
         beating = asyncio.create_task(self.heartbeat(trial, headers, assignment))
         try:
             epoch = 0
-            next_at = time.monotonic() + self.args.report_every
+            # Trials do not train in step: each one's epochs end at an offset of its own.
+            next_at = time.monotonic() + self.args.report_every * (1 + random.random())
             while not self.stop.is_set():
                 await _until(next_at, self.stop)
                 if self.stop.is_set():
@@ -328,7 +334,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--busy", type=float, default=60.0, help="seconds of phase c")
     parser.add_argument("--report-every", type=float, default=2.0)
     parser.add_argument(
-        "--claim-wait", type=float, default=WorkerOptions().wait_seconds, help="long poll"
+        "--claim-wait", type=float, default=WorkerOptions.wait_seconds, help="long poll"
     )
     parser.add_argument("--server-workers", type=int, default=1, help="API processes")
     parser.add_argument("--pg", default=PG_ADMIN)
