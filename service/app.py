@@ -23,8 +23,9 @@ from sweep import logs
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
 from sweep.service.api import ROUTERS, contract
 from sweep.service.api import metrics as metrics_api
+from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
-from sweep.service.db import Database, lost_a_race, unavailable
+from sweep.service.db import Database, Listener, is_sqlite, lost_a_race, unavailable
 from sweep.service.errors import SweepError
 from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
@@ -55,6 +56,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
         )
         app.state.plots = Plots(app.state.optimizer, ttl=settings.plot_refresh_seconds)
+        app.state.watcher = ClaimWatcher(
+            db,
+            app.state.optimizer,
+            lease_seconds=settings.lease_seconds,
+            poll_seconds=settings.claim_poll_seconds,
+        )
+        metrics.claims_waiting.set_function(app.state.watcher.waiting)
+        listener = None if is_sqlite(db.engine) else Listener(db.engine, db.changes)
+        if listener is not None:
+            listener.start()
         log.info("sweep service on %s", db.engine.url.render_as_string(hide_password=True))
         if not settings.auth:
             log.warning("!" * 72)
@@ -65,8 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         expiry = asyncio.create_task(_expire_leases_until(stopping, db, settings, metrics))
         cleaning = asyncio.create_task(_clean_store_until(stopping, db, store, settings))
         delivering = asyncio.create_task(_deliver_webhooks_until(stopping, db, settings))
+        watching = asyncio.create_task(app.state.watcher.run(stopping))
         yield
         stopping.set()
+        db.changes.notify()  # the watcher's wait ends now
+        await watching
+        if listener is not None:
+            listener.stop()
         await expiry  # lets a round in progress finish its transaction
         await cleaning
         await delivering

@@ -149,34 +149,89 @@ def claim(
     experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
         return None
-    trial = _next_queued(session, experiment.id)
-    resume_epoch = 0
-    if trial is not None and trial.number is None:
-        _start_enqueued(session, optimizer, experiment, trial)
-    elif trial is not None:
-        resume_epoch = _restart(session, optimizer, trial)
-    elif experiment.trial_count < experiment.n_trials:
-        trial = _new_trial(session, optimizer, experiment)
-        if trial is None:
-            return None
-    else:  # only queued trials are left, and someone holds them for a moment
-        return None
-    trial.worker_id = worker_id
-    trial.token = secrets.token_hex(16)
-    trial.started_at = utcnow()
-    extend_lease(trial, lease_seconds)
+    started = _start(session, optimizer, experiment, [worker_id], lease_seconds)
+    return started[0][1] if started else None
+
+
+def claim_waiting(
+    session: Session,
+    *,
+    optimizer: Optimizer,
+    experiment_id: int,
+    worker_ids: list[int],
+    lease_seconds: float,
+) -> dict[int, Assignment]:
+    """Start trials of one experiment for workers waiting on claims (sweep.service.claims
+    chose them: they may run it), in the order given, as far as its free slots and work go.
+
+    One transaction for them all: the experiment's row is locked once and the sampler asked
+    for the new trials together. A worker found already holding a running trial is left out
+    (a claim of its own, answered meanwhile, gave it one).
+    """
+    experiment = rows.lock_experiment(session, experiment_id)
+    if experiment.state != ExperimentState.RUNNING:
+        return {}
+    holding = set(
+        session.scalars(
+            select(Trial.worker_id).where(
+                Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING
+            )
+        )
+    )
+    free = experiment.max_concurrent - rows.count_trials(session, experiment.id)
+    takers = [w for w in worker_ids if w not in holding][: max(free, 0)]
+    if not takers:
+        return {}
+    started = _start(session, optimizer, experiment, takers, lease_seconds)
+    if started:
+        session.execute(
+            update(Worker)
+            .where(Worker.id.in_([worker_id for worker_id, _ in started]))
+            .values(last_seen_at=utcnow())
+        )
+    return dict(started)
+
+
+def _start(
+    session: Session,
+    optimizer: Optimizer,
+    experiment: Experiment,
+    worker_ids: list[int],
+    lease_seconds: float,
+) -> list[tuple[int, Assignment]]:
+    """Start the next trials of a locked experiment, one for each of `worker_ids` (each has
+    a free slot): queued trials are served first, then the sampler is asked for new ones
+    together. As many as there is work for, in the order of `worker_ids`; exactly n_trials
+    trials are ever created. A search space that runs out shrinks the budget to the trials
+    there are (the experiment completes when they finish)."""
+    starting: list[tuple[Trial, int]] = []  # with the epoch each resumes after
+    while len(starting) < len(worker_ids):
+        queued = _next_queued(session, experiment.id)
+        if queued is None:
+            break  # none left, or only ones someone holds for a moment
+        if queued.number is None:
+            _start_enqueued(session, optimizer, experiment, queued)
+            starting.append((queued, 0))
+        else:
+            starting.append((queued, _restart(session, optimizer, queued)))
+    wanted = min(len(worker_ids) - len(starting), experiment.n_trials - experiment.trial_count)
+    if wanted > 0:
+        suggestions, exhausted = optimizer.ask_many(
+            session, experiment, experiment.trial_count, wanted
+        )
+        starting += [(trials.create(session, experiment, s), 0) for s in suggestions]
+        if exhausted:
+            lifecycle.exhaust(session, experiment)
+    for worker_id, (trial, _) in zip(worker_ids, starting, strict=False):
+        trial.worker_id = worker_id
+        trial.token = secrets.token_hex(16)
+        trial.started_at = utcnow()
+        extend_lease(trial, lease_seconds)
     session.flush()
-    return _assignment(session, experiment, trial, lease_seconds, resume_epoch)
-
-
-def _new_trial(session: Session, optimizer: Optimizer, experiment: Experiment) -> Trial | None:
-    """The sampler's next trial; None when the search space is exhausted, which shrinks the
-    budget to the trials there are (the experiment completes when they finish)."""
-    suggestion = optimizer.ask(session, experiment, experiment.trial_count)
-    if suggestion is None:
-        lifecycle.exhaust(session, experiment)
-        return None
-    return trials.create(session, experiment, suggestion)
+    return [
+        (worker_id, _assignment(session, experiment, trial, lease_seconds, resume))
+        for worker_id, (trial, resume) in zip(worker_ids, starting, strict=False)
+    ]
 
 
 def _start_enqueued(

@@ -8,7 +8,10 @@ PostgreSQL needs nothing special: claims lock rows with FOR UPDATE SKIP LOCKED.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import threading
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -24,6 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 PG_MIGRATION_LOCK = 0x5_3E_E9  # advisory lock id: one process migrates at a time
+log = logging.getLogger("sweep.service")
 
 
 def is_sqlite(engine: Engine) -> bool:
@@ -57,10 +61,8 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Changes:
-    """Wakes claims waiting in this process when work may have become available.
-
-    Other API processes' changes are seen by polling; this only makes local ones immediate.
-    """
+    """Wakes what waits in this process (sweep.service.claims) when work may have become
+    available: a commit here, or one in another API process heard by a Listener."""
 
     def __init__(self) -> None:
         self.generation = 0
@@ -98,8 +100,64 @@ def probe_write(database: Database) -> None:
 
 
 def notify_on_commit(session: Session) -> None:
-    """Wake waiting claims once this session's transaction commits."""
+    """Wake waiting claims once this session's transaction commits: this process's at once,
+    other API processes' through PostgreSQL, which delivers a NOTIFY at commit (and drops it
+    on rollback)."""
+    if session.info.get("notify"):
+        return
     session.info["notify"] = True
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_notify(:channel, :origin)"), CHANGED)
+
+
+# Notifications carry the sending process's id, so that it does not wake itself twice.
+CHANGED = {"channel": "sweep_changes", "origin": uuid.uuid4().hex}
+LISTEN_RETRY_SECONDS = 2.0
+
+
+class Listener:
+    """Another API process's commits that made work, heard over PostgreSQL LISTEN on a
+    connection of its own and passed on to this process's Changes. While the connection is
+    down, waiting claims rely on their periodic look (claim_poll_seconds); each reconnection
+    counts as a change, since notifications sent meanwhile were lost."""
+
+    def __init__(self, engine: Engine, changes: Changes) -> None:
+        self.engine = engine
+        self.conninfo = engine.url.set(drivername="postgresql").render_as_string(
+            hide_password=False
+        )
+        self.changes = changes
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="sweep-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop listening; a notification of its own ends the listener's wait at once."""
+        self._stop.set()
+        with contextlib.suppress(DBAPIError), self.engine.connect() as conn:
+            conn.execute(text("SELECT pg_notify(:channel, 'stop')"), CHANGED)
+            conn.commit()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        import psycopg  # only PostgreSQL servers listen
+
+        while not self._stop.is_set():
+            try:
+                with psycopg.connect(self.conninfo, autocommit=True) as conn:
+                    conn.execute(f"LISTEN {CHANGED['channel']}")
+                    self.changes.notify()
+                    while not self._stop.is_set():
+                        for note in conn.notifies(timeout=1.0):
+                            if self._stop.is_set():
+                                break
+                            if note.payload != CHANGED["origin"]:
+                                self.changes.notify()
+            except psycopg.Error as exc:
+                log.warning("listening for other processes' changes waits: %s", exc)
+                self._stop.wait(LISTEN_RETRY_SECONDS)
 
 
 def after_commit(session: Session, callback: Callable[[], None]) -> None:

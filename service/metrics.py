@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import func, select, true
@@ -35,6 +35,11 @@ class Metrics:
             "sweep_reports",
             "Epoch reports, by the answer (continue, prune, stop)",
             ["action"],
+            registry=r,
+        )
+        self.claims_waiting = Gauge(
+            "sweep_claims_waiting",
+            "Claims this process holds open until a trial can start (long polls)",
             registry=r,
         )
         self.claim_seconds = Histogram(

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 
 from sweep.service import auth, rows
 from sweep.service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
+from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
 from sweep.service.db import Database
 from sweep.service.errors import TooLarge
@@ -36,6 +37,11 @@ def get_optimizer(request: Request) -> Optimizer:
 def get_plots(request: Request) -> Plots:
     plots: Plots = request.app.state.plots
     return plots
+
+
+def get_watcher(request: Request) -> ClaimWatcher:
+    watcher: ClaimWatcher = request.app.state.watcher
+    return watcher
 
 
 def get_settings(request: Request) -> Settings:
@@ -64,6 +70,7 @@ MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 OptimizerDep = Annotated[Optimizer, Depends(get_optimizer)]
 PlotsDep = Annotated[Plots, Depends(get_plots)]
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+WatcherDep = Annotated[ClaimWatcher, Depends(get_watcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 
 

@@ -1,11 +1,11 @@
-import time
+import asyncio
 from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response, status
 from starlette.concurrency import run_in_threadpool
 
-from sweep.service import attempts, workers
+from sweep.service import attempts, claims, workers
 from sweep.service.api.deps import (
     ADMIN,
     DatabaseDep,
@@ -14,6 +14,7 @@ from sweep.service.api.deps import (
     Runner,
     SessionDep,
     SettingsDep,
+    WatcherDep,
     WorkerId,
 )
 from sweep.service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
@@ -49,32 +50,40 @@ async def claim_trial(
     optimizer: OptimizerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    watcher: WatcherDep,
 ) -> Assignment | Response:
     """Start the next trial, waiting up to wait_seconds for one to become available."""
-    deadline = time.monotonic() + min(body.wait_seconds, settings.max_claim_wait_seconds)
-    look_first = False  # the first attempt goes straight for the lock; re-polls peek first
-    while True:
-        generation = db.changes.generation
-        attempt = partial(
-            attempts.try_claim,
-            db,
-            optimizer,
-            worker_id=worker_id,
-            experiment_id=body.experiment_id,
-            project=caller.project,
-            lease_seconds=settings.lease_seconds,
-            look_first=look_first,
-        )
-        with metrics.claim_seconds.time():
-            assignment = await run_in_threadpool(attempt)
-        remaining = deadline - time.monotonic()
-        if assignment is not None:
-            metrics.claims.labels("trial").inc()
-            return assignment
-        if remaining > 0:
-            await db.changes.wait(generation, min(remaining, settings.claim_poll_seconds))
-            look_first = True
-        # Out of time, or the worker went away: hand it nothing.
-        if remaining <= 0 or await request.is_disconnected():
-            metrics.claims.labels("none").inc()
-            return Response(status_code=status.HTTP_204_NO_CONTENT)
+    wait = min(body.wait_seconds, settings.max_claim_wait_seconds)
+    generation = db.changes.generation
+    attempt = partial(
+        attempts.try_claim,
+        db,
+        optimizer,
+        worker_id=worker_id,
+        experiment_id=body.experiment_id,
+        project=caller.project,
+        lease_seconds=settings.lease_seconds,
+        # Straight for the lock unless the watcher's last look found no work anywhere.
+        look_first=watcher.quiet(generation),
+    )
+    with metrics.claim_seconds.time():
+        assignment = await run_in_threadpool(attempt)
+    if assignment is None and wait > 0:
+        if db.changes.generation != generation:  # work may have come meanwhile: look again
+            db.changes.notify()
+        gone = asyncio.ensure_future(claims.until_gone(request.receive))
+        try:
+            assignment = await watcher.wait(
+                worker_id,
+                experiment_id=body.experiment_id,
+                project=caller.project,
+                timeout=wait,
+                gone=gone,
+            )
+        finally:
+            gone.cancel()
+    if assignment is None:
+        metrics.claims.labels("none").inc()
+        return Response(status_code=status.HTTP_204_NO_CONTENT)
+    metrics.claims.labels("trial").inc()
+    return assignment

@@ -186,38 +186,62 @@ class Optimizer:
         for one no trial has, and None means every configuration has been handed out.
         """
         with self._study(session, experiment) as s:
-            if s.trial_count != number:
-                raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
-            unique = s.size is not None and fixed is None
-            seen = _seen(s) if unique else set()
-            if unique and len(seen) >= (s.size or 0):
-                return None
-            seed = s.spec["sampler"]["seed"]
-            if seed is not None:
-                reseed(s.study.sampler, seed + number)
-            if fixed is not None:  # a waiting trial the next ask takes up
-                s.study.enqueue_trial(fixed)
-            started = time.perf_counter()
-            trial = s.study.ask()
-            params = suggest_all(trial, s.dists, s.spec)
-            if self.on_ask is not None:
-                self.on_ask(time.perf_counter() - started)
-            s.trial_ids[number] = trial._trial_id
-            s.trial_count += 1
-            attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))
-            study_attrs = s.storage.get_study_system_attrs(s.study_id)
-            if study_attrs != experiment.study_attrs:  # the caller holds the experiment's lock
-                experiment.study_attrs = copy.deepcopy(study_attrs)
-            if unique and config_key(params) in seen:
-                rng = random.Random(number if seed is None else seed + number)
-                space = s.spec["search_space"]
-                unseen = unseen_configuration(space, seen, s.size or 0, rng)
-                assert unseen is not None  # fewer seen than the space holds
-                params = unseen
-                # The study holds the sampler's own params for this trial: rebuild it from
-                # SQL, where the trial will have these.
-                self.forget(experiment.id)
-            return Suggestion(params, attrs)
+            suggestion, _ = self._ask_one(s, experiment, number, fixed)
+            return suggestion
+
+    def ask_many(
+        self, session: Session, experiment: Experiment, number: int, count: int
+    ) -> tuple[list[Suggestion], bool]:
+        """The params of trials `number`, `number` + 1, ... up to `count` of them, each
+        suggested as `ask` would with the ones before it running (one catch-up with SQL for
+        them all). Also says whether the space ran out: fewer suggestions than asked for
+        without running out means the rest must be asked again later."""
+        suggestions: list[Suggestion] = []
+        with self._study(session, experiment) as s:
+            for n in range(number, number + count):
+                suggestion, rebuild = self._ask_one(s, experiment, n, None)
+                if suggestion is None:
+                    return suggestions, True
+                suggestions.append(suggestion)
+                if rebuild:  # the study no longer matches what SQL will hold: ask again later
+                    break
+        return suggestions, False
+
+    def _ask_one(
+        self, s: _Study, experiment: Experiment, number: int, fixed: dict[str, Any] | None
+    ) -> tuple[Suggestion | None, bool]:
+        """Trial `number`'s suggestion, and whether the study must be rebuilt before the next."""
+        if s.trial_count != number:
+            raise RuntimeError(f"study holds {s.trial_count} trials, asked for #{number}")
+        unique = s.size is not None and fixed is None
+        seen = _seen(s) if unique else set()
+        if unique and len(seen) >= (s.size or 0):
+            return None, False
+        seed = s.spec["sampler"]["seed"]
+        if seed is not None:
+            reseed(s.study.sampler, seed + number)
+        if fixed is not None:  # a waiting trial the next ask takes up
+            s.study.enqueue_trial(fixed)
+        started = time.perf_counter()
+        trial = s.study.ask()
+        params = suggest_all(trial, s.dists, s.spec)
+        if self.on_ask is not None:
+            self.on_ask(time.perf_counter() - started)
+        s.trial_ids[number] = trial._trial_id
+        s.trial_count += 1
+        attrs = copy.deepcopy(s.storage.get_trial_system_attrs(trial._trial_id))
+        study_attrs = s.storage.get_study_system_attrs(s.study_id)
+        if study_attrs != experiment.study_attrs:  # the caller holds the experiment's lock
+            experiment.study_attrs = copy.deepcopy(study_attrs)
+        if unique and config_key(params) in seen:
+            rng = random.Random(number if seed is None else seed + number)
+            unseen = unseen_configuration(s.spec["search_space"], seen, s.size or 0, rng)
+            assert unseen is not None  # fewer seen than the space holds
+            # The study holds the sampler's own params for this trial: rebuild it from
+            # SQL, where the trial will have these.
+            self.forget(experiment.id)
+            return Suggestion(unseen, attrs), True
+        return Suggestion(params, attrs), False
 
     def should_prune(
         self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]

@@ -1,0 +1,285 @@
+"""Claims that wait: one watcher per API process, rather than a database poll per claim.
+
+A claim that finds nothing to start waits here. The watcher runs one round at a time:
+
+1. one read transaction learns which running experiments have work and free slots
+   (whoever waits), the waiting workers it has not seen yet, and whether the experiments
+   that waiting claims name still exist and are not cancelled;
+2. the waiting workers are matched to those experiments in memory, oldest claim first, as
+   sweep.service.workers.cannot_run says;
+3. each matched group's trials start together (attempts.claim_waiting: one transaction,
+   one row lock and one batch of sampler asks per CLAIM_BATCH workers), and their claims
+   are answered.
+
+Rounds run while claims wait, whenever something that may make work happened: a commit in
+this process (Database.changes), a commit in another API process (PostgreSQL NOTIFY, see
+db.Listener), and every claim_poll_seconds in case a notification was missed. A round
+that finds no open experiment costs one query, whatever the number of claims waiting.
+Waiting workers are marked seen in one statement every TOUCH_SECONDS, so that idle
+workers stay live (sweep.service.workers.LIVE_WITHIN).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
+from starlette.types import Receive
+
+from sweep.service import attempts, workers
+from sweep.service.db import Database, unavailable
+from sweep.service.errors import Conflict, NotFound, SweepError
+from sweep.service.schemas import Assignment
+from sweep.service.search import Optimizer
+from sweep.service.states import ExperimentState, TrialState
+from sweep.service.tables import Experiment, Trial, Worker, utcnow
+
+CLAIM_BATCH = 100  # workers whose trials start in one transaction
+TOUCH_SECONDS = 30.0  # how often a waiting worker's last_seen_at is written
+MAX_KNOWN_WORKERS = 10_000  # registrations kept in memory (they never change)
+log = logging.getLogger("sweep.service.claims")
+
+
+@dataclass(eq=False)
+class Waiter:
+    """One claim waiting: the worker, what it asked for, and where its answer goes."""
+
+    worker_id: int
+    experiment_id: int | None
+    project: str | None  # the caller's project; None: every project
+    answer: asyncio.Future[Assignment | None] = field(repr=False)
+    arrived: int = 0  # arrival order: the oldest claim is served first
+
+
+@dataclass
+class _Plan:
+    """What a round's read found: which waiters get which experiment's trials, which
+    claims end with an error, and whether no experiment had work for anyone."""
+
+    groups: list[tuple[int, list[Waiter]]]
+    refused: list[tuple[Waiter, SweepError]]
+    nothing_open: bool
+
+
+class ClaimWatcher:
+    def __init__(
+        self,
+        db: Database,
+        optimizer: Optimizer,
+        *,
+        lease_seconds: float,
+        poll_seconds: float,
+        on_claims: Callable[[int], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.optimizer = optimizer
+        self.lease_seconds = lease_seconds
+        self.poll_seconds = poll_seconds
+        self.on_claims = on_claims  # told how many claims each round answered with a trial
+        self._waiting: dict[int, Waiter] = {}  # by worker: a newer claim replaces an older
+        self._known: dict[int, Worker] = {}
+        self._touched: dict[int, float] = {}
+        self._order = itertools.count()
+        self._quiet_at: int | None = None  # the change generation a round found no work at
+
+    def quiet(self, generation: int) -> bool:
+        """Whether the last round found no open experiment and nothing changed since: a new
+        claim then looks before it takes a lock."""
+        return self._quiet_at == generation
+
+    def waiting(self) -> int:
+        return len(self._waiting)
+
+    async def wait(
+        self,
+        worker_id: int,
+        *,
+        experiment_id: int | None,
+        project: str | None,
+        timeout: float,
+        gone: asyncio.Future[None],
+    ) -> Assignment | None:
+        """The trial a round starts for this worker within `timeout`, else None; None too
+        when `gone` (its connection closed) or a newer claim of the same worker arrives.
+        Raises what a claim would (NotFound, Conflict) when its experiment goes meanwhile."""
+        answer: asyncio.Future[Assignment | None] = asyncio.get_running_loop().create_future()
+        waiter = Waiter(worker_id, experiment_id, project, answer, next(self._order))
+        replaced = self._waiting.pop(worker_id, None)
+        if replaced is not None and not replaced.answer.done():
+            replaced.answer.set_result(None)
+        self._waiting[worker_id] = waiter
+        try:
+            either: set[asyncio.Future[Assignment | None] | asyncio.Future[None]] = {answer, gone}
+            await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            return answer.result() if answer.done() else None
+        finally:
+            if self._waiting.get(worker_id) is waiter:
+                del self._waiting[worker_id]
+            if not answer.done():
+                answer.cancel()
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Rounds until `stopping` is set."""
+        changes = self.db.changes
+        while not stopping.is_set():
+            generation = changes.generation
+            if self._waiting:
+                try:
+                    await self._round(generation)
+                except Exception as exc:  # a busy or unreachable database: next round
+                    if not (isinstance(exc, DBAPIError) and unavailable(exc)):
+                        log.exception("answering waiting claims failed")
+            await changes.wait(generation, self.poll_seconds)
+
+    async def _round(self, generation: int) -> None:
+        waiters = sorted(self._waiting.values(), key=lambda w: w.arrived)
+        plan = await run_in_threadpool(self._plan, waiters)
+        self._quiet_at = generation if plan.nothing_open else None
+        for waiter, error in plan.refused:
+            if not waiter.answer.done():
+                waiter.answer.set_exception(error)
+        for experiment_id, group in plan.groups:
+            for start in range(0, len(group), CLAIM_BATCH):
+                batch = [w for w in group[start : start + CLAIM_BATCH] if not w.answer.done()]
+                if not batch:
+                    continue
+                started = await run_in_threadpool(self._start, experiment_id, batch)
+                for waiter in batch:
+                    assignment = started.get(waiter.worker_id)
+                    if assignment is not None and not waiter.answer.done():
+                        waiter.answer.set_result(assignment)
+                if self.on_claims is not None:
+                    self.on_claims(len(started))
+                if len(started) < len(batch):
+                    break  # the experiment has no more work or slots now
+        await run_in_threadpool(self._touch, [w.worker_id for w in waiters])
+
+    def _plan(self, waiters: Sequence[Waiter]) -> _Plan:
+        with self.db.transaction(write=False) as session:
+            self._learn(session, {w.worker_id for w in waiters})
+            targets = _targets(session, {w.experiment_id for w in waiters} - {None})
+            open_experiments = _open(session)
+        refused: list[tuple[Waiter, SweepError]] = []
+        candidates: list[Waiter] = []
+        for waiter in waiters:
+            error = self._refusal(waiter, targets)
+            if error is not None:
+                refused.append((waiter, error))
+            else:
+                candidates.append(waiter)
+        groups: list[tuple[int, list[Waiter]]] = []
+        for experiment, slots in open_experiments:
+            group = [w for w in candidates if self._may_run(w, experiment)][:slots]
+            if group:
+                groups.append((experiment.id, group))
+                matched = set(map(id, group))
+                candidates = [w for w in candidates if id(w) not in matched]
+        return _Plan(groups, refused, nothing_open=not open_experiments)
+
+    def _learn(self, session: Session, worker_ids: set[int]) -> None:
+        """Load the registrations of workers not seen yet (a registration never changes)."""
+        unknown = worker_ids - self._known.keys()
+        if not unknown:
+            return
+        if len(self._known) + len(unknown) > MAX_KNOWN_WORKERS:
+            self._known.clear()
+            unknown = worker_ids
+        for worker in session.scalars(select(Worker).where(Worker.id.in_(unknown))):
+            self._known[worker.id] = worker
+
+    def _refusal(self, waiter: Waiter, targets: dict[int, Experiment]) -> SweepError | None:
+        worker = self._known.get(waiter.worker_id)
+        if worker is None or (waiter.project is not None and worker.project != waiter.project):
+            return NotFound(f"worker {waiter.worker_id} not found")
+        if waiter.experiment_id is None:
+            return None
+        target = targets.get(waiter.experiment_id)
+        if target is None or (waiter.project is not None and target.project != waiter.project):
+            return NotFound(f"experiment {waiter.experiment_id} not found")
+        if target.state == ExperimentState.CANCELLED:
+            return Conflict(f"experiment {waiter.experiment_id} is cancelled")
+        return None
+
+    def _may_run(self, waiter: Waiter, experiment: Experiment) -> bool:
+        if waiter.experiment_id not in (None, experiment.id):
+            return False
+        if waiter.project not in (None, experiment.project):
+            return False
+        return workers.cannot_run(self._known[waiter.worker_id], experiment) is None
+
+    def _start(self, experiment_id: int, batch: list[Waiter]) -> dict[int, Assignment]:
+        with self.db.transaction() as session:
+            return attempts.claim_waiting(
+                session,
+                optimizer=self.optimizer,
+                experiment_id=experiment_id,
+                worker_ids=[w.worker_id for w in batch],
+                lease_seconds=self.lease_seconds,
+            )
+
+    def _touch(self, worker_ids: list[int]) -> None:
+        """Mark waiting workers seen, each at most every TOUCH_SECONDS."""
+        now = time.monotonic()
+        due = [w for w in worker_ids if now - self._touched.get(w, -TOUCH_SECONDS) >= TOUCH_SECONDS]
+        if not due:
+            return
+        with self.db.transaction() as session:
+            session.execute(update(Worker).where(Worker.id.in_(due)).values(last_seen_at=utcnow()))
+        for worker_id in due:
+            self._touched[worker_id] = now
+        if len(self._touched) > MAX_KNOWN_WORKERS:
+            waiting = set(worker_ids)
+            self._touched = {w: t for w, t in self._touched.items() if w in waiting}
+
+
+def _targets(session: Session, experiment_ids: set[int | None]) -> dict[int, Experiment]:
+    if not experiment_ids:
+        return {}
+    found = session.scalars(select(Experiment).where(Experiment.id.in_(experiment_ids)))
+    return {e.id: e for e in found}
+
+
+def _open(session: Session) -> list[tuple[Experiment, int]]:
+    """Running experiments with work left and free slots, oldest first, each with how many
+    trials could start in it now."""
+    running = (
+        select(func.count())
+        .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
+        .scalar_subquery()
+    )
+    queued = (
+        select(func.count())
+        .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED)
+        .scalar_subquery()
+    )
+    has_queued = exists().where(
+        Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED
+    )
+    rows = session.execute(
+        select(Experiment, running, queued)
+        .where(
+            Experiment.state == ExperimentState.RUNNING,
+            (Experiment.trial_count < Experiment.n_trials) | has_queued,
+            running < Experiment.max_concurrent,
+        )
+        .order_by(Experiment.id)
+    )
+    return [
+        (e, min(e.max_concurrent - n_running, max(e.n_trials - e.trial_count, 0) + n_queued))
+        for e, n_running, n_queued in rows
+    ]
+
+
+async def until_gone(receive: Receive) -> None:
+    """Return once the client of the request whose `receive` this is has disconnected (its
+    body has been read: what comes next is the disconnect)."""
+    while (await receive()).get("type") != "http.disconnect":
+        pass

@@ -1,0 +1,154 @@
+"""Waiting claims share one watcher per API process: they are answered together when work
+appears, woken across API processes by PostgreSQL NOTIFY, refused when their experiment is
+cancelled, and let go when their worker hangs up."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.helpers import budget, make_spec, scrape, value, wait_until
+from tests.processes import ServerProcess, serve
+
+pytestmark = pytest.mark.processes  # real API processes
+
+# Longer than any claim below waits: only a wake-up, never the periodic look, answers them.
+NO_POLL = {"SWEEP_CLAIM_POLL_SECONDS": "120"}
+
+
+def waiting(server: ServerProcess) -> float:
+    headers = {"Authorization": f"Bearer {server.admin_token}"}
+    text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+    return value(scrape(text), "sweep_claims_waiting")
+
+
+class Claims:
+    """Claims sent from threads, each by a worker of its own; their answers, by worker."""
+
+    def __init__(self, server: ServerProcess, n: int, wait_seconds: float) -> None:
+        self.http = httpx.Client(
+            base_url=f"{server.url}/api/v1",
+            headers={"Authorization": f"Bearer {server.worker_token}"},
+            timeout=wait_seconds + 30,
+        )
+        self.workers = [
+            self.http.post("/workers", json={"name": f"w{i}"}).json()["id"] for i in range(n)
+        ]
+        self.answers: dict[int, httpx.Response] = {}
+        self.wait_seconds = wait_seconds
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+
+    def send(self, worker_id: int, **body: Any) -> None:
+        def run() -> None:
+            response = self.http.post(
+                f"/workers/{worker_id}/claim", json={"wait_seconds": self.wait_seconds, **body}
+            )
+            with self._lock:
+                self.answers[worker_id] = response
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        self._threads.append(thread)
+
+    def trials(self) -> dict[int, dict[str, Any]]:
+        with self._lock:
+            return {w: r.json() for w, r in self.answers.items() if r.status_code == 200}
+
+    def join(self) -> None:
+        for thread in self._threads:
+            thread.join()
+        self.http.close()
+
+
+@pytest.mark.timeout(120)
+def test_waiting_claims_start_together_and_as_slots_free(
+    db_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, db_url, tmp_path / "logs", env=NO_POLL)
+    claims = Claims(server, 12, wait_seconds=20)
+    for worker_id in claims.workers:
+        claims.send(worker_id)
+    wait_until(lambda: waiting(server) == 12, 30, "12 claims waiting")
+
+    experiment_id = client.submit(make_spec(budget=budget(10, max_concurrent=8)))["id"]
+    started = wait_until(lambda: len(claims.trials()) == 8 and claims.trials(), 30, "8 trials")
+    assert sorted(t["number"] for t in started.values()) == list(range(8))
+    assert waiting(server) == 4  # the cap holds: the others wait on
+
+    # Each trial that ends frees a slot: one more waiting claim gets a trial, until the
+    # budget's 10 are out.
+    for done, trial in enumerate(list(started.values())[:3], start=1):
+        claims.http.post(
+            f"/trials/{trial['trial_id']}/complete",
+            json={"value": 0.5},
+            headers={"X-Attempt-Token": trial["token"]},
+        ).raise_for_status()
+        expected = min(8 + done, 10)
+        wait_until(lambda n=expected: len(claims.trials()) == n, 30, f"{expected} trials")
+    claims.join()  # the last two find nothing within their wait
+    numbers = sorted(t["number"] for t in claims.trials().values())
+    assert numbers == list(range(10))
+    assert sorted(r.status_code for r in claims.answers.values()) == [200] * 10 + [204] * 2
+    assert client.trials(experiment_id)["total"] == 10
+
+
+@pytest.mark.timeout(120)
+def test_a_commit_in_another_api_process_wakes_waiting_claims(
+    postgresql_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    waiting_on, _ = serve(request, postgresql_url, tmp_path / "a", env=NO_POLL)
+    _, submitting = serve(request, postgresql_url, tmp_path / "b", env=NO_POLL)
+    claims = Claims(waiting_on, 3, wait_seconds=30)
+    for worker_id in claims.workers:
+        claims.send(worker_id)
+    wait_until(lambda: waiting(waiting_on) == 3, 30, "3 claims waiting")
+
+    submitting.submit(make_spec(budget=budget(3, max_concurrent=3)))
+    claims.join()
+    assert [r.status_code for r in claims.answers.values()] == [200] * 3
+    assert sorted(t["number"] for t in claims.trials().values()) == [0, 1, 2]
+
+
+@pytest.mark.timeout(120)
+def test_a_waiting_claim_for_an_experiment_cancelled_meanwhile_is_refused(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs")
+    experiment_id = client.submit(make_spec(budget=budget(4, max_concurrent=1)))["id"]
+    claims = Claims(server, 2, wait_seconds=30)
+    for worker_id in claims.workers:
+        claims.send(worker_id, experiment_id=experiment_id)
+    wait_until(lambda: len(claims.trials()) == 1 and waiting(server) == 1, 30, "one waits")
+
+    client.cancel(experiment_id)
+    claims.join()
+    refused = [r for r in claims.answers.values() if r.status_code != 200]
+    assert [r.status_code for r in refused] == [409]
+    assert "cancelled" in refused[0].json()["error"]["message"]
+
+
+@pytest.mark.timeout(120)
+def test_a_worker_that_hangs_up_stops_waiting(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, _ = serve(request, sqlite_url, tmp_path / "logs", env=NO_POLL)
+    registered = Claims(server, 1, wait_seconds=30)
+    registered.join()
+    worker_id = registered.workers[0]
+    body = json.dumps({"wait_seconds": 30}).encode()
+    head = (
+        f"POST /api/v1/workers/{worker_id}/claim HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Authorization: Bearer {server.worker_token}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    )
+    with socket.create_connection(("127.0.0.1", server.port)) as connection:
+        connection.sendall(head.encode() + body)
+        wait_until(lambda: waiting(server) == 1, 30, "the claim waiting")
+    wait_until(lambda: waiting(server) == 0, 20, "the claim let go once its worker hung up")
