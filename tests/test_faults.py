@@ -334,10 +334,10 @@ def test_a_full_disk_under_sqlite_answers_503_and_the_sweep_finishes(
         before = progress(client, experiment_id)
         prober.fault = "disk full"
         filler = small_disk / "filler"
-        with filler.open("wb") as f, contextlib.suppress(OSError):
+        # Unbuffered: a buffered file would try its last block again on close, and fail there.
+        with filler.open("wb", buffering=0) as f, contextlib.suppress(OSError):
             while True:  # until the filesystem says it is full
                 f.write(bytes(1 << 16))
-                f.flush()
         time.sleep(OUTAGE)  # the outage itself, not a wait for a state
         assert worker.poll() is None, "the worker exited while the disk was full"
         filler.unlink()
