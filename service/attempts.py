@@ -168,6 +168,8 @@ def claim_waiting(
     for the new trials together. A worker found already holding a running trial is left out
     (a claim of its own, answered meanwhile, gave it one).
     """
+    # Workers' rows before the experiment's: the order every claim takes its locks in.
+    session.execute(update(Worker).where(Worker.id.in_(worker_ids)).values(last_seen_at=utcnow()))
     experiment = rows.lock_experiment(session, experiment_id)
     if experiment.state != ExperimentState.RUNNING:
         return {}
@@ -182,14 +184,7 @@ def claim_waiting(
     takers = [w for w in worker_ids if w not in holding][: max(free, 0)]
     if not takers:
         return {}
-    started = _start(session, optimizer, experiment, takers, lease_seconds)
-    if started:
-        session.execute(
-            update(Worker)
-            .where(Worker.id.in_([worker_id for worker_id, _ in started]))
-            .values(last_seen_at=utcnow())
-        )
-    return dict(started)
+    return dict(_start(session, optimizer, experiment, takers, lease_seconds))
 
 
 def _start(

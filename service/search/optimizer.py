@@ -40,7 +40,7 @@ from optuna.trial import TrialState as OptunaState
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from sweep.service.db import on_rollback
+from sweep.service.db import after_commit, on_rollback
 from sweep.service.errors import Conflict
 from sweep.service.schemas import Importance
 from sweep.service.search.pruners import make_pruner
@@ -112,6 +112,8 @@ class _Study:
     trial_count: int = 0  # trials (by number) already in the study
     finish_seq: int = 0  # finishes already applied
     trial_ids: dict[int, int] = field(default_factory=dict)  # trial number -> optuna trial id
+    # The transaction whose asks this study holds and that has not been seen to commit yet.
+    asked_in: Session | None = None
 
 
 class Optimizer:
@@ -128,17 +130,28 @@ class Optimizer:
         self._guard = threading.Lock()
 
     @contextmanager
-    def _study(self, session: Session, experiment: Experiment) -> Iterator[_Study]:
+    def _study(
+        self, session: Session, experiment: Experiment, asking: bool = False
+    ) -> Iterator[_Study]:
         """The experiment's study, in step with everything committed, under its lock.
 
         A transaction that fails after touching the study leaves it ahead of SQL, so the
-        study is dropped on rollback and rebuilt on next use.
+        study is dropped on rollback and rebuilt on next use. `asking`: the caller holds the
+        experiment's row lock and will ask. Then any other transaction that asked has ended
+        in the database, but its commit or rollback may not have reached this process yet
+        (the database releases locks first): a study holding such asks is rebuilt at once.
         """
         with self._guard:
             lock = self._locks.setdefault(experiment.id, threading.Lock())
         with lock:
             study = self._cached(experiment)
+            if asking and study.asked_in not in (None, session):
+                self.forget(experiment.id)
+                study = self._cached(experiment)
             on_rollback(session, lambda: self.forget(experiment.id))
+            if asking and study.asked_in is not session:
+                study.asked_in = session
+                after_commit(session, lambda: _settle(study, session))
             try:
                 _catch_up(session, study, experiment.id)
             except _Stale:  # a trial was rewound by another process: start from SQL again
@@ -185,7 +198,7 @@ class Optimizer:
         In a finite space without repeats, a configuration some trial already has is swapped
         for one no trial has, and None means every configuration has been handed out.
         """
-        with self._study(session, experiment) as s:
+        with self._study(session, experiment, asking=True) as s:
             suggestion, _ = self._ask_one(s, experiment, number, fixed)
             return suggestion
 
@@ -197,7 +210,7 @@ class Optimizer:
         them all). Also says whether the space ran out: fewer suggestions than asked for
         without running out means the rest must be asked again later."""
         suggestions: list[Suggestion] = []
-        with self._study(session, experiment) as s:
+        with self._study(session, experiment, asking=True) as s:
             for n in range(number, number + count):
                 suggestion, rebuild = self._ask_one(s, experiment, n, None)
                 if suggestion is None:
@@ -315,6 +328,12 @@ def _new_study(experiment: Experiment) -> _Study:
         dists=distributions(experiment.spec["search_space"]),
         size=run_once_size(experiment.spec),
     )
+
+
+def _settle(s: _Study, session: Session) -> None:
+    """The transaction that asked has committed: the study is in step with SQL again."""
+    if s.asked_in is session:
+        s.asked_in = None
 
 
 def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
