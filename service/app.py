@@ -23,6 +23,7 @@ from sweep import logs
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
 from sweep.service.api import ROUTERS, contract
 from sweep.service.api import metrics as metrics_api
+from sweep.service.auth import KnownCallers
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
 from sweep.service.db import Database, Listener, is_sqlite, lost_a_race, unavailable
@@ -98,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)
+    app.state.known_callers = KnownCallers(settings.token_cache_seconds)
     app.state.metrics = metrics
     app.add_middleware(RunAgainOnRace)
     app.add_middleware(BodyLimit, settings=settings)

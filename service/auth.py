@@ -16,6 +16,8 @@ from __future__ import annotations
 import enum
 import hashlib
 import secrets
+import threading
+import time
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -79,6 +81,55 @@ def _hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
+def _secret(authorization: str | None) -> str:
+    """The token in an `Authorization: Bearer ...` header; Unauthorized without one."""
+    scheme, _, secret = (authorization or "").partition(" ")
+    if scheme.lower() != "bearer" or not secret.strip():
+        raise Unauthorized("send Authorization: Bearer <token>")
+    return secret.strip()
+
+
+class KnownCallers:
+    """The callers behind tokens this API process checked within the last `ttl` seconds, so
+    that most calls read no SQL to authenticate. A token revoked through this process is
+    forgotten at once; through another process or the CLI, within `ttl`. A role and a project
+    never change, so nothing else goes stale."""
+
+    def __init__(self, ttl: float, max_tokens: int = 10_000) -> None:
+        self.ttl = ttl
+        self.max_tokens = max_tokens
+        self._known: dict[str, tuple[Caller, float]] = {}  # by token hash: when SQL said so
+        self._lock = threading.Lock()
+
+    def get(self, authorization: str | None) -> Caller | None:
+        """The caller, if its token was found valid within the last `ttl` seconds."""
+        if self.ttl <= 0:
+            return None
+        try:
+            digest = _hash(_secret(authorization))
+        except Unauthorized:
+            return None
+        known = self._known.get(digest)
+        if known is None or time.monotonic() - known[1] > self.ttl:
+            return None
+        return known[0]
+
+    def put(self, authorization: str | None, caller: Caller) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            if len(self._known) >= self.max_tokens:
+                now = time.monotonic()
+                self._known = {k: v for k, v in self._known.items() if now - v[1] <= self.ttl}
+                if len(self._known) >= self.max_tokens:
+                    self._known.clear()
+            self._known[_hash(_secret(authorization))] = (caller, time.monotonic())
+
+    def forget(self, token_id: int) -> None:
+        with self._lock:
+            self._known = {k: v for k, v in self._known.items() if v[0].token_id != token_id}
+
+
 def create(session: Session, *, body: TokenCreate) -> tuple[str, TokenRead]:
     """A new token: the secret (shown once) and what is kept of it."""
     secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
@@ -115,11 +166,8 @@ def revoke(session: Session, token_id: int) -> None:
 def identify(session: Session, authorization: str | None) -> tuple[Caller, bool]:
     """The caller behind an `Authorization: Bearer ...` header, and whether its last use
     is old enough to be written again. Unauthorized when missing, unknown or revoked."""
-    scheme, _, secret = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not secret:
-        raise Unauthorized("send Authorization: Bearer <token>")
     token = session.scalars(
-        select(ApiToken).where(ApiToken.token_hash == _hash(secret.strip()))
+        select(ApiToken).where(ApiToken.token_hash == _hash(_secret(authorization)))
     ).one_or_none()
     if token is None or token.revoked_at is not None:
         raise Unauthorized("unknown or revoked token")

@@ -20,7 +20,7 @@ from sweep.service.api.deps import Allow
 from sweep.service.app import create_app
 from sweep.service.auth import Role
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, checksum, make_spec
+from tests.helpers import authorize, budget, checksum, make_spec, wait_until
 
 API = "/api/v1"
 PUBLIC = {("GET", f"{API}/healthz"), ("GET", f"{API}/readyz")}
@@ -261,6 +261,41 @@ def test_no_token_bad_token_and_revoked_token_get_401(
     assert mine["last_used_at"] is not None
     app_client.delete(f"{API}/tokens/{made['id']}", headers=tokens["admin"])
     assert app_client.get(f"{API}/experiments", headers=secret).status_code == 401
+
+
+def test_a_revoked_token_is_refused_here_at_once_and_elsewhere_within_the_cache_time(
+    tmp_path: Path,
+) -> None:
+    """Four API processes on one database, trusting a checked token for an hour, a second,
+    an hour, and not at all. The token is revoked through the first."""
+    url = f"sqlite:///{tmp_path / 'sweep.db'}"
+    apps = [
+        create_app(Settings(database_url=url, token_cache_seconds=ttl))
+        for ttl in (3600, 1, 3600, 0)
+    ]
+    with (
+        TestClient(apps[0]) as here,
+        TestClient(apps[1]) as soon,
+        TestClient(apps[2]) as late,
+        TestClient(apps[3]) as never,
+    ):
+        admin = token(here, "admin")
+        made = here.post(f"{API}/tokens", json={"role": "viewer"}, headers=admin).json()
+        secret = {"Authorization": f"Bearer {made['token']}"}
+        for client in (here, soon, late, never):  # each has checked it in SQL
+            assert client.get(f"{API}/experiments", headers=secret).status_code == 200
+        assert here.delete(f"{API}/tokens/{made['id']}", headers=admin).status_code == 204
+
+        assert here.get(f"{API}/experiments", headers=secret).status_code == 401
+        assert never.get(f"{API}/experiments", headers=secret).status_code == 401
+        wait_until(
+            lambda: soon.get(f"{API}/experiments", headers=secret).status_code == 401,
+            30,
+            "the revocation to reach a process that trusts a check for a second",
+        )
+        # The price of the cache, as documented: a process told to trust its check for an
+        # hour has not read SQL again.
+        assert late.get(f"{API}/experiments", headers=secret).status_code == 200
 
 
 def test_a_project_token_lists_only_its_project(

@@ -8,9 +8,19 @@ from typing import Annotated
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from sweep.service import auth, rows
-from sweep.service.auth import ADMINS, CONTROLLERS, EVERYONE, READERS, RUNNERS, Caller, Role
+from sweep.service.auth import (
+    ADMINS,
+    CONTROLLERS,
+    EVERYONE,
+    READERS,
+    RUNNERS,
+    Caller,
+    KnownCallers,
+    Role,
+)
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
 from sweep.service.db import Database
@@ -118,20 +128,38 @@ AttemptToken = Annotated[str, Header(alias="X-Attempt-Token", min_length=1, max_
 bearer = HTTPBearer(auto_error=False, description="a token from `sweep token create`")
 
 
-def get_caller(
+def get_known_callers(request: Request) -> KnownCallers:
+    known: KnownCallers = request.app.state.known_callers
+    return known
+
+
+KnownCallersDep = Annotated[KnownCallers, Depends(get_known_callers)]
+
+
+async def get_caller(
     db: DatabaseDep,
     settings: SettingsDep,
+    known: KnownCallersDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The caller behind the bearer token (401 without a valid one)."""
+    """The caller behind the bearer token (401 without a valid one): from this process's
+    recent checks when it has one, without leaving the event loop, else from SQL."""
     if not settings.auth:
         return auth.NOBODY_CHECKED
     header = f"Bearer {credentials.credentials}" if credentials else None
+    caller = known.get(header)
+    if caller is None:
+        caller = await run_in_threadpool(_identify, db, known, header)
+    return caller
+
+
+def _identify(db: Database, known: KnownCallers, header: str | None) -> Caller:
     with db.transaction(write=False) as session:
         caller, stale = auth.identify(session, header)
     if stale and caller.token_id is not None:
         with db.transaction() as session:
             auth.touch(session, caller.token_id)
+    known.put(header, caller)
     return caller
 
 

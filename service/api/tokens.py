@@ -1,7 +1,8 @@
 from fastapi import APIRouter, Response, status
 
 from sweep.service import auth
-from sweep.service.api.deps import ADMIN, SessionDep, TokenId
+from sweep.service.api.deps import ADMIN, KnownCallersDep, SessionDep, TokenId
+from sweep.service.db import after_commit
 from sweep.service.schemas import TokenCreate, TokenCreated, TokenRead
 
 router = APIRouter(prefix="/tokens", tags=["tokens"], dependencies=[ADMIN])
@@ -21,7 +22,9 @@ def list_tokens(session: SessionDep) -> list[TokenRead]:
 
 
 @router.delete("/{token_id}", status_code=status.HTTP_204_NO_CONTENT)
-def revoke_token(token_id: TokenId, session: SessionDep) -> Response:
-    """Revoke a token: it is refused from now on."""
+def revoke_token(token_id: TokenId, session: SessionDep, known: KnownCallersDep) -> Response:
+    """Revoke a token: it is refused from now on (by other API processes within
+    `SWEEP_TOKEN_CACHE_SECONDS`)."""
     auth.revoke(session, token_id)
+    after_commit(session, lambda: known.forget(token_id))
     return Response(status_code=status.HTTP_204_NO_CONTENT)
