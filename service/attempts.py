@@ -438,10 +438,11 @@ def report(
         return again
     if trial.state != TrialState.RUNNING:
         raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    # Read before the trial changes, so that its changes are written in one statement.
+    experiment = rows.experiment(session, trial.experiment_id)
     extend_lease(trial, lease_seconds)
     if body.epoch != trial.last_epoch + 1:
         raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
-    experiment = rows.experiment(session, trial.experiment_id)
     program = experiment.needs_program is not None
     for wanted in specs.objectives(experiment.spec):
         # The built-in trainer reports every metric each epoch; a program reports what it has.

@@ -44,6 +44,11 @@ def trial(session: Session, trial_id: int) -> Trial:
     return _get(session, Trial, trial_id)
 
 
+def project_of_trial(session: Session, trial_id: int) -> str | None:
+    """The project of a trial's experiment; None when there is no such trial."""
+    return session.scalar(select(Experiment.project).join(Trial).where(Trial.id == trial_id))
+
+
 def lock_trial(session: Session, trial_id: int) -> Trial:
     return _lock(session, Trial, trial_id)
 

@@ -24,7 +24,7 @@ from sweep.service.auth import (
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
 from sweep.service.db import Database
-from sweep.service.errors import TooLarge
+from sweep.service.errors import NotFound, TooLarge
 from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.schemas import MAX_INT
@@ -201,8 +201,11 @@ def trial_or_404(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> T
 
 
 def visible_trial_id(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> int:
-    """A worker-protocol trial id, 404 when the trial belongs to another project."""
-    return trial_or_404(trial_id, session, caller).id
+    """A worker-protocol trial id, 404 when the trial belongs to another project. A caller of
+    every project is not looked up here: the call itself locks the trial, 404 if it is not."""
+    if caller.project is not None and rows.project_of_trial(session, trial_id) != caller.project:
+        raise NotFound(f"trial {trial_id} not found")
+    return trial_id
 
 
 ExperimentDep = Annotated[Experiment, Depends(experiment_or_404)]

@@ -153,11 +153,11 @@ class Optimizer:
                 study.asked_in = session
                 after_commit(session, lambda: _settle(study, session))
             try:
-                _catch_up(session, study, experiment.id)
+                _catch_up(session, study, experiment)
             except _Stale:  # a trial was rewound by another process: start from SQL again
                 self.forget(experiment.id)
                 study = self._cached(experiment)
-                _catch_up(session, study, experiment.id)
+                _catch_up(session, study, experiment)
             for key, value in experiment.study_attrs.items():  # as the last ask left them
                 study.storage.set_study_system_attr(study.study_id, key, value)
             yield study
@@ -336,7 +336,12 @@ def _settle(s: _Study, session: Session) -> None:
         s.asked_in = None
 
 
-def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
+def _catch_up(session: Session, s: _Study, experiment: Experiment) -> None:
+    if (s.trial_count, s.finish_seq) == (experiment.trial_count, experiment.finish_seq):
+        # Nothing created or finished since the study last read: the queries below would
+        # find nothing (every trial's finish_seq is at most its experiment's).
+        return
+    experiment_id = experiment.id
     # Finishes are read first: a trial's creation commits before its finish, so every trial
     # seen finished here is also seen by the (later) query for created trials, even when
     # another process claims and finishes trials between the two statements.
@@ -359,6 +364,9 @@ def _catch_up(session: Session, s: _Study, experiment_id: int) -> None:
         _add_running(s, trial, curves.get(trial.id, {}))
     for trial in finished:
         _apply_finish(s, trial, curves.get(trial.id, {}))
+    # Finishes commit in finish_seq order, so the queries saw every one up to the experiment's
+    # (some are of no numbered trial: an enqueued one cancelled before it started).
+    s.finish_seq = max(s.finish_seq, experiment.finish_seq)
 
 
 def _curves(session: Session, trial_ids: list[int]) -> dict[int, dict[int, float]]:
