@@ -34,42 +34,42 @@ from sweep.service.store import Store
 from sweep.service.tables import Experiment, Trial
 
 
-def get_db(request: Request) -> Database:
+async def get_db(request: Request) -> Database:
     db: Database = request.app.state.db
     return db
 
 
-def get_optimizer(request: Request) -> Optimizer:
+async def get_optimizer(request: Request) -> Optimizer:
     optimizer: Optimizer = request.app.state.optimizer
     return optimizer
 
 
-def get_plots(request: Request) -> Plots:
+async def get_plots(request: Request) -> Plots:
     plots: Plots = request.app.state.plots
     return plots
 
 
-def get_watcher(request: Request) -> ClaimWatcher:
+async def get_watcher(request: Request) -> ClaimWatcher:
     watcher: ClaimWatcher = request.app.state.watcher
     return watcher
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
 
-def get_metrics(request: Request) -> Metrics:
+async def get_metrics(request: Request) -> Metrics:
     metrics: Metrics = request.app.state.metrics
     return metrics
 
 
-def get_store(request: Request) -> Store:
+async def get_store(request: Request) -> Store:
     store: Store = request.app.state.store
     return store
 
 
-def get_submissions(request: Request) -> SubmissionRate:
+async def get_submissions(request: Request) -> SubmissionRate:
     submissions: SubmissionRate = request.app.state.submissions
     return submissions
 
@@ -128,7 +128,7 @@ AttemptToken = Annotated[str, Header(alias="X-Attempt-Token", min_length=1, max_
 bearer = HTTPBearer(auto_error=False, description="a token from `sweep token create`")
 
 
-def get_known_callers(request: Request) -> KnownCallers:
+async def get_known_callers(request: Request) -> KnownCallers:
     known: KnownCallers = request.app.state.known_callers
     return known
 
@@ -172,7 +172,7 @@ class Allow:
     def __init__(self, roles: frozenset[Role]) -> None:
         self.roles = roles
 
-    def __call__(self, caller: CallerDep) -> Caller:
+    async def __call__(self, caller: CallerDep) -> Caller:
         caller.require(self.roles)
         return caller
 
@@ -200,11 +200,13 @@ def trial_or_404(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> T
     return trial
 
 
-def visible_trial_id(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> int:
+async def visible_trial_id(trial_id: TrialId, session: SessionDep, caller: CallerDep) -> int:
     """A worker-protocol trial id, 404 when the trial belongs to another project. A caller of
     every project is not looked up here: the call itself locks the trial, 404 if it is not."""
-    if caller.project is not None and rows.project_of_trial(session, trial_id) != caller.project:
-        raise NotFound(f"trial {trial_id} not found")
+    if caller.project is not None:
+        project = await run_in_threadpool(rows.project_of_trial, session, trial_id)
+        if project != caller.project:
+            raise NotFound(f"trial {trial_id} not found")
     return trial_id
 
 
