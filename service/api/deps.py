@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -23,7 +25,7 @@ from sweep.service.auth import (
 )
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
-from sweep.service.db import Database
+from sweep.service.db import Database, unavailable
 from sweep.service.errors import NotFound, TooLarge
 from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
@@ -32,6 +34,8 @@ from sweep.service.search import Optimizer
 from sweep.service.search.plots import Plots
 from sweep.service.store import Store
 from sweep.service.tables import Experiment, Trial
+
+log = logging.getLogger("sweep.service.auth")
 
 
 async def get_db(request: Request) -> Database:
@@ -157,8 +161,13 @@ def _identify(db: Database, known: KnownCallers, header: str | None) -> Caller:
     with db.transaction(write=False) as session:
         caller, stale = auth.identify(session, header)
     if stale and caller.token_id is not None:
-        with db.transaction() as session:
-            auth.touch(session, caller.token_id)
+        try:
+            with db.transaction() as session:
+                auth.touch(session, caller.token_id)
+        except DBAPIError as exc:  # bookkeeping: a read-only database still serves reads
+            if not unavailable(exc):
+                raise
+            log.warning("token %s: last use not recorded: %s", caller.token_id, exc.orig)
     known.put(header, caller)
     return caller
 
