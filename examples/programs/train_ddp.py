@@ -61,10 +61,11 @@ def main() -> None:
     trial = sweep.trial()
     try:
         train(trial, args, rank, world)
-    except (sweep.Pruned, sweep.Stopped) as exc:
+    except (sweep.Pruned, sweep.Stopped) as exc:  # on every rank at the same step
         print(f"rank {rank}: {type(exc).__name__.lower()}: {exc}", flush=True)
-    finally:
-        dist.destroy_process_group()
+    # No rank tears the group down while another still uses it (gloo can abort then).
+    dist.barrier()
+    dist.destroy_process_group()
 
 
 if __name__ == "__main__":
