@@ -15,7 +15,9 @@ b. wake: an experiment with a slot for every worker is submitted. Printed: the t
    submission to each worker's claim answered with a trial, p50 / p99 / last (target p99 < 2 s).
 c. busy: every worker reports an epoch every --report-every seconds and heartbeats as its
    assignment says, for --busy seconds. Printed: report and heartbeat latency p50 / p99 / max
-   (target: report p99 < 250 ms), the server's CPU, and leases lost (a 409, or a stop).
+   (target: report p99 < 250 ms), the server's CPU, and leases lost (a 409, or a stop);
+   then the same calls as the server itself timed them (its /metrics histogram), which
+   leaves out this process's own delays when it is short of CPU.
 
 Baseline in the same run: the round trip of `GET /healthz` (no database) over the same client
 before phase a, so the latencies can be read against this machine's HTTP floor. The load runs
@@ -28,8 +30,10 @@ import argparse
 import asyncio
 import contextlib
 import json
+import math
 import os
 import random
+import re
 import statistics
 import sys
 import time
@@ -65,6 +69,14 @@ class Observed:
     empty_claims: int = 0
 
 
+# The calls whose server-side time phase c prints, by route template.
+SERVED = {
+    "reports": API + "/trials/{trial_id}/reports",
+    "heartbeats": API + "/trials/{trial_id}/heartbeat",
+}
+LABEL = re.compile(r'(\w+)="([^"]*)"')
+
+
 class Load:
     def __init__(self, server: ServerProcess, args: argparse.Namespace) -> None:
         self.args = args
@@ -79,9 +91,25 @@ class Load:
             headers={"Authorization": f"Bearer {server.admin_token}"},
             timeout=60,
         )
+        self.metrics_url = server.url + "/metrics"
         self.observed = Observed()
         self.busy = asyncio.Event()  # phase c: reports are being timed
         self.stop = asyncio.Event()
+
+    async def served(self) -> dict[str, dict[float, float]]:
+        """The server's own request-duration histogram (sweep_http_request_duration_seconds)
+        of POSTs, by route: cumulative counts by bucket bound, every status together. It
+        times a call from its arrival to its answer, without this process's own delays."""
+        text = (await self.admin.get(self.metrics_url)).text
+        found: dict[str, dict[float, float]] = {}
+        for line in text.splitlines():
+            if line.startswith("sweep_http_request_duration_seconds_bucket{"):
+                labels = dict(LABEL.findall(line))
+                if labels.get("method") == "POST":
+                    bounds = found.setdefault(labels["route"], {})
+                    bound = float(labels["le"])
+                    bounds[bound] = bounds.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
+        return found
 
     async def post(self, path: str, **kwargs: Any) -> httpx.Response:
         while True:  # as a worker does: a lost connection or a 503 is sent again
@@ -224,6 +252,19 @@ class Meter:
         }
 
 
+def bucket_quantiles(before: dict[float, float], after: dict[float, float]) -> dict[str, float]:
+    """p50 and p99 of the observations between two reads of a histogram, as the upper bound
+    of the bucket each falls in (inf: past the largest bucket)."""
+    counts = sorted((bound, after[bound] - before.get(bound, 0.0)) for bound in after)
+    total = counts[-1][1]
+    if total <= 0:
+        return {"n": 0, "p50": math.nan, "p99": math.nan}
+    return {"n": total} | {
+        name: next(bound for bound, count in counts if count >= q * total)
+        for name, q in (("p50", 0.5), ("p99", 0.99))
+    }
+
+
 def quantiles(values: list[float]) -> dict[str, float]:
     if not values:
         return {"n": 0}
@@ -295,14 +336,21 @@ async def scenario(server: ServerProcess, meter: Meter, args: argparse.Namespace
 
         # c. busy: every trial reports and heartbeats; time the calls for --busy seconds.
         before = meter.read()
+        served_before = await load.served()
         load.busy.set()
         await asyncio.sleep(args.busy)
         load.busy.clear()
         busy = Meter.rates(before, meter.read())
+        served = {
+            call: bucket_quantiles(served_before.get(route, {}), hist)
+            for call, route in SERVED.items()
+            if (hist := (await load.served()).get(route))
+        }
         results["busy"] = busy | {
             "reports": quantiles(load.observed.reports),
             "heartbeats": quantiles(load.observed.heartbeats),
             "lost": load.observed.lost,
+            "served": served,
         }
         reports = load.observed.reports
         print(
@@ -311,6 +359,14 @@ async def scenario(server: ServerProcess, meter: Meter, args: argparse.Namespace
             f"{len(load.observed.heartbeats)} heartbeats {ms(results['busy']['heartbeats'])}; "
             f"leases lost {load.observed.lost}; server {busy['server'] * 100:.0f}% of a core, "
             f"PostgreSQL {busy['postgres'] * 100:.0f}%, load {busy['load'] * 100:.0f}%",
+            flush=True,
+        )
+        print(
+            "   as the server timed them (its /metrics, one API process; bucket bounds): "
+            + "; ".join(
+                f"{call} {q['n']:.0f}, p50 <= {q['p50'] * 1e3:g} ms, p99 <= {q['p99'] * 1e3:g} ms"
+                for call, q in served.items()
+            ),
             flush=True,
         )
         load.stop.set()
