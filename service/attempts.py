@@ -20,7 +20,7 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Select, delete, exists, func, select, update
+from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, select, update
 from sqlalchemy.orm import Session
 
 from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
@@ -89,9 +89,10 @@ def claim_possible(
     cancelled experiment.
     """
     worker = _check_claimant(session, worker_id, experiment_id, project)
-    if _held(session, worker_id) is not None:
+    if session.scalars(select(Trial.id).where(_holds(worker_id)).limit(1)).first() is not None:
         return True
-    return session.scalars(_claimable(worker, experiment_id, project)).first() is not None
+    claimable = _claimable(worker, experiment_id, project).with_only_columns(Experiment.id)
+    return session.scalars(claimable).first() is not None
 
 
 def try_claim(
@@ -299,9 +300,12 @@ def _check_claimant(
 
 
 def _held(session: Session, worker_id: int) -> Trial | None:
-    return session.scalars(
-        select(Trial).where(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
-    ).first()
+    return session.scalars(select(Trial).where(_holds(worker_id))).first()
+
+
+def _holds(worker_id: int) -> ColumnElement[bool]:
+    """A running trial of this worker's."""
+    return and_(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
 
 
 def _claimable(
