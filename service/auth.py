@@ -92,7 +92,7 @@ def _secret(authorization: str | None) -> str:
 class KnownCallers:
     """The callers behind tokens this API process checked within the last `ttl` seconds, so
     that most calls read no SQL to authenticate. A token revoked through this process is
-    forgotten at once; through another process or the CLI, within `ttl`. A role and a project
+    forgotten at once; through another process or in SQL, within `ttl`. A role and a project
     never change, so nothing else goes stale."""
 
     def __init__(self, ttl: float, max_tokens: int = 10_000) -> None:

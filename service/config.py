@@ -37,7 +37,7 @@ class Settings(BaseSettings):
     # Bearer tokens on every route but /healthz. Turning this off is for a trusted laptop.
     auth: bool = True
     # How long an API process trusts a token it has checked without reading SQL again: a
-    # token revoked through another process (or the CLI) is refused here within this
+    # token revoked through another process (or in SQL) is refused here within this
     # long; one revoked through this process, at once. 0: every call reads SQL.
     token_cache_seconds: float = 5.0
     # Largest experiment spec, and largest other JSON body (reports, claims...).
