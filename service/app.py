@@ -54,7 +54,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await run_in_threadpool(legacy_blobs.into_store, db, store)
         app.state.db, app.state.store = db, store
         app.state.optimizer = Optimizer(
-            max_studies=settings.max_cached_studies, on_ask=metrics.ask_seconds.observe
+            max_studies=settings.max_cached_studies,
+            on_ask=metrics.ask_seconds.observe,
+            ask_ahead_after=settings.ask_ahead_after,
         )
         app.state.plots = Plots(app.state.optimizer, ttl=settings.plot_refresh_seconds)
         app.state.watcher = ClaimWatcher(
@@ -87,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await expiry  # lets a round in progress finish its transaction
         await cleaning
         await delivering
+        await run_in_threadpool(app.state.optimizer.close)
         db.dispose()
 
     app = FastAPI(

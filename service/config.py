@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
+from pydantic import field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from sweep.service.store import FileStore, S3Store, open_store
@@ -48,6 +49,10 @@ class Settings(BaseSettings):
     # Experiments whose in-memory study an API process keeps; the least recently used beyond
     # this are dropped and rebuilt from SQL when next needed.
     max_cached_studies: int = 100
+    # From this many trials on, an experiment's next suggestion is asked in the background
+    # after each claim instead of during the next one (TPE's ask grows with the history);
+    # the history it sees is then one claim older. "off": never.
+    ask_ahead_after: int | None = 1000
     # Where weights, checkpoints, outputs and datasets are kept: file:///path or
     # s3://bucket/prefix (default: the artifacts folder of the data directory).
     artifacts: str = ""
@@ -72,6 +77,11 @@ class Settings(BaseSettings):
     artifact_gc_grace_seconds: float = 2 * 3600
     # Log lines as text or as JSON objects (server and workers).
     log_format: LogFormat = "text"
+
+    @field_validator("ask_ahead_after", mode="before")
+    @classmethod
+    def _off(cls, value: object) -> object:
+        return None if isinstance(value, str) and value.strip().lower() == "off" else value
 
     def resolved_database_url(self) -> str:
         if self.database_url:

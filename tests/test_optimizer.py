@@ -1,4 +1,5 @@
-"""The sampler sees the whole history, and a restart changes nothing about what it suggests."""
+"""The sampler sees the whole history, and a restart changes nothing about what it suggests;
+suggestions asked ahead see the history as the previous claim left it."""
 
 from __future__ import annotations
 
@@ -7,11 +8,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import optuna
 import pytest
 from fastapi.testclient import TestClient
 
 from sweep.service.app import create_app
 from sweep.service.config import Settings
+from sweep.service.search.optimizer import directions, reseed, suggest_all
+from sweep.service.search.samplers import make_sampler
+from sweep.service.search.space import distributions
 from tests.helpers import attempt_headers, authorize, budget, make_spec, remember
 
 API = "/api/v1"
@@ -133,3 +138,89 @@ def test_studies_dropped_from_a_full_cache_rebuild_to_the_same_suggestions(
     with app_on(bounded) as client:
         assert interleaved(client) == unbounded
         assert client.app.state.optimizer.cached() == 1  # type: ignore[attr-defined]
+
+
+# --- asking ahead --------------------------------------------------------------------------
+
+AHEAD_SPEC = make_spec(
+    **{
+        **SPEC,
+        "sampler": {"name": "tpe", "seed": 7, "options": {"n_startup_trials": 2}},
+        "pruner": {"name": "none"},
+        "budget": budget(8, 1),
+    }
+)
+
+
+def claim_and_complete(client: TestClient, worker: int) -> dict[str, Any]:
+    """Claim a trial and complete it at once with its objective; the claim's answer."""
+    trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+    assert trial is not None
+    tid = trial["trial_id"]
+    done = client.post(
+        f"{API}/trials/{tid}/complete",
+        headers=attempt_headers(tid),
+        json={"value": objective(trial["params"])},
+    )
+    assert done.status_code == 200, done.text
+    return trial
+
+
+def lagging_by_one_claim(spec: dict[str, Any], n: int) -> list[dict[str, Any]]:
+    """What plain Optuna suggests for trials 0..n-1 of one worker when trial k is asked as
+    trial k - 1 starts: with every trial before k - 1 finished and k - 1 running."""
+    study = optuna.create_study(sampler=make_sampler(spec), directions=directions(spec))
+    dists = distributions(spec["search_space"])
+    seed = spec["sampler"]["seed"]
+
+    def ask(number: int) -> tuple[optuna.Trial, dict[str, Any]]:
+        reseed(study.sampler, seed + number)
+        trial = study.ask()
+        return trial, suggest_all(trial, dists, spec)
+
+    running, params = ask(0)
+    suggested = [params]
+    for number in range(1, n):
+        following, params = ask(number)  # asked while the one before still runs
+        study.tell(running, objective(suggested[-1]))
+        suggested.append(params)
+        running = following
+    return suggested
+
+
+def test_suggestions_asked_ahead_see_the_history_as_the_previous_claim_left_it(
+    settings: Settings,
+) -> None:
+    # Every claim is followed at once by its trial's completion, racing the ask made ahead
+    # for the next claim: the suggestions must not depend on which comes first.
+    with app_on(settings.model_copy(update={"ask_ahead_after": 0})) as client:
+        worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        eid = client.post(f"{API}/experiments", json=AHEAD_SPEC).json()["id"]
+        suggested = [claim_and_complete(client, worker)["params"] for _ in range(8)]
+        experiment = client.get(f"{API}/experiments/{eid}").json()
+    assert experiment["state"] == "completed"
+    assert suggested == lagging_by_one_claim(experiment["spec"], 8)  # the spec as stored
+    # Not asking ahead, each claim sees its predecessor's result: TPE then suggests otherwise.
+    with app_on(settings) as client:
+        worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        client.post(f"{API}/experiments", json=AHEAD_SPEC)
+        assert [claim_and_complete(client, worker)["params"] for _ in range(8)] != suggested
+
+
+def test_a_suggestion_asked_ahead_whose_number_another_process_took_is_not_handed_out(
+    settings: Settings,
+) -> None:
+    # Two API processes on one database take turns on an experiment. Each asks the next
+    # suggestion ahead after its claims; the other one's claim takes that number first.
+    ahead = settings.model_copy(update={"ask_ahead_after": 0})
+    with app_on(ahead) as first, app_on(ahead) as second:
+        worker = first.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        eid = first.post(f"{API}/experiments", json=AHEAD_SPEC).json()["id"]
+        trials = [claim_and_complete(app, worker) for app in (first, second) * 4]
+        status = first.get(f"{API}/experiments/{eid}").json()
+    assert [t["number"] for t in trials] == list(range(8))
+    assert status["state"] == "completed"
+    assert status["counts"]["completed"] == 8
+    # No trial carries params asked for another number: in TPE's random start-up, where a
+    # suggestion depends on seed + number alone, those would repeat a neighbour's.
+    assert len({t["params"]["lr"] for t in trials}) == 8

@@ -27,6 +27,9 @@ class SamplerKind:
     conditional: bool = False  # parameters that exist only under a condition
     finite_only: bool = False  # every parameter must have finitely many values
     multi_objective: bool = True
+    # Its ask may run before the claim it is for, on the history as the previous claim left
+    # it (sweep.service.search.optimizer): it keeps no state but the study's.
+    asks_ahead: bool = False
 
 
 def _grid(spec: dict[str, Any], options: dict[str, Any]) -> optuna.samplers.BaseSampler:
@@ -47,6 +50,7 @@ SAMPLERS: dict[str, SamplerKind] = {
             "prior_weight": POSITIVE,
         },
         conditional=True,
+        asks_ahead=True,
         build=lambda spec, options: optuna.samplers.TPESampler(**options),
     ),
     "random": SamplerKind(
