@@ -85,6 +85,15 @@ def test_diverged_and_crashing_trials_fail_without_killing_the_worker(client: Te
     assert client.get(f"{API}/experiments/{healthy}").json()["state"] == "completed"
 
 
+def test_an_idle_worker_long_polls_no_longer_than_it_may_stay_idle(client: TestClient) -> None:
+    # The default long poll is 30 s; with nothing to run, --exit-when-idle 0.5 ends it first.
+    options = WorkerOptions(name="w", device=torch.device("cpu"), exit_when_idle=0.5)
+    assert options.wait_seconds == 30
+    started = time.monotonic()
+    assert Worker(ServiceClient("", http=client), options).run() == 0
+    assert time.monotonic() - started < 15  # well short of one 30 s poll, even when loaded
+
+
 def test_cancelled_experiment_stops_the_running_trial(client: TestClient) -> None:
     experiment_id = submit(client, quick_spec(budget=budget(3, 1), fixed={"epochs": 50}))
     service = ServiceClient("", http=client)

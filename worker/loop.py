@@ -44,6 +44,7 @@ from sweep.worker.train import (
 
 log = logging.getLogger("sweep.worker")
 DATASETS_KEPT = 4  # datasets held on the device at once, least recently used dropped first
+CLAIM_RETRY_SECONDS = 5.0  # the wait after a claim that failed (the service unreachable)
 
 
 class Interrupted(Exception):
@@ -67,8 +68,10 @@ Ending = tuple[Any, ...] | None
 class WorkerOptions:
     name: str
     device: torch.device
-    # Long poll per claim; also the longest an idle worker takes to notice SIGTERM.
-    wait_seconds: float = 5.0
+    # Long poll per claim (the server holds one open for 30 s at most, and answers it the
+    # moment work arrives); never past exit_when_idle. Without the signal handlers (a worker
+    # in a thread), also the longest an idle worker takes to see `stop`.
+    wait_seconds: float = 30.0
     max_trials: int | None = None  # exit after this many trials
     exit_when_idle: float | None = None  # exit after this many seconds without work
     # In a pool: exit after a trial ran out of memory, so the pool runs one trial fewer here.
@@ -146,7 +149,7 @@ class Worker:
                 log.warning("a trial ran out of memory: leaving the device to the others")
                 break
             self._wait_for_memory()
-            assignment = self._claim(worker_id)
+            assignment = self._claim(worker_id, idle_since)
             if assignment is None:
                 if self._idle_too_long(idle_since):
                     break
@@ -192,21 +195,22 @@ class Worker:
         yield
         self.peak_bytes = max(self.peak_bytes, torch.cuda.max_memory_allocated(device))
 
-    def _claim(self, worker_id: int) -> dict[str, Any] | None:
+    def _claim(self, worker_id: int, idle_since: float) -> dict[str, Any] | None:
         """The next trial, or None; a server error is logged and waited out, not fatal."""
+        wait = self.options.wait_seconds
+        if self.options.exit_when_idle is not None:  # the poll ends when idling must
+            wait = min(wait, max(0.0, idle_since + self.options.exit_when_idle - time.monotonic()))
         try:
             try:
                 self._waiting = True
-                return self.client.claim(
-                    worker_id, self.options.wait_seconds, self.options.experiment_id
-                )
+                return self.client.claim(worker_id, wait, self.options.experiment_id)
             finally:
                 self._waiting = False
         except _StopWaiting:  # told to stop: whatever the cut answer held comes back now
             return self._claim_now(worker_id)
         except (ServiceError, ConnectionError) as exc:
             log.error("claim failed: %s", exc)
-            self.stop.wait(self.options.wait_seconds)
+            self.stop.wait(min(wait, CLAIM_RETRY_SECONDS))
             return None
 
     def _claim_now(self, worker_id: int) -> dict[str, Any] | None:
