@@ -1,17 +1,21 @@
 """Claim latency against history size, next to Optuna's own in-memory ask, in one run; and
 the memory the cached studies take, with and without a bound on how many are kept.
 
-    .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000 5000] [--database-url URL]
+    .venv/bin/python benchmarks/claim_latency.py [--sizes 100 1000 5000 10000]
+        [--trial-seconds 0.2] [--database-url URL]
         [--memory-experiments 50 --memory-trials 1000 --memory-bound 10] [--skip-memory]
 
 Latency: for each history size, one experiment gets that many finished trials (written to SQL
 directly, as if a sweep had run), then claims are timed, each followed by an untimed
-completion. The first claims rebuild the study from SQL and are not timed. For the same search
-space, TPE's ask on a plain in-memory Optuna study holding the same finished trials is timed in
-the same run. It prints p50/p99 of both and the overhead (claim - ask), and the p50 of
-GET /healthz (one request with one database round trip: the floor any API call pays). The app
-runs in process on a SQLite file by default; --server URL times a running `sweep server` over
-real HTTP instead (latency only).
+completion and a pause of --trial-seconds (the trial's training). The first claims rebuild
+the study from SQL and are not timed. It is done twice, in fresh apps: with the sampler asked
+during each claim (SWEEP_ASK_AHEAD_AFTER=off) and with each suggestion asked ahead, in the
+background after the claim before it (SWEEP_ASK_AHEAD_AFTER=0). For the same search space,
+TPE's ask on a plain in-memory Optuna study holding the same finished trials is timed in the
+same run. It prints p50/p99 of each, the overhead (claim asked at the claim - ask), and the
+p50 of GET /healthz (one request with one database round trip: the floor any API call pays).
+The app runs in process on a SQLite file by default; --server URL times a running `sweep
+server` over real HTTP instead (latency only, with that server's own setting).
 
 Memory: in a fresh process per setting, an app caches the studies of N experiments of M
 finished trials each (one claim each), and the process's resident memory is read before and
@@ -21,6 +25,7 @@ after: unbounded (SWEEP_MAX_CACHED_STUDIES above N) and bounded (--memory-bound)
 from __future__ import annotations
 
 import argparse
+import math
 import multiprocessing
 import os
 import random
@@ -138,9 +143,10 @@ def healthz_p50(client: httpx.Client) -> float:
     return statistics.median(timings) * 1e3
 
 
-def claim_latencies(client: httpx.Client, worker: int) -> list[float]:
+def claim_latencies(client: httpx.Client, worker: int, trial_seconds: float) -> list[float]:
     rng, timings = random.Random(0), []
     for i in range(WARM_UP + TIMED):
+        time.sleep(trial_seconds)  # the previous trial's training
         started = time.perf_counter()
         response = client.post(f"/api/v1/workers/{worker}/claim", json={})
         if i >= WARM_UP:
@@ -172,24 +178,34 @@ def ask_latencies(trials: list[tuple[dict[str, Any], float]]) -> list[float]:
 
 def latency(args: argparse.Namespace) -> None:
     print(
-        f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ask p50':>9} {'p99':>8} "
-        f"{'overhead p50':>13} {'p99':>8} {'healthz p50':>12}   (ms)",
+        f"{'history':>8} {'claim p50':>10} {'p99':>8} {'ahead p50':>10} {'p99':>8} "
+        f"{'ask p50':>9} {'p99':>8} {'overhead p50':>13} {'p99':>8} {'healthz p50':>12}   (ms)",
         flush=True,
     )
     for size in args.sizes:
         trials = history(size, seed=size)
-        with tempfile.TemporaryDirectory() as tmp, connect(args, Path(tmp)) as (client, db):
-            experiment_id = client.post("/api/v1/experiments", json=spec(size)).json()["id"]
-            if db is None:  # a remote server: its history comes from real claims
-                raise SystemExit("--server needs the history filled through its database")
-            fill(db, experiment_id, trials)
-            worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
-            claim50, claim99 = percentiles(claim_latencies(client, worker))
-            floor = healthz_p50(client)
+        claims, floor = {}, 0.0
+        for ahead in (None, 0) if not args.server else (None,):
+            with (
+                tempfile.TemporaryDirectory() as tmp,
+                connect(args, Path(tmp), ahead) as (
+                    client,
+                    db,
+                ),
+            ):
+                experiment_id = client.post("/api/v1/experiments", json=spec(size)).json()["id"]
+                if db is None:  # a remote server: its history comes from real claims
+                    raise SystemExit("--server needs the history filled through its database")
+                fill(db, experiment_id, trials)
+                worker = client.post("/api/v1/workers", json={"name": "bench"}).json()["id"]
+                claims[ahead] = percentiles(claim_latencies(client, worker, args.trial_seconds))
+                floor = healthz_p50(client)
         ask50, ask99 = percentiles(ask_latencies(trials))
+        (claim50, claim99), (ahead50, ahead99) = claims[None], claims.get(0, (math.nan,) * 2)
         print(
-            f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ask50:>9.2f} {ask99:>8.2f} "
-            f"{claim50 - ask50:>13.2f} {claim99 - ask99:>8.2f} {floor:>12.2f}",
+            f"{size:>8} {claim50:>10.2f} {claim99:>8.2f} {ahead50:>10.2f} {ahead99:>8.2f} "
+            f"{ask50:>9.2f} {ask99:>8.2f} {claim50 - ask50:>13.2f} {claim99 - ask99:>8.2f} "
+            f"{floor:>12.2f}",
             flush=True,
         )
 
@@ -255,21 +271,27 @@ def authorize(client: TestClient) -> None:
 
 
 @contextmanager
-def connect(args: argparse.Namespace, tmp: Path) -> Iterator[tuple[httpx.Client, Database | None]]:
+def connect(
+    args: argparse.Namespace, tmp: Path, ask_ahead_after: int | None
+) -> Iterator[tuple[httpx.Client, Database | None]]:
     if args.server:
         headers = {"Authorization": f"Bearer {args.token}"}
         with httpx.Client(base_url=args.server, timeout=60, headers=headers) as client:
             yield client, None
         return
     url = args.database_url or f"sqlite:///{tmp / 'bench.db'}"
-    with TestClient(create_app(Settings(database_url=url))) as client:
+    settings = Settings(database_url=url, ask_ahead_after=ask_ahead_after)
+    with TestClient(create_app(settings)) as client:
         authorize(client)
         yield client, client.app.state.db  # type: ignore[attr-defined]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 5000, 10000])
+    parser.add_argument(
+        "--trial-seconds", type=float, default=0.2, help="pause after each completion"
+    )
     parser.add_argument("--database-url", default="", help="in-process app's database")
     parser.add_argument("--server", default="", help="time this running server instead")
     parser.add_argument(
