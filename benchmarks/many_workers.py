@@ -1,12 +1,13 @@
 """A thousand workers on one API process: idle, woken by a submission, then all busy.
 
-    .venv/bin/python benchmarks/many_workers.py [--workers 1000] [--idle 60] [--busy 60]
-        [--report-every 2] [--claim-wait 30] [--server-workers 1] [--pg URL] [--json FILE]
+    .venv/bin/python benchmarks/many_workers.py [--workers 1000] [--load-processes 2]
+        [--idle 60] [--busy 60] [--report-every 2] [--claim-wait 30] [--server-workers 1]
+        [--pg URL] [--json FILE]
 
-One real `sweep server` on a fresh PostgreSQL database, and this process simulating
---workers workers over real HTTP on 127.0.0.1 (asyncio + httpx, one connection each: a
-long poll holds its connection). The workers speak the protocol `sweep worker` speaks;
-they only do not train. Three phases:
+One real `sweep server` on a fresh PostgreSQL database, and --load-processes processes
+simulating --workers workers between them over real HTTP on 127.0.0.1 (asyncio + httpx, one
+connection each: a long poll holds its connection); this process only conducts the phases.
+The workers speak the protocol `sweep worker` speaks; they only do not train. Three phases:
 
 a. idle: every worker long-polls its claim (--claim-wait seconds, `sweep worker`'s default
    unless given) with no experiment, for --idle seconds. Printed: the server's CPU as a share
@@ -19,9 +20,9 @@ c. busy: every worker reports an epoch every --report-every seconds and heartbea
    then the same calls as the server itself timed them (its /metrics histogram), which
    leaves out this process's own delays when it is short of CPU.
 
-Baseline in the same run: the round trip of `GET /healthz` (no database) over the same client
-before phase a, so the latencies can be read against this machine's HTTP floor. The load runs
-on the same machine as the server and PostgreSQL: its own CPU is printed too.
+Baseline in the same run: the round trip of `GET /healthz` (no database) before phase a, so
+the latencies can be read against this machine's HTTP floor. The load runs on the same
+machine as the server and PostgreSQL: its own CPU (all its processes) is printed too.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ import asyncio
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import random
 import re
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -60,7 +63,7 @@ API = "/api/v1"
 
 @dataclass
 class Observed:
-    claimed_at: dict[int, float] = field(default_factory=dict)  # worker -> monotonic time
+    claimed_at: list[float] = field(default_factory=list)  # monotonic time of each trial claimed
     reports: list[float] = field(default_factory=list)  # seconds each took
     heartbeats: list[float] = field(default_factory=list)
     lost: int = 0  # 409 on a report or heartbeat, or an answer other than continue
@@ -77,24 +80,45 @@ SERVED = {
 LABEL = re.compile(r'(\w+)="([^"]*)"')
 
 
+@dataclass
+class Target:
+    """Where the load goes: the server's address and its tokens."""
+
+    url: str
+    worker_token: str
+    admin_token: str
+
+
+@dataclass
+class Control:
+    """What the conducting process and the load processes share."""
+
+    busy: Event  # phase c: reports are being timed
+    stop: Event
+    ready: Any  # multiprocessing.Value("i"): load processes whose workers are all polling
+    claimed: Any  # multiprocessing.Value("i"): claims answered with a trial, all processes
+
+
 class Load:
-    def __init__(self, server: ServerProcess, args: argparse.Namespace) -> None:
+    def __init__(self, target: Target, args: argparse.Namespace, workers: int) -> None:
         self.args = args
+        self.workers = workers
         self.http = httpx.AsyncClient(
-            base_url=server.url + API,
-            headers={"Authorization": f"Bearer {server.worker_token}"},
+            base_url=target.url + API,
+            headers={"Authorization": f"Bearer {target.worker_token}"},
             timeout=args.claim_wait + 60,
-            limits=httpx.Limits(max_connections=args.workers + 20, max_keepalive_connections=None),
+            limits=httpx.Limits(max_connections=workers + 20, max_keepalive_connections=None),
         )
         self.admin = httpx.AsyncClient(
-            base_url=server.url + API,
-            headers={"Authorization": f"Bearer {server.admin_token}"},
+            base_url=target.url + API,
+            headers={"Authorization": f"Bearer {target.admin_token}"},
             timeout=60,
         )
-        self.metrics_url = server.url + "/metrics"
+        self.metrics_url = target.url + "/metrics"
         self.observed = Observed()
         self.busy = asyncio.Event()  # phase c: reports are being timed
         self.stop = asyncio.Event()
+        self.on_claim: Any = None  # called for each claim answered with a trial
 
     async def served(self) -> dict[str, dict[float, float]]:
         """The server's own request-duration histogram (sweep_http_request_duration_seconds)
@@ -131,7 +155,7 @@ class Load:
                 response = await self.post("/workers", json={"name": f"sim{i}"})
                 return int(response.json()["id"])
 
-        return await asyncio.gather(*(one(i) for i in range(self.args.workers)))
+        return await asyncio.gather(*(one(i) for i in range(self.workers)))
 
     async def worker(self, worker_id: int) -> None:
         while not self.stop.is_set():
@@ -144,7 +168,9 @@ class Load:
             if response.status_code != 200:
                 self.observed.errors.append(f"claim {response.status_code}: {response.text}")
                 return
-            self.observed.claimed_at[worker_id] = time.monotonic()
+            self.observed.claimed_at.append(time.monotonic())
+            if self.on_claim is not None:
+                self.on_claim()
             await self.run_trial(response.json())
             return
 
@@ -220,8 +246,11 @@ class Meter:
     """CPU of the server's processes, of the database's backends and of this process, and the
     database's transactions, between two marks."""
 
-    def __init__(self, admin: psycopg.Connection[Any], database: str, server_pid: int) -> None:
+    def __init__(
+        self, admin: psycopg.Connection[Any], database: str, server_pid: int, load: list[int]
+    ) -> None:
         self.admin, self.database, self.server_pid = admin, database, server_pid
+        self.load = load  # the load processes' pids
 
     def read(self) -> dict[str, float]:
         server = [self.server_pid, *descendants(self.server_pid)]
@@ -240,7 +269,7 @@ class Meter:
             "at": time.monotonic(),
             "server": sum(cpu_seconds(p) for p in server),
             "postgres": sum(cpu_seconds(p) for p in backends),
-            "load": own.user + own.system,
+            "load": own.user + own.system + sum(cpu_seconds(p) for p in self.load),
             "xacts": float(xacts),
         }
 
@@ -284,15 +313,61 @@ def ms(q: dict[str, float]) -> str:
     return f"p50 {q['p50'] * 1e3:.1f} ms, p99 {q['p99'] * 1e3:.1f} ms, max {q['max'] * 1e3:.1f} ms"
 
 
-async def scenario(server: ServerProcess, meter: Meter, args: argparse.Namespace) -> dict[str, Any]:
-    load = Load(server, args)
-    results: dict[str, Any] = {"workers": args.workers, "claim_wait": args.claim_wait}
+def simulate(
+    target: Target, args: argparse.Namespace, workers: int, control: Control, out: Any
+) -> None:
+    """One load process: `workers` simulated workers until told to stop; what they saw goes
+    to `out`."""
+    out.put(asyncio.run(_simulate(target, args, workers, control)))
+
+
+async def _simulate(
+    target: Target, args: argparse.Namespace, workers: int, control: Control
+) -> dict[str, Any]:
+    load = Load(target, args, workers)
+
+    def claimed() -> None:
+        with control.claimed.get_lock():
+            control.claimed.value += 1
+
+    load.on_claim = claimed
     try:
-        floor = await load.floor()
-        results["healthz"] = quantiles(floor)
-        print(f"baseline GET /healthz: {ms(results['healthz'])}", flush=True)
         worker_ids = await load.register()
         tasks = [asyncio.create_task(load.worker(w)) for w in worker_ids]
+        with control.ready.get_lock():
+            control.ready.value += 1
+        while not control.stop.is_set():  # follow the conductor's phases
+            if control.busy.is_set():
+                load.busy.set()
+            else:
+                load.busy.clear()
+            await asyncio.sleep(0.05)
+        load.busy.clear()
+        load.stop.set()
+        await asyncio.wait(tasks, timeout=args.claim_wait + 30)
+        for task in tasks:
+            task.cancel()
+    finally:
+        await load.close()
+    return asdict(load.observed)
+
+
+async def scenario(
+    server: ServerProcess, meter: Meter, args: argparse.Namespace, control: Control
+) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "workers": args.workers,
+        "load_processes": args.load_processes,
+        "claim_wait": args.claim_wait,
+    }
+    target = Target(server.url, server.worker_token, server.admin_token)
+    conductor = Load(target, args, 0)
+    try:
+        floor = await conductor.floor()
+        results["healthz"] = quantiles(floor)
+        print(f"baseline GET /healthz: {ms(results['healthz'])}", flush=True)
+        while control.ready.value < args.load_processes:  # every worker registered, polling
+            await asyncio.sleep(0.1)
 
         # a. idle: let every claim reach its long poll, then measure.
         await asyncio.sleep(min(5.0, args.claim_wait))
@@ -318,69 +393,87 @@ async def scenario(server: ServerProcess, meter: Meter, args: argparse.Namespace
             "budget": {"n_trials": args.workers, "max_concurrent": args.workers},
         }
         submitted = time.monotonic()
-        response = await load.admin.post("/experiments", json=spec)
+        response = await conductor.admin.post("/experiments", json=spec)
         response.raise_for_status()
         experiment_id = response.json()["id"]
         deadline = submitted + 120
-        while len(load.observed.claimed_at) < args.workers and time.monotonic() < deadline:
+        while control.claimed.value < args.workers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        waits = [t - submitted for t in load.observed.claimed_at.values()]
-        results["wake"] = quantiles(waits)
-        wake = results["wake"]
-        print(
-            f"b. submit -> claims started: {len(waits)} of {args.workers}, "
-            f"p50 {wake.get('p50', 0):.2f} s, p99 {wake.get('p99', 0):.2f} s, "
-            f"last {wake.get('max', 0):.2f} s",
-            flush=True,
-        )
+        woken = control.claimed.value
 
         # c. busy: every trial reports and heartbeats; time the calls for --busy seconds.
         before = meter.read()
-        served_before = await load.served()
-        load.busy.set()
+        served_before = await conductor.served()
+        control.busy.set()
         await asyncio.sleep(args.busy)
-        load.busy.clear()
+        control.busy.clear()
         busy = Meter.rates(before, meter.read())
-        served = {
+        served_after = await conductor.served()
+        control.stop.set()
+        await conductor.admin.post(f"/experiments/{experiment_id}/cancel")
+    finally:
+        await conductor.close()
+    return results | {
+        "submitted": submitted,
+        "woken": woken,
+        "busy": busy,
+        "served": {
             call: bucket_quantiles(served_before.get(route, {}), hist)
             for call, route in SERVED.items()
-            if (hist := (await load.served()).get(route))
-        }
-        results["busy"] = busy | {
-            "reports": quantiles(load.observed.reports),
-            "heartbeats": quantiles(load.observed.heartbeats),
-            "lost": load.observed.lost,
-            "served": served,
-        }
-        reports = load.observed.reports
-        print(
-            f"c. busy {busy['seconds']:.0f} s: {len(reports)} reports "
-            f"({len(reports) / busy['seconds']:.0f}/s) {ms(results['busy']['reports'])}; "
-            f"{len(load.observed.heartbeats)} heartbeats {ms(results['busy']['heartbeats'])}; "
-            f"leases lost {load.observed.lost}; server {busy['server'] * 100:.0f}% of a core, "
-            f"PostgreSQL {busy['postgres'] * 100:.0f}%, load {busy['load'] * 100:.0f}%",
-            flush=True,
-        )
-        print(
-            "   as the server timed them (its /metrics, one API process; bucket bounds): "
-            + "; ".join(
-                f"{call} {q['n']:.0f}, p50 <= {q['p50'] * 1e3:g} ms, p99 <= {q['p99'] * 1e3:g} ms"
-                for call, q in served.items()
-            ),
-            flush=True,
-        )
-        load.stop.set()
-        await load.admin.post(f"/experiments/{experiment_id}/cancel")
-        await asyncio.wait(tasks, timeout=args.claim_wait + 30)
-        for task in tasks:
-            task.cancel()
-        results["retried_503"] = load.observed.retried
-        results["errors"] = load.observed.errors[:10]
-        if load.observed.errors:
-            print(f"errors ({len(load.observed.errors)}):", *load.observed.errors[:5], sep="\n  ")
-    finally:
-        await load.close()
-    return results
+            if (hist := served_after.get(route))
+        },
+    }
+
+
+def summarize(
+    results: dict[str, Any], seen: list[dict[str, Any]], args: argparse.Namespace
+) -> None:
+    """Merge what the load processes saw into `results` and print phases b and c."""
+    observed = Observed(
+        claimed_at=[t for s in seen for t in s["claimed_at"]],
+        reports=[t for s in seen for t in s["reports"]],
+        heartbeats=[t for s in seen for t in s["heartbeats"]],
+        lost=sum(s["lost"] for s in seen),
+        errors=[e for s in seen for e in s["errors"]],
+        retried=sum(s["retried"] for s in seen),
+        empty_claims=sum(s["empty_claims"] for s in seen),
+    )
+    submitted = results.pop("submitted")
+    waits = [t - submitted for t in observed.claimed_at]
+    results["wake"] = wake = quantiles(waits)
+    print(
+        f"b. submit -> claims started: {results.pop('woken')} of {args.workers}, "
+        f"p50 {wake.get('p50', 0):.2f} s, p99 {wake.get('p99', 0):.2f} s, "
+        f"last {wake.get('max', 0):.2f} s",
+        flush=True,
+    )
+    busy, served = results["busy"], results.pop("served")
+    busy |= {
+        "reports": quantiles(observed.reports),
+        "heartbeats": quantiles(observed.heartbeats),
+        "lost": observed.lost,
+        "served": served,
+    }
+    print(
+        f"c. busy {busy['seconds']:.0f} s: {len(observed.reports)} reports "
+        f"({len(observed.reports) / busy['seconds']:.0f}/s) {ms(busy['reports'])}; "
+        f"{len(observed.heartbeats)} heartbeats {ms(busy['heartbeats'])}; "
+        f"leases lost {observed.lost}; server {busy['server'] * 100:.0f}% of a core, "
+        f"PostgreSQL {busy['postgres'] * 100:.0f}%, load {busy['load'] * 100:.0f}%",
+        flush=True,
+    )
+    print(
+        "   as the server timed them (its /metrics, one API process; bucket bounds): "
+        + "; ".join(
+            f"{call} {q['n']:.0f}, p50 <= {q['p50'] * 1e3:g} ms, p99 <= {q['p99'] * 1e3:g} ms"
+            for call, q in served.items()
+        ),
+        flush=True,
+    )
+    results["retried_503"] = observed.retried
+    results["errors"] = observed.errors[:10]
+    if observed.errors:
+        print(f"errors ({len(observed.errors)}):", *observed.errors[:5], sep="\n  ")
 
 
 def parse_args() -> argparse.Namespace:
@@ -393,6 +486,9 @@ def parse_args() -> argparse.Namespace:
         "--claim-wait", type=float, default=WorkerOptions.wait_seconds, help="long poll"
     )
     parser.add_argument("--server-workers", type=int, default=1, help="API processes")
+    parser.add_argument(
+        "--load-processes", type=int, default=2, help="processes the workers are spread over"
+    )
     parser.add_argument("--pg", default=PG_ADMIN)
     parser.add_argument("--json", type=Path)
     return parser.parse_args()
@@ -400,6 +496,13 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    context = multiprocessing.get_context("spawn")
+    control = Control(
+        busy=context.Event(),
+        stop=context.Event(),
+        ready=context.Value("i", 0),
+        claimed=context.Value("i", 0),
+    )
     with (
         psycopg.connect(args.pg, autocommit=True) as admin,
         fresh_database(admin, args.pg) as (
@@ -410,12 +513,31 @@ def main() -> None:
         log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / f"many-workers-{os.getpid()}"
         server = ServerProcess(url, log_dir, args=["--workers", str(args.server_workers)])
         server.start()
+        out = context.Queue()
+        target = Target(server.url, server.worker_token, server.admin_token)
+        shares = [
+            len(range(i, args.workers, args.load_processes)) for i in range(args.load_processes)
+        ]
+        loads = [
+            context.Process(target=simulate, args=(target, args, share, control, out))
+            for share in shares
+        ]
         try:
+            for load in loads:
+                load.start()
             assert server.process is not None
-            meter = Meter(admin, name, server.process.pid)
-            results = asyncio.run(scenario(server, meter, args))
+            pids = [load.pid for load in loads if load.pid is not None]
+            meter = Meter(admin, name, server.process.pid, pids)
+            results = asyncio.run(scenario(server, meter, args, control))
+            seen = [out.get(timeout=args.claim_wait + 120) for _ in loads]
         finally:
+            control.stop.set()
+            for load in loads:
+                load.join(timeout=args.claim_wait + 60)
+                if load.is_alive():
+                    load.kill()
             server.stop()
+    summarize(results, seen, args)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
 
