@@ -147,13 +147,14 @@ class Load:
             self.observed.retried += 1
             await asyncio.sleep(float(response.headers.get("retry-after", 1)))
 
-    async def register(self) -> list[int]:
+    async def register(self, first: int) -> list[int]:
+        """Register this process's workers, named sim<first>, sim<first + 1>, ..."""
         gate = asyncio.Semaphore(50)
 
         async def one(i: int) -> int:
             async with gate:
-                response = await self.post("/workers", json={"name": f"sim{i}"})
-                return int(response.json()["id"])
+                response = await self.post("/workers", json={"name": f"sim{first + i}"})
+                return int(response.raise_for_status().json()["id"])
 
         return await asyncio.gather(*(one(i) for i in range(self.workers)))
 
@@ -314,17 +315,17 @@ def ms(q: dict[str, float]) -> str:
 
 
 def simulate(
-    target: Target, args: argparse.Namespace, workers: int, control: Control, out: Any
+    target: Target, args: argparse.Namespace, workers: range, control: Control, out: Any
 ) -> None:
-    """One load process: `workers` simulated workers until told to stop; what they saw goes
-    to `out`."""
+    """One load process: simulated workers (numbered `workers`) until told to stop; what they
+    saw goes to `out`."""
     out.put(asyncio.run(_simulate(target, args, workers, control)))
 
 
 async def _simulate(
-    target: Target, args: argparse.Namespace, workers: int, control: Control
+    target: Target, args: argparse.Namespace, workers: range, control: Control
 ) -> dict[str, Any]:
-    load = Load(target, args, workers)
+    load = Load(target, args, len(workers))
 
     def claimed() -> None:
         with control.claimed.get_lock():
@@ -332,7 +333,7 @@ async def _simulate(
 
     load.on_claim = claimed
     try:
-        worker_ids = await load.register()
+        worker_ids = await load.register(workers.start)
         tasks = [asyncio.create_task(load.worker(w)) for w in worker_ids]
         with control.ready.get_lock():
             control.ready.value += 1
@@ -353,7 +354,7 @@ async def _simulate(
 
 
 async def scenario(
-    server: ServerProcess, meter: Meter, args: argparse.Namespace, control: Control
+    server: ServerProcess, meter: Meter, loads: int, args: argparse.Namespace, control: Control
 ) -> dict[str, Any]:
     results: dict[str, Any] = {
         "workers": args.workers,
@@ -366,7 +367,7 @@ async def scenario(
         floor = await conductor.floor()
         results["healthz"] = quantiles(floor)
         print(f"baseline GET /healthz: {ms(results['healthz'])}", flush=True)
-        while control.ready.value < args.load_processes:  # every worker registered, polling
+        while control.ready.value < loads:  # every worker registered and polling
             await asyncio.sleep(0.1)
 
         # a. idle: let every claim reach its long poll, then measure.
@@ -515,9 +516,8 @@ def main() -> None:
         server.start()
         out = context.Queue()
         target = Target(server.url, server.worker_token, server.admin_token)
-        shares = [
-            len(range(i, args.workers, args.load_processes)) for i in range(args.load_processes)
-        ]
+        step = math.ceil(args.workers / args.load_processes)
+        shares = [range(i, min(i + step, args.workers)) for i in range(0, args.workers, step)]
         loads = [
             context.Process(target=simulate, args=(target, args, share, control, out))
             for share in shares
@@ -528,7 +528,7 @@ def main() -> None:
             assert server.process is not None
             pids = [load.pid for load in loads if load.pid is not None]
             meter = Meter(admin, name, server.process.pid, pids)
-            results = asyncio.run(scenario(server, meter, args, control))
+            results = asyncio.run(scenario(server, meter, len(loads), args, control))
             seen = [out.get(timeout=args.claim_wait + 120) for _ in loads]
         finally:
             control.stop.set()
