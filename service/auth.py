@@ -13,11 +13,13 @@ A project token asking about another project's experiment is told it does not ex
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import hashlib
 import secrets
 import threading
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -100,6 +102,25 @@ class KnownCallers:
         self.max_tokens = max_tokens
         self._known: dict[str, tuple[Caller, float]] = {}  # by token hash: when SQL said so
         self._lock = threading.Lock()
+        self._checking: dict[str, asyncio.Future[Caller]] = {}  # by token hash: under way
+
+    async def checked(
+        self, authorization: str | None, check: Callable[[], Awaitable[Caller]]
+    ) -> Caller:
+        """The caller, as `check` finds it in SQL; calls that miss the cache while a check of
+        the same token is under way share that check rather than start their own (a
+        thousand workers sharing a token would otherwise queue on its row together)."""
+        if self.ttl <= 0:
+            return await check()
+        try:
+            digest = _hash(_secret(authorization))
+        except Unauthorized:
+            return await check()
+        under_way = self._checking.get(digest)
+        if under_way is None:
+            under_way = self._checking[digest] = asyncio.ensure_future(check())
+            under_way.add_done_callback(lambda _: self._checking.pop(digest, None))
+        return await asyncio.shield(under_way)  # a caller that leaves ends no one else's check
 
     def get(self, authorization: str | None) -> Caller | None:
         """The caller, if its token was found valid within the last `ttl` seconds."""

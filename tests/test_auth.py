@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from sweep.service.api import ROUTERS
 from sweep.service.api import metrics as metrics_api
 from sweep.service.api.deps import Allow
 from sweep.service.app import create_app
-from sweep.service.auth import Role
+from sweep.service.auth import Caller, KnownCallers, Role
 from sweep.service.config import Settings
+from sweep.service.errors import Unauthorized
 from tests.helpers import authorize, budget, checksum, make_spec, wait_until
 
 API = "/api/v1"
@@ -351,3 +353,34 @@ def test_a_worker_id_serves_only_the_project_that_registered_it(
         f"{API}/experiments/{claimed['experiment_id']}", headers=tokens["admin"]
     ).json()
     assert experiment["project"] == "a" and claimed["experiment_id"] != scene.experiment["other"]
+
+
+def test_calls_that_miss_the_token_cache_together_share_one_check() -> None:
+    # A thousand workers share a token: when its cached check expires, their calls must not
+    # all read (and touch) its row at once.
+    known = KnownCallers(ttl=5)
+    header = "Bearer sweep_" + "x" * 40
+    caller = Caller(role=Role.WORKER, project=None, token_id=1)
+    checks = []
+
+    async def calls(outcome: Caller | Exception) -> list[Caller | BaseException]:
+        gate = asyncio.Event()
+
+        async def check() -> Caller:
+            checks.append(outcome)
+            await gate.wait()
+            if isinstance(outcome, Exception):
+                raise outcome
+            return outcome
+
+        waiting = [asyncio.ensure_future(known.checked(header, check)) for _ in range(20)]
+        await asyncio.sleep(0)  # every call reaches the cache before the check ends
+        waiting[0].cancel()  # a caller that leaves takes no one's answer with it
+        gate.set()
+        return await asyncio.gather(*waiting[1:], return_exceptions=True)
+
+    assert asyncio.run(calls(caller)) == [caller] * 19
+    assert len(checks) == 1
+    refused = Unauthorized("unknown or revoked token")
+    assert asyncio.run(calls(refused)) == [refused] * 19  # the next miss checks anew
+    assert len(checks) == 2

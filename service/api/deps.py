@@ -153,7 +153,9 @@ async def get_caller(
     header = f"Bearer {credentials.credentials}" if credentials else None
     caller = known.get(header)
     if caller is None:
-        caller = await run_in_threadpool(_identify, db, known, header)
+        caller = await known.checked(
+            header, lambda: run_in_threadpool(_identify, db, known, header)
+        )
     return caller
 
 
