@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -296,6 +297,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         if lost_a_race(exc):
             response.headers[RETRY_HEADER.decode()] = "1"
+        return response
+
+    @app.exception_handler(PoolTimeout)
+    async def pool_exhausted(_: Request, exc: PoolTimeout) -> JSONResponse:
+        # Every connection of this process's pool stayed busy for the pool's timeout: the
+        # process is overloaded, and the caller retries later, as for an unavailable database.
+        log.warning("no database connection free: %s", _first_line(exc))
+        response = _error(503, "unavailable", "the server is overloaded for now; retry")
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
         return response
 
     @app.exception_handler(Exception)
