@@ -40,6 +40,7 @@ from sweep.service.schemas import (
     TrialRead,
 )
 from sweep.service.search import Optimizer
+from sweep.service.search.pruners import cannot_prune_yet
 from sweep.service.states import ENDED_EXPERIMENT_STATES, ExperimentState, TrialState
 from sweep.service.store import Stored
 from sweep.service.tables import Artifact, Experiment, Trial, TrialMetric, Worker, utcnow
@@ -469,7 +470,9 @@ def report(
         return ReportOut(action="stop", reason=why)
     if (overdue := _timed_out(session, trial, experiment)) is not None:
         return ReportOut(action="stop", reason=overdue)
-    if objective is None:
+    if objective is None or cannot_prune_yet(
+        experiment.spec["pruner"], body.epoch, experiment.finish_seq
+    ):
         return ReportOut(action="continue")
     if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
         lifecycle.finish(session, trial, TrialState.PRUNED, value=objective)

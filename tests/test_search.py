@@ -216,6 +216,33 @@ def test_each_pruner_decides_as_optuna_does(client: TestClient, name: str) -> No
             )
 
 
+@pytest.mark.parametrize(
+    "pruner",
+    [
+        {"name": "median", "options": {"n_startup_trials": 2, "n_warmup_steps": 2}},
+        {"name": "percentile", "options": {"percentile": 25.0}},  # Optuna's defaults
+        {"name": "none", "options": {}},
+    ],
+)
+def test_reports_skip_the_study_only_where_the_pruner_cannot_prune(pruner: dict[str, Any]) -> None:
+    from sweep.service.search.pruners import cannot_prune_yet
+
+    for finished in range(4):
+        # `finished` completed trials that did well, then a trial doing badly at every epoch.
+        study = optuna.create_study(direction="maximize", pruner=optuna_pruner(pruner))
+        for _ in range(finished):
+            good = study.ask()
+            for epoch in range(1, 5):
+                good.report(0.9, epoch)
+            study.tell(good, 0.9)
+        bad = study.ask()
+        for epoch in range(1, 5):
+            bad.report(0.1, epoch)
+            skipped = cannot_prune_yet(pruner, epoch, finished)
+            assert skipped != bad.should_prune() or pruner["name"] == "none", (finished, epoch)
+            assert skipped or pruner["name"] != "none"
+
+
 @pytest.mark.parametrize("name", list(PRUNERS))
 def test_each_pruner_runs_a_real_sweep(client: TestClient, name: str) -> None:
     space = {

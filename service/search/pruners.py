@@ -103,3 +103,17 @@ def make_pruner(pruner: dict[str, Any]) -> optuna.pruners.BasePruner:
         wrapped = pruner.get("wrapped")
         return kind.build(make_pruner(wrapped) if wrapped else None, **options)
     return kind.build(**options)
+
+
+def cannot_prune_yet(pruner: dict[str, Any], epoch: int, finished: int) -> bool:
+    """Whether the spec's pruner certainly lets a trial that reported `epoch` go on while at
+    most `finished` trials of its experiment have finished: then the study need not be asked
+    (reports from many workers would otherwise queue for it). Exact, from the rules the
+    pruner itself applies first; False whenever asking could say otherwise."""
+    built = make_pruner(pruner)
+    if isinstance(built, optuna.pruners.NopPruner):
+        return True
+    if isinstance(built, optuna.pruners.PercentilePruner):  # the median pruner is one too
+        # It prunes against completed trials, of which there are at most `finished`.
+        return finished == 0 or finished < built._n_startup_trials or epoch < built._n_warmup_steps
+    return False
