@@ -12,6 +12,7 @@ import optuna
 import pytest
 from fastapi.testclient import TestClient
 
+from sweep.service import rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
 from sweep.service.search.optimizer import directions, reseed, suggest_all
@@ -224,3 +225,25 @@ def test_a_suggestion_asked_ahead_whose_number_another_process_took_is_not_hande
     # No trial carries params asked for another number: in TPE's random start-up, where a
     # suggestion depends on seed + number alone, those would repeat a neighbour's.
     assert len({t["params"]["lr"] for t in trials}) == 8
+
+
+def test_the_history_holds_running_trials_epochs_the_pruner_did_not_look_at(
+    settings: Settings,
+) -> None:
+    # The default pruner waits for 5 finished trials: these reports never reach the study.
+    with app_on(settings) as client:
+        worker = client.post(f"{API}/workers", json={"name": "w"}).json()["id"]
+        eid = client.post(f"{API}/experiments", json=SPEC | {"pruner": None}).json()["id"]
+        trial = remember(client.post(f"{API}/workers/{worker}/claim", json={}).json())
+        assert trial is not None
+        for epoch in (1, 2):
+            client.post(
+                f"{API}/trials/{trial['trial_id']}/reports",
+                headers=attempt_headers(trial["trial_id"]),
+                json={"epoch": epoch, "metrics": {"val_accuracy": 0.25 * epoch}},
+            )
+        app = client.app
+        with app.state.db.transaction() as session:  # type: ignore[attr-defined]
+            experiment = rows.experiment(session, eid)
+            [seen] = app.state.optimizer.history(session, experiment)  # type: ignore[attr-defined]
+    assert seen.intermediate_values == {1: 0.25, 2: 0.5}

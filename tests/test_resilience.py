@@ -73,7 +73,8 @@ def test_completing_at_an_epoch_never_reported_is_refused(client: TestClient) ->
 def test_another_process_rebuilds_its_study_when_a_trial_was_rewound(
     settings: Settings,
 ) -> None:
-    spec = make_spec(budget=budget(1, 1), pruner={"name": "median"})
+    # A pruner that reads the study at every report (and never prunes these curves).
+    spec = make_spec(budget=budget(1, 1), pruner={"name": "threshold", "options": {"lower": 0.0}})
     with TestClient(create_app(settings)) as a, TestClient(create_app(settings)) as b:
         authorize(a), authorize(b)
         experiment_id = a.post(f"{API}/experiments", json=spec).json()["id"]

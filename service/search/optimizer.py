@@ -440,8 +440,25 @@ class Optimizer:
         )
 
     def history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
-        """Every trial of the experiment as Optuna sees it."""
+        """Every trial of the experiment as Optuna sees it, running ones with every epoch
+        reported so far (reports the pruner could not act on leave the study alone)."""
+        try:
+            return self._history(session, experiment)
+        except _Stale:  # the study still holds an earlier attempt's later epochs
+            self.forget(experiment.id)
+            return self._history(session, experiment)
+
+    def _history(self, session: Session, experiment: Experiment) -> list[optuna.trial.FrozenTrial]:
         with self._study(session, experiment) as s:
+            running = session.execute(
+                select(Trial.id, Trial.number).where(
+                    Trial.experiment_id == experiment.id, Trial.state == TrialState.RUNNING
+                )
+            ).all()
+            curves = _curves(session, [trial_id for trial_id, _ in running])
+            for trial_id, number in running:
+                if number in s.trial_ids:  # not one created since the study caught up
+                    _set_curve(s, s.trial_ids[number], curves.get(trial_id, {}))
             return s.study.get_trials(deepcopy=True)
 
 
