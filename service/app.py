@@ -11,6 +11,7 @@ from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
+import anyio
 import httpx
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -40,6 +41,7 @@ from sweep.service.store import Store
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100
 RETRY_AFTER_SECONDS = 2  # what a 503 tells callers to wait
+ENDING_THREADS = 40  # at most this many requests' transactions end at once
 log = logging.getLogger("sweep.service")
 
 
@@ -54,6 +56,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = settings.open_store()
         await run_in_threadpool(legacy_blobs.into_store, db, store)
         app.state.db, app.state.store = db, store
+        # Threads that end requests' transactions (sweep.service.api.deps.get_session).
+        app.state.endings = anyio.CapacityLimiter(ENDING_THREADS)
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies,
             on_ask=metrics.ask_seconds.observe,

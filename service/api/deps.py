@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 
+import anyio
 from fastapi import Depends, Header, Path, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
@@ -88,10 +89,25 @@ WatcherDep = Annotated[ClaimWatcher, Depends(get_watcher)]
 StoreDep = Annotated[Store, Depends(get_store)]
 
 
-def get_session(request: Request, db: DatabaseDep) -> Iterator[Session]:
-    """The request's one transaction: read-only for GET, committed before the response."""
-    with db.transaction(write=request.method != "GET") as session:
+async def get_session(request: Request, db: DatabaseDep) -> AsyncIterator[Session]:
+    """The request's one transaction: read-only for GET, committed before the response.
+
+    It begins on the event loop (a session takes its connection at its first statement, in
+    the route's thread) and ends, committed or rolled back, in a thread of its own limiter:
+    had its end to wait for a thread of the routes' pool, routes waiting for a connection
+    could hold every thread while the connections they wait for wait to be given back.
+    """
+    transaction = db.transaction(write=request.method != "GET")
+    session = transaction.__enter__()
+    endings: anyio.CapacityLimiter = request.app.state.endings
+    try:
         yield session
+    except BaseException as exc:
+        await anyio.to_thread.run_sync(
+            transaction.__exit__, type(exc), exc, exc.__traceback__, limiter=endings
+        )
+        raise
+    await anyio.to_thread.run_sync(transaction.__exit__, None, None, None, limiter=endings)
 
 
 # scope="function": the transaction commits before the response is sent, so a client never
