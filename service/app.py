@@ -28,7 +28,14 @@ from sweep.service.api import metrics as metrics_api
 from sweep.service.auth import KnownCallers
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
-from sweep.service.db import Database, Listener, is_sqlite, lost_a_race, unavailable
+from sweep.service.db import (
+    REQUEST_TRANSACTIONS,
+    Database,
+    Listener,
+    is_sqlite,
+    lost_a_race,
+    unavailable,
+)
 from sweep.service.errors import SweepError
 from sweep.service.limits import BodyLimit, SubmissionRate
 from sweep.service.metrics import Metrics
@@ -41,7 +48,6 @@ from sweep.service.store import Store
 API_PREFIX = "/api/v1"
 EXPIRY_BATCH = 100
 RETRY_AFTER_SECONDS = 2  # what a 503 tells callers to wait
-ENDING_THREADS = 40  # at most this many requests' transactions end at once
 log = logging.getLogger("sweep.service")
 
 
@@ -56,8 +62,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         store = settings.open_store()
         await run_in_threadpool(legacy_blobs.into_store, db, store)
         app.state.db, app.state.store = db, store
-        # Threads that end requests' transactions (sweep.service.api.deps.get_session).
-        app.state.endings = anyio.CapacityLimiter(ENDING_THREADS)
+        # Requests' transactions open at once, and the threads that end them
+        # (sweep.service.api.deps.get_session).
+        app.state.transactions = anyio.CapacityLimiter(REQUEST_TRANSACTIONS)
+        app.state.endings = anyio.CapacityLimiter(REQUEST_TRANSACTIONS)
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies,
             on_ask=metrics.ask_seconds.observe,

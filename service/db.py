@@ -30,6 +30,13 @@ PG_MIGRATION_LOCK = 0x5_3E_E9  # advisory lock id: one process migrates at a tim
 log = logging.getLogger("sweep.service")
 
 
+# An API process's connections to PostgreSQL: this many kept, and up to POOL_OVERFLOW more.
+POOL_SIZE, POOL_OVERFLOW = 10, 20
+# Requests' transactions open at once (sweep.service.api.deps.get_session); the rest of the
+# pool serves claims, token checks and the background rounds, which take their own.
+REQUEST_TRANSACTIONS = POOL_SIZE + POOL_OVERFLOW - 10
+
+
 def is_sqlite(engine: Engine) -> bool:
     return engine.dialect.name == "sqlite"
 
@@ -40,7 +47,7 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True)
+    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
 
 
 def _configure_sqlite(engine: Engine) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
+from contextlib import AbstractContextManager
 from typing import Annotated
 
 import anyio
@@ -92,22 +93,45 @@ StoreDep = Annotated[Store, Depends(get_store)]
 async def get_session(request: Request, db: DatabaseDep) -> AsyncIterator[Session]:
     """The request's one transaction: read-only for GET, committed before the response.
 
-    It begins on the event loop (a session takes its connection at its first statement, in
-    the route's thread) and ends, committed or rolled back, in a thread of its own limiter:
-    had its end to wait for a thread of the routes' pool, routes waiting for a connection
-    could hold every thread while the connections they wait for wait to be given back.
+    At most REQUEST_TRANSACTIONS are open at once, fewer than the pool's connections, and
+    a request waits for its turn on the event loop, holding no thread. Otherwise routes
+    waiting for a connection could hold every thread of the pool that finished requests
+    need to answer and commit, while those requests hold the connections (1,000 workers
+    did that: every checkout timed out, in waves of 30 s). The transaction begins on the
+    event loop (its connection is taken at its first statement, in the route's thread) and
+    ends in a thread of its own limiter.
     """
-    transaction = db.transaction(write=request.method != "GET")
-    session = transaction.__enter__()
-    endings: anyio.CapacityLimiter = request.app.state.endings
+    turn = object()
+    state = request.app.state
+    await state.transactions.acquire_on_behalf_of(turn)
     try:
-        yield session
-    except BaseException as exc:
+        transaction = db.transaction(write=request.method != "GET")
+        session = transaction.__enter__()
+        try:
+            yield session
+        except BaseException as exc:
+            await _end(state.endings, transaction, exc)
+            raise
+        await _end(state.endings, transaction, None)
+    finally:
+        state.transactions.release_on_behalf_of(turn)
+
+
+async def _end(
+    endings: anyio.CapacityLimiter,
+    transaction: AbstractContextManager[Session],
+    exc: BaseException | None,
+) -> None:
+    """Commit (or, after `exc`, roll back) in a thread, even when the request is cancelled:
+    a transaction left open would keep its connection."""
+    with anyio.CancelScope(shield=True):
         await anyio.to_thread.run_sync(
-            transaction.__exit__, type(exc), exc, exc.__traceback__, limiter=endings
+            transaction.__exit__,
+            None if exc is None else type(exc),
+            exc,
+            None if exc is None else exc.__traceback__,
+            limiter=endings,
         )
-        raise
-    await anyio.to_thread.run_sync(transaction.__exit__, None, None, None, limiter=endings)
 
 
 # scope="function": the transaction commits before the response is sent, so a client never
