@@ -123,8 +123,13 @@ class Load:
     async def served(self) -> dict[str, dict[float, float]]:
         """The server's own request-duration histogram (sweep_http_request_duration_seconds)
         of POSTs, by route: cumulative counts by bucket bound, every status together. It
-        times a call from its arrival to its answer, without this process's own delays."""
-        text = (await self.admin.get(self.metrics_url)).text
+        times a call from its arrival to its answer, without this process's own delays.
+        Empty when the server does not answer within the client's timeout."""
+        try:
+            text = (await self.admin.get(self.metrics_url)).text
+        except httpx.TimeoutException:
+            print("   (the server's /metrics did not answer in time)", flush=True)
+            return {}
         found: dict[str, dict[float, float]] = {}
         for line in text.splitlines():
             if line.startswith("sweep_http_request_duration_seconds_bucket{"):
@@ -401,6 +406,11 @@ async def scenario(
         while control.claimed.value < args.workers and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         woken = control.claimed.value
+        print(
+            f"b. {woken} of {args.workers} claims started "
+            f"{time.monotonic() - submitted:.2f} s after the submission",
+            flush=True,
+        )
 
         # c. busy: every trial reports and heartbeats; time the calls for --busy seconds.
         before = meter.read()
