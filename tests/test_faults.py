@@ -270,10 +270,13 @@ def test_a_request_that_loses_a_deadlock_runs_again_and_succeeds(
             )
             completing.start()
             waiting = "SELECT count(*) FROM pg_locks WHERE NOT granted"  # a row lock's wait
+            # The completion looks for a deadlock once, 200 ms into its wait: this one must
+            # be waiting too by then, or it is the one aborted, 10 s later. Look often.
             wait_until(
                 lambda: watcher.execute(waiting).fetchone()[0],  # type: ignore[index]
                 30,
                 "the completion to wait for the experiment",
+                poll=0.01,
             )
             other.execute(
                 "SELECT id FROM sweep_trials WHERE id = %s FOR UPDATE", (trial["trial_id"],)
