@@ -77,6 +77,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.optimizer,
             lease_seconds=settings.lease_seconds,
             poll_seconds=settings.claim_poll_seconds,
+            check_seconds=settings.claim_check_seconds,
         )
         metrics.claims_waiting.set_function(app.state.watcher.waiting)
         listener = None if is_sqlite(db.engine) else Listener(db.engine, db.changes)

@@ -17,6 +17,14 @@ db.Listener), and every claim_poll_seconds in case a notification was missed. A 
 that finds no open experiment costs one query, whatever the number of claims waiting.
 Waiting workers are marked seen in one statement every TOUCH_SECONDS, so that idle
 workers stay live (sweep.service.workers.LIVE_WITHIN).
+
+A new claim joins the waiters unchecked, instead of trying on its own, while the last round
+found no open experiment and nothing changed since (`quiet`), or while other claims wait.
+A round checks all such claims together: its read already refuses an unknown worker or a
+cancelled experiment, and one more query finds which of them still hold a running trial (a
+claim whose answer was lost), which they are given back. So idle workers polling cost a
+round every claim_check_seconds however many of them arrive, and claims arriving while
+a submission wakes the waiting ones start in the same batches rather than one by one.
 """
 
 from __future__ import annotations
@@ -27,6 +35,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 
 from sqlalchemy import exists, func, select, update
 from sqlalchemy.exc import DBAPIError
@@ -43,6 +52,9 @@ from sweep.service.states import ExperimentState, TrialState
 from sweep.service.tables import Experiment, Trial, Worker, utcnow
 
 CLAIM_BATCH = 100  # workers whose trials start in one transaction
+# A claim joins unchecked only when it waits this many check_seconds or more: a shorter one
+# looks first, since its check could come too late.
+UNCHECKED_WAITS = 5
 TOUCH_SECONDS = 30.0  # how often a waiting worker's last_seen_at is written
 MAX_KNOWN_WORKERS = 10_000  # registrations kept in memory (they never change)
 log = logging.getLogger("sweep.service.claims")
@@ -57,6 +69,7 @@ class Waiter:
     project: str | None  # the caller's project; None: every project
     answer: asyncio.Future[Assignment | None] = field(repr=False)
     arrived: int = 0  # arrival order: the oldest claim is served first
+    checked: bool = True  # False: joined without a look; a round checks what it holds
 
 
 @dataclass
@@ -66,6 +79,7 @@ class _Plan:
 
     groups: list[tuple[int, list[Waiter]]]
     refused: list[tuple[Waiter, SweepError]]
+    holding: list[Waiter]  # unchecked claims of workers that hold a running trial
     nothing_open: bool
 
 
@@ -77,6 +91,7 @@ class ClaimWatcher:
         *,
         lease_seconds: float,
         poll_seconds: float,
+        check_seconds: float = 0.2,
         on_claims: Callable[[int], None] | None = None,
     ) -> None:
         self.db = db
@@ -89,6 +104,9 @@ class ClaimWatcher:
         self._touched: dict[int, float] = {}
         self._order = itertools.count()
         self._quiet_at: int | None = None  # the change generation a round found no work at
+        self.check_seconds = check_seconds
+        self._check_due = asyncio.Event()  # set check_seconds after an unchecked claim joins
+        self._check_timer: asyncio.TimerHandle | None = None
 
     def quiet(self, generation: int) -> bool:
         """Whether the last round found no open experiment and nothing changed since: a new
@@ -98,6 +116,12 @@ class ClaimWatcher:
     def waiting(self) -> int:
         return len(self._waiting)
 
+    def may_join_unchecked(self, wait: float, generation: int) -> bool:
+        """Whether a claim that waits `wait` seconds joins the waiting ones without looking
+        for work itself: the service is quiet, or others wait already."""
+        long_enough = wait >= UNCHECKED_WAITS * self.check_seconds
+        return long_enough and (self.quiet(generation) or bool(self._waiting))
+
     async def wait(
         self,
         worker_id: int,
@@ -106,16 +130,26 @@ class ClaimWatcher:
         project: str | None,
         timeout: float,
         gone: asyncio.Future[None],
+        checked: bool = True,
     ) -> Assignment | None:
         """The trial a round starts for this worker within `timeout`, else None; None too
         when `gone` (its connection closed) or a newer claim of the same worker arrives.
-        Raises what a claim would (NotFound, Conflict) when its experiment goes meanwhile."""
-        answer: asyncio.Future[Assignment | None] = asyncio.get_running_loop().create_future()
-        waiter = Waiter(worker_id, experiment_id, project, answer, next(self._order))
+        Raises what a claim would (NotFound, Conflict) when its experiment goes meanwhile.
+        A claim not `checked` (it did not look at the database first) is answered as a
+        claim would be by the next round, within check_seconds: refused, or given back the
+        trial its worker holds."""
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[Assignment | None] = loop.create_future()
+        waiter = Waiter(worker_id, experiment_id, project, answer, next(self._order), checked)
         replaced = self._waiting.pop(worker_id, None)
         if replaced is not None and not replaced.answer.done():
             replaced.answer.set_result(None)
         self._waiting[worker_id] = waiter
+        if not checked:
+            if not self.quiet(self.db.changes.generation):
+                self._check_due.set()  # there may be work for it: a round now
+            elif self._check_timer is None:
+                self._check_timer = loop.call_later(self.check_seconds, self._check_due.set)
         try:
             either: set[asyncio.Future[Assignment | None] | asyncio.Future[None]] = {answer, gone}
             await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
@@ -131,21 +165,41 @@ class ClaimWatcher:
         changes = self.db.changes
         while not stopping.is_set():
             generation = changes.generation
+            # Claims that join from here on wait for the next round's check (and a check
+            # that fell due after its claims left has nothing to do).
+            self._check_due.clear()
+            if self._check_timer is not None:
+                self._check_timer.cancel()
+                self._check_timer = None
             if self._waiting:
                 try:
                     await self._round(generation)
                 except Exception as exc:  # a busy or unreachable database: next round
                     if not (isinstance(exc, DBAPIError) and unavailable(exc)):
                         log.exception("answering waiting claims failed")
-            await changes.wait(generation, self.poll_seconds)
+            await self._pause(generation)
+
+    async def _pause(self, generation: int) -> None:
+        """Until a change after `generation`, a check falls due, or claim_poll_seconds."""
+        changed = asyncio.ensure_future(self.db.changes.wait(generation, self.poll_seconds))
+        due = asyncio.ensure_future(self._check_due.wait())
+        try:
+            await asyncio.wait({changed, due}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            changed.cancel()
+            due.cancel()
 
     async def _round(self, generation: int) -> None:
         waiters = sorted(self._waiting.values(), key=lambda w: w.arrived)
         plan = await run_in_threadpool(self._plan, waiters)
         self._quiet_at = generation if plan.nothing_open else None
+        for waiter in waiters:
+            waiter.checked = True
         for waiter, error in plan.refused:
             if not waiter.answer.done():
                 waiter.answer.set_exception(error)
+        for waiter in plan.holding:
+            await self._give_back(waiter)
         for experiment_id, group in plan.groups:
             for start in range(0, len(group), CLAIM_BATCH):
                 batch = [w for w in group[start : start + CLAIM_BATCH] if not w.answer.done()]
@@ -163,16 +217,21 @@ class ClaimWatcher:
         await run_in_threadpool(self._touch, [w.worker_id for w in waiters])
 
     def _plan(self, waiters: Sequence[Waiter]) -> _Plan:
+        unchecked = {w.worker_id for w in waiters if not w.checked}
         with self.db.transaction(write=False) as session:
             self._learn(session, {w.worker_id for w in waiters})
             targets = _targets(session, {w.experiment_id for w in waiters} - {None})
             open_experiments = _open(session)
+            holders = _holding(session, unchecked)
         refused: list[tuple[Waiter, SweepError]] = []
+        holding: list[Waiter] = []
         candidates: list[Waiter] = []
         for waiter in waiters:
             error = self._refusal(waiter, targets)
             if error is not None:
                 refused.append((waiter, error))
+            elif waiter.worker_id in holders:
+                holding.append(waiter)
             else:
                 candidates.append(waiter)
         groups: list[tuple[int, list[Waiter]]] = []
@@ -182,7 +241,29 @@ class ClaimWatcher:
                 groups.append((experiment.id, group))
                 matched = set(map(id, group))
                 candidates = [w for w in candidates if id(w) not in matched]
-        return _Plan(groups, refused, nothing_open=not open_experiments)
+        return _Plan(groups, refused, holding, nothing_open=not open_experiments)
+
+    async def _give_back(self, waiter: Waiter) -> None:
+        """Answer an unchecked claim whose worker holds a running trial as a claim does:
+        with that attempt, its lease renewed."""
+        claim = partial(
+            attempts.try_claim,
+            self.db,
+            self.optimizer,
+            worker_id=waiter.worker_id,
+            experiment_id=waiter.experiment_id,
+            project=waiter.project,
+            lease_seconds=self.lease_seconds,
+            look_first=False,
+        )
+        try:
+            assignment = await run_in_threadpool(claim)
+        except SweepError as error:
+            if not waiter.answer.done():
+                waiter.answer.set_exception(error)
+            return
+        if assignment is not None and not waiter.answer.done():
+            waiter.answer.set_result(assignment)
 
     def _learn(self, session: Session, worker_ids: set[int]) -> None:
         """Load the registrations of workers not seen yet (a registration never changes)."""
@@ -245,6 +326,16 @@ def _targets(session: Session, experiment_ids: set[int | None]) -> dict[int, Exp
         return {}
     found = session.scalars(select(Experiment).where(Experiment.id.in_(experiment_ids)))
     return {e.id: e for e in found}
+
+
+def _holding(session: Session, worker_ids: set[int]) -> set[int]:
+    """Those of these workers that hold a running trial."""
+    if not worker_ids:
+        return set()
+    held = select(Trial.worker_id).where(
+        Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING
+    )
+    return {w for w in session.scalars(held) if w is not None}
 
 
 def _open(session: Session) -> list[tuple[Experiment, int]]:

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     max_claim_wait_seconds: float = 30.0
     # How often a waiting claim looks at the database again when nothing woke it.
     claim_poll_seconds: float = 0.5
+    # At most this long before a claim that joined the waiting ones without looking for work
+    # itself (the service was quiet) is checked: refused, or given back its worker's trial.
+    claim_check_seconds: float = 0.2
     # A running experiment's plots are drawn again at most this often (an ended one's once).
     plot_refresh_seconds: float = 5.0
     # A claimed trial whose worker sends nothing (heartbeat or report) for this long is

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,9 @@ pytestmark = pytest.mark.processes  # real API processes
 
 # Longer than any claim below waits: only a wake-up, never the periodic look, answers them.
 NO_POLL = {"SWEEP_CLAIM_POLL_SECONDS": "120"}
+EVERY_SECOND = {"SWEEP_CLAIM_POLL_SECONDS": "1"}
+CHECK_SECONDS = 0.5
+SLOW_CHECKS = EVERY_SECOND | {"SWEEP_CLAIM_CHECK_SECONDS": str(CHECK_SECONDS)}
 
 
 def waiting(server: ServerProcess) -> float:
@@ -152,3 +156,97 @@ def test_a_worker_that_hangs_up_stops_waiting(
         connection.sendall(head.encode() + body)
         wait_until(lambda: waiting(server) == 1, 30, "the claim waiting")
     wait_until(lambda: waiting(server) == 0, 20, "the claim let go once its worker hung up")
+
+
+@pytest.mark.timeout(120)
+def test_claims_that_join_a_quiet_watcher_unchecked_are_checked_by_its_next_round(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, sqlite_url, tmp_path / "logs", env=EVERY_SECOND)
+    client.submit(make_spec(budget=budget(1, max_concurrent=1)))
+    holder = Claims(server, 1, wait_seconds=5)
+    holder.send(holder.workers[0])
+    holder.join()
+    (held,) = holder.trials().values()
+    # Another worker waits. The watcher's next round finds no open experiment: it is quiet
+    # from then on.
+    idle = Claims(server, 1, wait_seconds=60)
+    idle.send(idle.workers[0])
+    wait_until(lambda: waiting(server) == 1, 30, "a claim waiting")
+    http = httpx.Client(
+        base_url=f"{server.url}/api/v1",
+        headers={"Authorization": f"Bearer {server.worker_token}"},
+        timeout=60,
+    )
+    request.addfinalizer(http.close)
+
+    def looks() -> float:
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+        return value(scrape(text), "sweep_claim_seconds_count")
+
+    def claim_again() -> bool:
+        """The holder's answer was lost, so it claims again: it gets its attempt back
+        rather than waiting for nothing. True when the claim did not look at the database
+        on its own."""
+        looked = looks()
+        again = http.post(f"/workers/{holder.workers[0]}/claim", json={"wait_seconds": 50})
+        assert again.status_code == 200
+        assert (again.json()["trial_id"], again.json()["token"]) == (
+            held["trial_id"],
+            held["token"],
+        )
+        assert again.elapsed.total_seconds() < 25
+        return looks() == looked
+
+    wait_until(claim_again, 30, "a claim answered by the watcher's check")
+    looked = looks()
+    unknown = http.post("/workers/999999/claim", json={"wait_seconds": 50})
+    assert unknown.status_code == 404
+    assert unknown.elapsed.total_seconds() < 25
+    assert looks() == looked
+    assert waiting(server) == 1  # the idle worker waits on, unanswered
+
+
+@pytest.mark.timeout(120)
+def test_a_check_that_falls_due_after_its_claim_left_changes_nothing(
+    sqlite_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, _ = serve(request, sqlite_url, tmp_path / "logs", env=SLOW_CHECKS)
+    registered = Claims(server, 1, wait_seconds=1)
+    registered.join()
+    (worker_id,) = registered.workers
+    http = httpx.Client(
+        base_url=f"{server.url}/api/v1",
+        headers={"Authorization": f"Bearer {server.worker_token}"},
+        timeout=30,
+    )
+    request.addfinalizer(http.close)
+
+    def looks() -> float:
+        headers = {"Authorization": f"Bearer {server.admin_token}"}
+        text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
+        return value(scrape(text), "sweep_claim_seconds_count")
+
+    def unchecked() -> bool:
+        """A claim that found the watcher quiet: it did not look on its own."""
+        looked = looks()
+        long_enough = {"wait_seconds": 5 * CHECK_SECONDS}  # claims.UNCHECKED_WAITS checks
+        assert http.post(f"/workers/{worker_id}/claim", json=long_enough).status_code == 204
+        return looks() == looked
+
+    wait_until(unchecked, 30, "the watcher quiet")
+    # A claim joins unchecked; a newer, short claim of the same worker replaces it and is
+    # over before the first one's check falls due, CHECK_SECONDS after it joined.
+    first = Claims(server, 0, wait_seconds=30)
+    first.send(worker_id)
+    wait_until(lambda: waiting(server) == 1, 20, "the first claim waiting")
+    replaced = http.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 0.05})
+    assert replaced.status_code == 204
+    first.join()
+    assert first.answers[worker_id].status_code == 204  # answered by the newer claim
+    # The check falls due with no claim left to check: the server answers on through it.
+    until = time.monotonic() + 5 * CHECK_SECONDS
+    while time.monotonic() < until:
+        assert http.get("/healthz", timeout=10).status_code == 200
+        assert http.post(f"/workers/{worker_id}/claim", json={"wait_seconds": 0}).status_code == 204

@@ -55,19 +55,25 @@ async def claim_trial(
     """Start the next trial, waiting up to wait_seconds for one to become available."""
     wait = min(body.wait_seconds, settings.max_claim_wait_seconds)
     generation = db.changes.generation
-    attempt = partial(
-        attempts.try_claim,
-        db,
-        optimizer,
-        worker_id=worker_id,
-        experiment_id=body.experiment_id,
-        project=caller.project,
-        lease_seconds=settings.lease_seconds,
-        # Straight for the lock unless the watcher's last look found no work anywhere.
-        look_first=watcher.quiet(generation),
-    )
-    with metrics.claim_seconds.time():
-        assignment = await run_in_threadpool(attempt)
+    assignment = None
+    # A long wait goes straight to the watcher, which checks it, when the service is quiet
+    # or others wait already; else the claim tries on its own first.
+    checked = not watcher.may_join_unchecked(wait, generation)
+    if checked:
+        attempt = partial(
+            attempts.try_claim,
+            db,
+            optimizer,
+            worker_id=worker_id,
+            experiment_id=body.experiment_id,
+            project=caller.project,
+            lease_seconds=settings.lease_seconds,
+            # Look first where the watcher's last round found no work anywhere, else
+            # straight for the lock.
+            look_first=watcher.quiet(generation),
+        )
+        with metrics.claim_seconds.time():
+            assignment = await run_in_threadpool(attempt)
     if assignment is None and wait > 0:
         if db.changes.generation != generation:  # work may have come meanwhile: look again
             db.changes.notify()
@@ -79,6 +85,7 @@ async def claim_trial(
                 project=caller.project,
                 timeout=wait,
                 gone=gone,
+                checked=checked,
             )
         finally:
             gone.cancel()
