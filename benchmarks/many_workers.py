@@ -13,7 +13,9 @@ a. idle: every worker long-polls its claim (--claim-wait seconds, `sweep worker`
    unless given) with no experiment, for --idle seconds. Printed: the server's CPU as a share
    of one core (target < 10%), PostgreSQL's, and the database's transactions per second.
 b. wake: an experiment with a slot for every worker is submitted. Printed: the time from the
-   submission to each worker's claim answered with a trial, p50 / p99 / last (target p99 < 2 s).
+   submission to each worker's claim answered with a trial, p50 / p99 / last (target p99 < 2 s),
+   as the workers saw it and, from the trials' rows, as the server started them (the first
+   leaves out none of the load processes' own delays when they are short of CPU).
 c. busy: every worker reports an epoch every --report-every seconds and heartbeats as its
    assignment says, for --busy seconds. Printed: report and heartbeat latency p50 / p99 / max
    (target: report p99 < 250 ms), the server's CPU, and leases lost (a 409, or a stop);
@@ -313,10 +315,29 @@ def quantiles(values: list[float]) -> dict[str, float]:
     }
 
 
+def seconds(q: dict[str, float]) -> str:
+    if not q.get("n"):
+        return "none"
+    return f"p50 {q['p50']:.2f} s, p99 {q['p99']:.2f} s, last {q['max']:.2f} s"
+
+
 def ms(q: dict[str, float]) -> str:
     if not q.get("n"):
         return "none"
     return f"p50 {q['p50'] * 1e3:.1f} ms, p99 {q['p99'] * 1e3:.1f} ms, max {q['max'] * 1e3:.1f} ms"
+
+
+def started_after_submission(database_url: str, experiment_id: int) -> list[float]:
+    """Seconds from the experiment's submission to each of its trials' start, by the server's
+    own clock (the rows it wrote): the wake without the load processes' delays."""
+    with psycopg.connect(database_url.replace("+psycopg", "")) as db:
+        rows = db.execute(
+            "SELECT EXTRACT(EPOCH FROM t.started_at - e.created_at) FROM sweep_trials t"
+            " JOIN sweep_experiments e ON e.id = t.experiment_id"
+            " WHERE e.id = %s AND t.started_at IS NOT NULL",
+            (experiment_id,),
+        ).fetchall()
+    return [float(seconds) for (seconds,) in rows]
 
 
 def simulate(
@@ -411,6 +432,9 @@ async def scenario(
             f"{time.monotonic() - submitted:.2f} s after the submission",
             flush=True,
         )
+        results["wake_server"] = quantiles(
+            started_after_submission(server.database_url, experiment_id)
+        )
 
         # c. busy: every trial reports and heartbeats; time the calls for --busy seconds.
         before = meter.read()
@@ -453,9 +477,13 @@ def summarize(
     waits = [t - submitted for t in observed.claimed_at]
     results["wake"] = wake = quantiles(waits)
     print(
-        f"b. submit -> claims started: {results.pop('woken')} of {args.workers}, "
-        f"p50 {wake.get('p50', 0):.2f} s, p99 {wake.get('p99', 0):.2f} s, "
-        f"last {wake.get('max', 0):.2f} s",
+        f"b. submit -> claims answered, as the workers saw it: {results.pop('woken')} of "
+        f"{args.workers}, {seconds(wake)}",
+        flush=True,
+    )
+    print(
+        f"   submit -> trials started, by the server's rows: {results['wake_server']['n']} "
+        f"trials, {seconds(results['wake_server'])}",
         flush=True,
     )
     busy, served = results["busy"], results.pop("served")
