@@ -20,7 +20,18 @@ import secrets
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import ColumnElement, Select, and_, delete, exists, func, select, update
+from sqlalchemy import (
+    ColumnElement,
+    Select,
+    and_,
+    case,
+    delete,
+    exists,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
@@ -436,18 +447,29 @@ def report(
     A repeated report of an epoch already recorded changes nothing and gets the same answer,
     even when that answer ended the trial. The trial stops when the pruner says so or when
     its experiment has ended.
+
+    The usual report (the running attempt's next epoch) is recorded by one UPDATE that also
+    checks the attempt and takes the trial's row lock, and one INSERT; the trial is loaded
+    whole only when it ends here.
     """
-    trial = attempt(session, trial_id, token)
-    again = _answer_again(trial, body.epoch)
-    if again is not None:
-        return again
-    if trial.state != TrialState.RUNNING:
-        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
-    # Read before the trial changes, so that its changes are written in one statement.
-    experiment = rows.experiment(session, trial.experiment_id)
-    extend_lease(trial, lease_seconds)
-    if body.epoch != trial.last_epoch + 1:
-        raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {body.epoch}")
+    recorded = session.execute(
+        update(Trial)
+        .where(
+            Trial.id == trial_id,
+            Trial.token == token,
+            Trial.state == TrialState.RUNNING,
+            Trial.last_epoch == body.epoch - 1,
+        )
+        .values(
+            last_epoch=body.epoch,
+            last_objective=_objective_of(body.metrics),
+            lease_expires_at=lease_until(lease_seconds),
+        )
+        .returning(Trial.experiment_id, Trial.number, Trial.system_attrs, Trial.started_at)
+    ).one_or_none()
+    if recorded is None:
+        return _not_recorded(session, trial_id, token, body.epoch)
+    experiment = rows.experiment(session, recorded.experiment_id)
     program = experiment.needs_program is not None
     for wanted in specs.objectives(experiment.spec):
         # The built-in trainer reports every metric each epoch; a program reports what it has.
@@ -457,27 +479,54 @@ def report(
                 field=f"metrics.{wanted['metric']}",
             )
     objective = body.metrics.get(experiment.metric)
-    session.add(
-        TrialMetric(trial_id=trial.id, epoch=body.epoch, objective=objective, values=body.metrics)
+    session.execute(
+        insert(TrialMetric).values(
+            trial_id=trial_id, epoch=body.epoch, objective=objective, values=body.metrics
+        )
     )
-    trial.last_epoch = body.epoch
-    if objective is not None:
-        trial.last_objective = objective
-    session.flush()
     if experiment.state in ENDED_EXPERIMENT_STATES:
         why = f"experiment {experiment.state}"
+        trial = rows.trial(session, trial_id)
         lifecycle.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
         return ReportOut(action="stop", reason=why)
-    if (overdue := _timed_out(session, trial, experiment)) is not None:
+    if _overdue(experiment, recorded.started_at) is not None:
+        overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return ReportOut(action="stop", reason=overdue)
     if objective is None or cannot_prune_yet(
         experiment.spec["pruner"], body.epoch, experiment.finish_seq
     ):
         return ReportOut(action="continue")
-    if optimizer.should_prune(session, experiment, trial, _curve(session, trial.id)):
+    prune, attrs = optimizer.should_prune(
+        session, experiment, recorded.number, recorded.system_attrs, _curve(session, trial_id)
+    )
+    if attrs is not None:
+        session.execute(update(Trial).where(Trial.id == trial_id).values(system_attrs=attrs))
+    if prune:
+        trial = rows.trial(session, trial_id)
         lifecycle.finish(session, trial, TrialState.PRUNED, value=objective)
         return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
     return ReportOut(action="continue")
+
+
+def _objective_of(metrics: dict[str, float]) -> ColumnElement[Any]:
+    """The trial's last objective after a report of `metrics`: the value of its
+    experiment's objective metric among them, else the one it had."""
+    if not metrics:
+        return Trial.last_objective.expression
+    metric = select(Experiment.metric).where(Experiment.id == Trial.experiment_id)
+    return case(metrics, value=metric.scalar_subquery(), else_=Trial.last_objective)
+
+
+def _not_recorded(session: Session, trial_id: int, token: str, epoch: int) -> ReportOut:
+    """The answer to a report that is not the running attempt's next epoch: the answer it
+    got the first time when it repeats one, else NotFound or Conflict saying why."""
+    trial = attempt(session, trial_id, token)
+    again = _answer_again(trial, epoch)
+    if again is not None:
+        return again
+    if trial.state != TrialState.RUNNING:
+        raise Conflict(f"trial {trial_id} is {trial.state}, not running")
+    raise Conflict(f"trial {trial_id} expects epoch {trial.last_epoch + 1}, got {epoch}")
 
 
 def _answer_again(trial: Trial, epoch: int) -> ReportOut | None:
@@ -605,14 +654,22 @@ def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: flo
 def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:
     """Fail an attempt that ran past the budget's trial_timeout_s; the answer to its worker
     says why, and the worker kills what it runs."""
-    limit = experiment.spec["budget"].get("trial_timeout_s")
-    if limit is None or trial.started_at is None:
-        return None
-    if utcnow() - trial.started_at < timedelta(seconds=limit):
+    limit = _overdue(experiment, trial.started_at)
+    if limit is None:
         return None
     message = f"timed out: attempt {trial.attempt} ran past budget.trial_timeout_s ({limit:g} s)"
     lifecycle.finish(session, trial, TrialState.FAILED, reason="error", message=message)
     return message
+
+
+def _overdue(experiment: Experiment, started_at: datetime | None) -> float | None:
+    """The budget's trial_timeout_s when an attempt started then has run past it."""
+    limit = experiment.spec["budget"].get("trial_timeout_s")
+    if limit is None or started_at is None:
+        return None
+    if utcnow() - started_at < timedelta(seconds=limit):
+        return None
+    return float(limit)
 
 
 def load_checkpoint(session: Session, *, trial_id: int, token: str) -> Artifact:

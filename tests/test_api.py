@@ -8,6 +8,7 @@ from typing import Any
 
 from fastapi.testclient import TestClient
 
+from sweep.service.tables import Trial
 from tests.helpers import attempt_headers, budget, claim, claim_trial, make_spec, register
 
 API = "/api/v1"
@@ -226,6 +227,40 @@ def test_reports_to_finished_trials_conflict_and_repeats_are_harmless(client: Te
     )
     assert gap.status_code == 409
     assert len(client.get(f"{API}/trials/{second['trial_id']}").json()["metrics"]) == 1
+
+
+def test_a_report_keeps_the_objective_it_carries_as_the_trials_last(
+    client: TestClient,
+) -> None:
+    """What a pruned or out-of-memory trial is scored by: the last objective reported, kept
+    when a program's report carries other metrics only."""
+    program = make_spec(program="train_cnn", budget=budget(1))
+    for key in ("model", "dataset"):
+        program.pop(key, None)
+    created = client.post(f"{API}/experiments", json=program)
+    assert created.status_code == 201, created.text
+    trial_id = claim_trial(client, register(client, "w", programs=["train_cnn"]))["trial_id"]
+
+    def last_objective() -> float | None:
+        with client.app.state.db.transaction() as session:  # type: ignore[attr-defined]
+            return session.get(Trial, trial_id).last_objective
+
+    def send(epoch: int, metrics: dict[str, float]) -> None:
+        response = client.post(
+            f"{API}/trials/{trial_id}/reports",
+            headers=attempt_headers(trial_id),
+            json={"epoch": epoch, "metrics": metrics},
+        )
+        assert response.status_code == 200, response.text
+
+    send(1, {"train_loss": 0.9})
+    assert last_objective() is None
+    send(2, {"train_loss": 0.7, "val_accuracy": 0.41, "val_loss": 0.6})
+    assert last_objective() == 0.41
+    send(3, {"train_loss": 0.5})
+    assert last_objective() == 0.41
+    send(4, {"val_accuracy": 0.62})
+    assert last_objective() == 0.62
 
 
 def test_median_pruner_stops_a_bad_trial(client: TestClient) -> None:

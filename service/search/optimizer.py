@@ -392,28 +392,38 @@ class Optimizer:
         return True
 
     def should_prune(
-        self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
-    ) -> bool:
-        """Whether the pruner stops `trial`, given its objective per epoch so far. What the
-        pruner notes on the trial (such as the rungs it passed) goes into its system_attrs."""
+        self,
+        session: Session,
+        experiment: Experiment,
+        number: int | None,
+        system_attrs: dict[str, Any],
+        curve: dict[int, float],
+    ) -> tuple[bool, dict[str, Any] | None]:
+        """Whether the pruner stops trial `number`, given its objective per epoch so far and
+        its system_attrs; and its new system_attrs when the pruner noted something on it (such
+        as the rungs it passed), else None."""
+        assert number is not None  # only trials that started are in a study
         try:
-            return self._prune(session, experiment, trial, curve)
+            return self._prune(session, experiment, number, system_attrs, curve)
         except _Stale:  # the study still holds an earlier attempt's later epochs
             self.forget(experiment.id)
-            return self._prune(session, experiment, trial, curve)
+            return self._prune(session, experiment, number, system_attrs, curve)
 
     def _prune(
-        self, session: Session, experiment: Experiment, trial: Trial, curve: dict[int, float]
-    ) -> bool:
+        self,
+        session: Session,
+        experiment: Experiment,
+        number: int,
+        system_attrs: dict[str, Any],
+        curve: dict[int, float],
+    ) -> tuple[bool, dict[str, Any] | None]:
         with self._study(session, experiment) as s:
-            trial_id = s.trial_ids[_number(trial)]
+            trial_id = s.trial_ids[number]
             _set_curve(s, trial_id, curve)
-            _set_system_attrs(s, trial_id, trial.system_attrs)
+            _set_system_attrs(s, trial_id, system_attrs)
             prune = s.study.pruner.prune(s.study, s.storage.get_trial(trial_id))
             attrs = s.storage.get_trial_system_attrs(trial_id)
-            if attrs != trial.system_attrs:
-                trial.system_attrs = copy.deepcopy(attrs)
-            return prune
+            return prune, copy.deepcopy(attrs) if attrs != system_attrs else None
 
     def importance(self, session: Session, experiment: Experiment, evaluator: str) -> Importance:
         """Each parameter's share of the objective's variance over the completed trials."""
