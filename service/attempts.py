@@ -640,13 +640,23 @@ def fail(session: Session, *, trial_id: int, token: str, body: FailIn) -> TrialR
 
 
 def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: float) -> HeartbeatOut:
-    """Keep an attempt's lease alive; the answer says whether the trial should go on."""
-    trial = running_attempt(session, trial_id, token)
-    extend_lease(trial, lease_seconds)
-    experiment = rows.experiment(session, trial.experiment_id)
+    """Keep an attempt's lease alive; the answer says whether the trial should go on. One
+    UPDATE checks the attempt and renews its lease; the trial is loaded whole only when it
+    ends here."""
+    renewed = session.execute(
+        update(Trial)
+        .where(Trial.id == trial_id, Trial.token == token, Trial.state == TrialState.RUNNING)
+        .values(lease_expires_at=lease_until(lease_seconds))
+        .returning(Trial.experiment_id, Trial.started_at)
+    ).one_or_none()
+    if renewed is None:
+        running_attempt(session, trial_id, token)  # raises NotFound or Conflict, saying why
+        raise Conflict(f"trial {trial_id}: this attempt is not running")
+    experiment = rows.experiment(session, renewed.experiment_id)
     if experiment.state in ENDED_EXPERIMENT_STATES:
         return HeartbeatOut(action="stop", reason=f"experiment {experiment.state}")
-    if (overdue := _timed_out(session, trial, experiment)) is not None:
+    if _overdue(experiment, renewed.started_at) is not None:
+        overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return HeartbeatOut(action="stop", reason=overdue)
     return HeartbeatOut(action="continue")
 
