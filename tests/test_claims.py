@@ -26,10 +26,30 @@ CHECK_SECONDS = 0.5
 SLOW_CHECKS = EVERY_SECOND | {"SWEEP_CLAIM_CHECK_SECONDS": str(CHECK_SECONDS)}
 
 
-def waiting(server: ServerProcess) -> float:
+def metric(server: ServerProcess, name: str) -> float:
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
-    return value(scrape(text), "sweep_claims_waiting")
+    return value(scrape(text), name)
+
+
+def waiting(server: ServerProcess) -> float:
+    return metric(server, "sweep_claims_waiting")
+
+
+def looks(server: ServerProcess) -> float:
+    """Claims that looked at the database on their own (the others joined the watcher)."""
+    return metric(server, "sweep_claim_seconds_count")
+
+
+def worker_http(server: ServerProcess, request: pytest.FixtureRequest) -> httpx.Client:
+    """A client speaking as a worker, closed when the test ends."""
+    http = httpx.Client(
+        base_url=f"{server.url}/api/v1",
+        headers={"Authorization": f"Bearer {server.worker_token}"},
+        timeout=60,
+    )
+    request.addfinalizer(http.close)
+    return http
 
 
 class Claims:
@@ -173,23 +193,13 @@ def test_claims_that_join_a_quiet_watcher_unchecked_are_checked_by_its_next_roun
     idle = Claims(server, 1, wait_seconds=60)
     idle.send(idle.workers[0])
     wait_until(lambda: waiting(server) == 1, 30, "a claim waiting")
-    http = httpx.Client(
-        base_url=f"{server.url}/api/v1",
-        headers={"Authorization": f"Bearer {server.worker_token}"},
-        timeout=60,
-    )
-    request.addfinalizer(http.close)
-
-    def looks() -> float:
-        headers = {"Authorization": f"Bearer {server.admin_token}"}
-        text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
-        return value(scrape(text), "sweep_claim_seconds_count")
+    http = worker_http(server, request)
 
     def claim_again() -> bool:
         """The holder's answer was lost, so it claims again: it gets its attempt back
         rather than waiting for nothing. True when the claim did not look at the database
         on its own."""
-        looked = looks()
+        looked = looks(server)
         again = http.post(f"/workers/{holder.workers[0]}/claim", json={"wait_seconds": 50})
         assert again.status_code == 200
         assert (again.json()["trial_id"], again.json()["token"]) == (
@@ -197,14 +207,14 @@ def test_claims_that_join_a_quiet_watcher_unchecked_are_checked_by_its_next_roun
             held["token"],
         )
         assert again.elapsed.total_seconds() < 25
-        return looks() == looked
+        return looks(server) == looked
 
     wait_until(claim_again, 30, "a claim answered by the watcher's check")
-    looked = looks()
+    looked = looks(server)
     unknown = http.post("/workers/999999/claim", json={"wait_seconds": 50})
     assert unknown.status_code == 404
     assert unknown.elapsed.total_seconds() < 25
-    assert looks() == looked
+    assert looks(server) == looked
     assert waiting(server) == 1  # the idle worker waits on, unanswered
 
 
@@ -216,24 +226,14 @@ def test_a_check_that_falls_due_after_its_claim_left_changes_nothing(
     registered = Claims(server, 1, wait_seconds=1)
     registered.join()
     (worker_id,) = registered.workers
-    http = httpx.Client(
-        base_url=f"{server.url}/api/v1",
-        headers={"Authorization": f"Bearer {server.worker_token}"},
-        timeout=30,
-    )
-    request.addfinalizer(http.close)
-
-    def looks() -> float:
-        headers = {"Authorization": f"Bearer {server.admin_token}"}
-        text = httpx.get(f"{server.url}/metrics", headers=headers, timeout=10).text
-        return value(scrape(text), "sweep_claim_seconds_count")
+    http = worker_http(server, request)
 
     def unchecked() -> bool:
         """A claim that found the watcher quiet: it did not look on its own."""
-        looked = looks()
+        looked = looks(server)
         long_enough = {"wait_seconds": 5 * CHECK_SECONDS}  # claims.UNCHECKED_WAITS checks
         assert http.post(f"/workers/{worker_id}/claim", json=long_enough).status_code == 204
-        return looks() == looked
+        return looks(server) == looked
 
     wait_until(unchecked, 30, "the watcher quiet")
     # A claim joins unchecked; a newer, short claim of the same worker replaces it and is
