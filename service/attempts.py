@@ -4,7 +4,7 @@ expired when its worker went silent.
 
 A claimed trial runs as an attempt with a random token and a lease. Every call about the
 trial carries the token; a newer attempt makes older tokens stale (fencing): they get 409 and
-change nothing. Heartbeats and reports extend the lease (`extend_lease`). A lease that runs
+change nothing. Heartbeats and reports renew the lease (`lease_until`). A lease that runs
 out puts the trial back in the queue as the same trial (same id, number and params), to be
 claimed again as attempt + 1, until the experiment's max_retries is spent and it fails as
 "lost". A worker that is shut down releases its trial at once, which does not count as a
