@@ -71,6 +71,15 @@ TRAINING_HYPERPARAMETERS: dict[str, Hyperparameter] = {
     "checkpoint_every": Hyperparameter(
         "int", 1, low=0, high=10000, help="epochs between checkpoints; 0: only on shutdown"
     ),
+    "checkpoint_share": Hyperparameter(
+        "float",
+        0.05,
+        low=0.0,
+        high=1.0,
+        low_open=True,
+        help="the most of a trial's time spent sending checkpoints: a due one is skipped "
+        "while sending the last took more than this share of the time since",
+    ),
     "activation": Hyperparameter("choice", "relu", choices=ACTIVATIONS),
     "dropout": Hyperparameter("float", 0.0, low=0.0, high=1.0, high_open=True),
 }

@@ -90,8 +90,9 @@ def test_sweep_survives_killed_workers_and_server_restarts(
         del space["batch_size"]
         spec = make_spec(
             search_space=space,
-            # Small batches: epochs long enough that most kills land after a checkpoint.
-            fixed={"epochs": 8, "batch_size": 16, "checkpoint_every": 1},
+            # Small batches: epochs long enough that most kills land after a checkpoint, and
+            # each epoch's kept unless sending the last one took longer than the epoch.
+            fixed={"epochs": 8, "batch_size": 16, "checkpoint_every": 1, "checkpoint_share": 1.0},
             pruner={"name": "none"},
             budget={**budget(chaos.trials, chaos.workers), "max_retries": 10},
         )

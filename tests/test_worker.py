@@ -21,7 +21,7 @@ from sweep.worker.client import ServiceClient, TrialGone
 from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
 from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
-from tests.helpers import budget, quick_spec, submit, trials_of
+from tests.helpers import budget, quick_spec, scrape, submit, trials_of, value
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
@@ -202,6 +202,60 @@ def test_reports_do_not_wait_for_answers_and_only_the_newest_waiting_checkpoint_
         outbox.drain()
     assert outbox.verdict == ("prune", "prune")
     assert sent[5:] == ["reports"]  # nothing after the answer that ended the trial
+
+
+def test_a_checkpoint_waits_while_the_last_one_is_sent_and_until_it_fits_its_share() -> None:
+    sending = threading.Event()
+    release = threading.Event()
+
+    def slow_upload(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/uploads"):  # a store without direct uploads
+            return httpx.Response(200, json={"url": None})
+        sending.set()
+        release.wait(10)
+        time.sleep(0.2)  # a slow network: sending takes at least this long
+        return httpx.Response(204)
+
+    http = httpx.Client(transport=httpx.MockTransport(slow_upload), base_url="http://sweep")
+    with Outbox(ServiceClient("", http=http), 7, "token") as outbox:
+        assert outbox.checkpoint_affordable(0.01)  # nothing sent yet: the first one goes
+        queued = time.monotonic()
+        outbox.checkpoint(1, Snapshot({"epoch": 1}))
+        assert sending.wait(10)
+        assert not outbox.checkpoint_affordable(1.0)  # still on its way
+        release.set()
+        outbox.drain()
+        # It took at least 0.2 s: with a share of 0.01, the next one waits 20 s after it.
+        assert not outbox.checkpoint_affordable(0.01)
+        deadline = time.monotonic() + 30
+        while not outbox.checkpoint_affordable(0.5) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert time.monotonic() - queued >= 0.2 / 0.5
+
+
+def test_checkpoints_of_short_epochs_are_kept_to_their_share_of_the_time(
+    client: TestClient,
+) -> None:
+    fixed = {"epochs": 30}
+    spec = quick_spec(budget=budget(1, 1), fixed=fixed, pruner={"name": "none"})
+    experiment_id = submit(client, spec)
+    options = WorkerOptions(
+        name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5
+    )
+    assert Worker(ServiceClient("", http=client), options).run() == 1
+    [trial] = trials_of(client, experiment_id)
+    assert (trial["state"], trial["last_epoch"]) == ("completed", 30)
+    sent = value(
+        scrape(client.get("/metrics").text),
+        "sweep_http_request_duration_seconds_count",
+        method="PUT",
+        route=f"{API}/trials/{{trial_id}}/checkpoint",
+        status="204",
+    )
+    # 29 checkpoints were due (checkpoint_every 1, none after the last epoch), and each was
+    # sent while epochs were longer than sending one. Epochs of some 15 ms are not 20 times
+    # longer than that: within the default share of 5% one every several epochs is kept.
+    assert 1 <= sent <= 10
 
 
 def test_an_answer_that_ends_the_trial_stops_training_at_the_next_batch() -> None:

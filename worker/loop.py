@@ -415,8 +415,9 @@ class Worker:
             self.metrics.epoch_seconds.observe(metrics["epoch_seconds"])
             check()
 
-        every = int(assignment["config"]["checkpoint_every"])
-        checkpoints = _Checkpoints(every, outbox, self.stop)
+        hparams = assignment["config"]
+        every, share = int(hparams["checkpoint_every"]), float(hparams["checkpoint_share"])
+        checkpoints = _Checkpoints(every, share, outbox, self.stop)
         return train_trial(
             config,
             data,
@@ -468,14 +469,24 @@ class Worker:
 
 
 class _Checkpoints:
-    """Checkpoints every `every` epochs through the outbox (after that epoch's report), and
-    always once the worker is told to stop, which then ends the trial."""
+    """Checkpoints every `every` epochs through the outbox (after that epoch's report), within
+    `share` of the trial's time, and always once the worker is told to stop, which then ends
+    the trial.
 
-    def __init__(self, every: int, outbox: Outbox, stop: threading.Event) -> None:
-        self.every, self.outbox, self.stop = every, outbox, stop
+    Within `share`: a due checkpoint is skipped while the last one is still being sent, or
+    when sending it took more than `share` of the time since. Epochs long beside a checkpoint
+    keep every one; epochs of milliseconds, whose checkpoints would cost a good part of the
+    training, keep one every so many, and a crash loses that much training at most."""
+
+    def __init__(self, every: int, share: float, outbox: Outbox, stop: threading.Event) -> None:
+        self.every, self.share, self.outbox, self.stop = every, share, outbox, stop
 
     def due(self, epoch: int) -> bool:
-        return self.stop.is_set() or (self.every > 0 and epoch % self.every == 0)
+        if self.stop.is_set():
+            return True
+        if self.every == 0 or epoch % self.every:
+            return False
+        return self.outbox.checkpoint_affordable(self.share)
 
     def save(self, epoch: int, snapshot: Snapshot) -> None:
         self.outbox.checkpoint(epoch, snapshot)

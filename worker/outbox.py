@@ -6,7 +6,9 @@ checks before every batch, so pruning stays prompt without a round trip per epoc
 service is away the outbox keeps retrying; when it comes back, everything is delivered in the
 order it was produced, so the trial's curve has neither gaps nor duplicates (the service
 records a repeated report once). A checkpoint still queued when a newer one arrives is not
-serialized or sent: the service keeps only the newest.
+serialized or sent: the service keeps only the newest. The outbox times what sending a
+checkpoint takes, so the trainer can keep checkpoints to a share of its time
+(`checkpoint_affordable`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,10 @@ from __future__ import annotations
 import contextvars
 import logging
 import queue
+import statistics
 import threading
+import time
+from collections import deque
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any, Protocol
@@ -37,6 +42,11 @@ class Outbox:
         # The first answer that ends the trial: ("prune" | "stop", reason).
         self.verdict: tuple[str, str] | None = None
         self._newest_checkpoint = 0  # epoch of the last checkpoint queued
+        self._finished_checkpoint = 0  # epoch of the last checkpoint sent or passed over
+        self._checkpoint_queued_at = 0.0  # monotonic clock
+        # Seconds that serializing and sending the last few took; their median is what the
+        # next is expected to take (one sent through an outage, retried, does not count much).
+        self._checkpoint_seconds: deque[float] = deque(maxlen=5)
         self._items: queue.Queue[tuple[Callable[[], Any], threading.Event] | None] = queue.Queue()
         # In the trial's context: its calls carry the trial's request id.
         self._thread = threading.Thread(
@@ -68,7 +78,19 @@ class Outbox:
         """Queue a checkpoint; it is serialized and delivered after the reports queued before
         it, unless a newer one is queued before its turn comes."""
         self._newest_checkpoint = epoch
+        self._checkpoint_queued_at = time.monotonic()
         self._send(lambda: self._checkpoint(epoch, snapshot))
+
+    def checkpoint_affordable(self, share: float) -> bool:
+        """Whether a checkpoint now keeps checkpoints within `share` of the trial's time: not
+        while the last one is still on its way, nor sooner after it than what sending one takes
+        divided by `share`."""
+        if self._finished_checkpoint != self._newest_checkpoint:
+            return False
+        if not self._checkpoint_seconds:
+            return True
+        since = time.monotonic() - self._checkpoint_queued_at
+        return since * share >= statistics.median(self._checkpoint_seconds)
 
     def drain(self) -> None:
         """Wait until everything queued was delivered (or the trial ended on the service)."""
@@ -85,8 +107,14 @@ class Outbox:
             self.verdict = (answer["action"], answer.get("reason") or answer["action"])
 
     def _checkpoint(self, epoch: int, snapshot: Snapshot) -> None:
-        if epoch == self._newest_checkpoint:  # else the service would replace it soon anyway
-            self.client.upload_checkpoint(self.trial_id, self.token, epoch, snapshot.to_bytes())
+        try:
+            if epoch == self._newest_checkpoint:  # else the service would replace it soon anyway
+                started = time.monotonic()
+                data = snapshot.to_bytes()
+                self.client.upload_checkpoint(self.trial_id, self.token, epoch, data)
+                self._checkpoint_seconds.append(time.monotonic() - started)
+        finally:
+            self._finished_checkpoint = epoch
 
     def _deliver(self) -> None:
         while (item := self._items.get()) is not None:
