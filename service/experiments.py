@@ -5,16 +5,18 @@ How an experiment ends and what that does to its trials is sweep.service.lifecyc
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
+from starlette.concurrency import run_in_threadpool
 
 from sweep.models import catalog
 from sweep.service import artifacts, datasets, lifecycle, rows, specs, trials, workers
-from sweep.service.db import after_commit, notify_on_commit
+from sweep.service.db import Database, after_commit, notify_on_commit
 from sweep.service.errors import Conflict, InvalidSpec
 from sweep.service.schemas import (
     BudgetChange,
@@ -166,6 +168,35 @@ def read(
 def status(session: Session, experiment: Experiment) -> ExperimentRead:
     why = workers.waiting_for(experiment, workers.live(session))
     return read(experiment, counts(session, [experiment.id])[experiment.id], why)
+
+
+async def until_ended(
+    db: Database, experiment_id: int, project: str | None, seconds: float, poll: float
+) -> None:
+    """Return once the experiment has ended, or after `seconds`; at once if `project` (None:
+    every project) does not see it. Holds no transaction while it waits: it looks again after
+    each change this process hears of (every trial that ends, every experiment that ends),
+    and every `poll` seconds in case one was missed."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        generation = db.changes.generation
+        if await run_in_threadpool(_ended_or_unseen, db, experiment_id, project):
+            return
+        left = deadline - loop.time()
+        if left <= 0:
+            return
+        await db.changes.wait(generation, min(left, poll))
+
+
+def _ended_or_unseen(db: Database, experiment_id: int, project: str | None) -> bool:
+    with db.transaction(write=False) as session:
+        row = session.execute(
+            select(Experiment.state, Experiment.project).where(Experiment.id == experiment_id)
+        ).first()
+    if row is None or (project is not None and row.project != project):
+        return True  # the caller is answered 404 at once
+    return row.state in ENDED_EXPERIMENT_STATES
 
 
 def page(

@@ -42,6 +42,11 @@ class Metrics:
             "Claims this process holds open until a trial can start (long polls)",
             registry=r,
         )
+        self.waiting_for_end = Gauge(
+            "sweep_requests_waiting_for_end",
+            "Requests this process holds until their experiment ends (GET with wait)",
+            registry=r,
+        )
         self.claim_seconds = Histogram(
             "sweep_claim_seconds",
             "Time to look for and start a trial (one try of a claim)",

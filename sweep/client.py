@@ -38,6 +38,8 @@ TrialRef = int | str  # a trial's id, or its name EXPERIMENT/NUMBER ("1/17")
 TRIAL_NAME = re.compile(r"^(?:(\d+)/)?(\d+)$")
 API = "/api/v1"
 ENDED = ("completed", "cancelled", "failed")
+# The longest a request waiting for an experiment's end is held (the server allows 60 s).
+WAIT_SECONDS = 25.0
 FAULTS = frozenset({500, 502, 503, 504})  # the service's or its database's, not the call's
 IDEMPOTENT = frozenset({"GET", "HEAD", "PUT", "DELETE"})
 FAULT_RETRY = RetryPolicy(initial=0.5, maximum=5.0, give_up_after=30.0)
@@ -273,20 +275,35 @@ class SweepClient:
         poll: float = 1.0,
         timeout: float | None = None,
     ) -> Experiment:
-        """Until the experiment has ended (completed, cancelled or failed); with `progress`,
-        a progress bar of finished trials. TimeoutError after `timeout` seconds."""
+        """Until the experiment has ended (completed, cancelled or failed): the server holds
+        each request up to WAIT_SECONDS and answers the moment it ends. With `progress`, a
+        progress bar of finished trials, redrawn every `poll` seconds. TimeoutError after
+        `timeout` seconds."""
         deadline = None if timeout is None else time.monotonic() + timeout
         bar = _ProgressBar() if progress else None
         try:
             while True:
-                experiment = self.experiment(experiment_id)
+                hold = poll if bar is not None else WAIT_SECONDS
+                if deadline is not None:
+                    hold = max(0.0, min(hold, deadline - time.monotonic()))
+                asked = time.monotonic()
+                experiment = cast(
+                    Experiment,
+                    self._json(
+                        "GET",
+                        f"/experiments/{experiment_id}",
+                        params={"wait": hold},
+                        timeout=hold + 30,
+                    ),
+                )
                 if bar is not None:
                     bar.show(experiment)
                 if experiment["state"] in ENDED:
                     return experiment
                 if deadline is not None and time.monotonic() >= deadline:
                     raise TimeoutError(f"experiment {experiment_id} is still {experiment['state']}")
-                time.sleep(poll)
+                # A server that does not hold requests (before `wait`) answers at once.
+                time.sleep(max(0.0, min(poll, hold) - (time.monotonic() - asked)))
         finally:
             if bar is not None:
                 bar.close()

@@ -1,18 +1,23 @@
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
 from pydantic import Field
 
 from sweep.service import experiments, trial_table, trials
 from sweep.service.api.deps import (
     CONTROL,
     READ,
+    CallerDep,
     Controller,
+    DatabaseDep,
     ExperimentDep,
+    ExperimentId,
+    MetricsDep,
     OptimizerDep,
     PlotsDep,
     Reader,
     SessionDep,
+    SettingsDep,
     SubmissionsDep,
 )
 from sweep.service.schemas import (
@@ -37,6 +42,29 @@ router = APIRouter(prefix="/experiments", tags=["experiments"])
 
 Limit = Annotated[int, Query(ge=1, le=1000)]
 Offset = Annotated[int, Query(ge=0, le=MAX_INT)]
+MAX_WAIT_SECONDS = 60
+
+
+async def until_ended(
+    experiment_id: ExperimentId,
+    db: DatabaseDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+    caller: CallerDep,  # let in by the route's decision, before this runs
+    wait: Annotated[
+        float,
+        Query(
+            ge=0,
+            le=MAX_WAIT_SECONDS,
+            description="hold the answer up to this many seconds, until the experiment ends",
+        ),
+    ] = 0,
+) -> None:
+    """Before the request's transaction begins: a waiting request holds none."""
+    if wait > 0:
+        poll = settings.claim_poll_seconds
+        with metrics.waiting_for_end.track_inprogress():
+            await experiments.until_ended(db, experiment_id, caller.project, wait, poll)
 
 
 @router.post(
@@ -89,9 +117,10 @@ def list_experiments(
     )
 
 
-@router.get("/{experiment_id}", dependencies=[READ])
+@router.get("/{experiment_id}", dependencies=[READ, Depends(until_ended)])
 def get_experiment(experiment: ExperimentDep, session: SessionDep) -> ExperimentRead:
-    """An experiment's spec, state, trial counts and best value."""
+    """An experiment's spec, state, trial counts and best value; with `wait`, once it has
+    ended or after that many seconds (a long poll: no need to ask again and again)."""
     return experiments.status(session, experiment)
 
 
