@@ -68,17 +68,21 @@ def _configure_sqlite(engine: Engine) -> None:
 
 
 class Changes:
-    """Wakes what waits in this process (sweep.service.claims) when work may have become
-    available: a commit here, or one in another API process heard by a Listener."""
+    """Wakes what waits in this process (sweep.service.claims, reads waiting for an
+    experiment's end) when work may have become available or an experiment ended: a commit
+    here, or one in another API process heard by a Listener. `ends` counts the changes that
+    ended an experiment (or may have: a reconnected Listener's)."""
 
     def __init__(self) -> None:
         self.generation = 0
+        self.ends = 0
         self._waiters: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
         self._lock = threading.Lock()
 
-    def notify(self) -> None:
+    def notify(self, *, end: bool = False) -> None:
         with self._lock:
             self.generation += 1
+            self.ends += end
             for loop, event in self._waiters:
                 loop.call_soon_threadsafe(event.set)
 
@@ -106,19 +110,23 @@ def probe_write(database: Database) -> None:
         session.execute(text("UPDATE alembic_version SET version_num = version_num"))
 
 
-def notify_on_commit(session: Session) -> None:
-    """Wake waiting claims once this session's transaction commits: this process's at once,
-    other API processes' through PostgreSQL, which delivers a NOTIFY at commit (and drops it
-    on rollback)."""
-    if session.info.get("notify"):
+def notify_on_commit(session: Session, *, end: bool = False) -> None:
+    """Wake waiting claims (with `end`, also reads waiting for an experiment's end) once this
+    session's transaction commits: this process's at once, other API processes' through
+    PostgreSQL, which delivers a NOTIFY at commit (and drops it on rollback)."""
+    key = "notify_end" if end else "notify"
+    if session.info.get(key):
         return
-    session.info["notify"] = True
+    session.info[key] = session.info["notify"] = True
     if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_notify(:channel, :origin)"), CHANGED)
+        origin = CHANGED["origin"] + (END if end else "")
+        session.execute(text("SELECT pg_notify(:channel, :origin)"), {**CHANGED, "origin": origin})
 
 
-# Notifications carry the sending process's id, so that it does not wake itself twice.
+# Notifications carry the sending process's id, so that it does not wake itself twice, and
+# END after it when the change ended an experiment.
 CHANGED = {"channel": "sweep_changes", "origin": uuid.uuid4().hex}
+END = ":end"
 LISTEN_RETRY_SECONDS = 2.0
 
 
@@ -155,13 +163,13 @@ class Listener:
             try:
                 with psycopg.connect(self.conninfo, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CHANGED['channel']}")
-                    self.changes.notify()
+                    self.changes.notify(end=True)  # what was sent meanwhile is lost
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=1.0):
                             if self._stop.is_set():
                                 break
-                            if note.payload != CHANGED["origin"]:
-                                self.changes.notify()
+                            if not note.payload.startswith(CHANGED["origin"]):
+                                self.changes.notify(end=note.payload.endswith(END))
             except psycopg.Error as exc:
                 log.warning("listening for other processes' changes waits: %s", exc)
                 self._stop.wait(LISTEN_RETRY_SECONDS)
@@ -211,7 +219,7 @@ class Database:
         for callback in session.info.get("after_commit", []):
             callback()
         if session.info.get("notify"):
-            self.changes.notify()
+            self.changes.notify(end=session.info.get("notify_end", False))
 
     def migrate(self) -> None:
         """Bring the schema up to date (Alembic); safe to run from several processes."""

@@ -174,19 +174,22 @@ async def until_ended(
     db: Database, experiment_id: int, project: str | None, seconds: float, poll: float
 ) -> None:
     """Return once the experiment has ended, or after `seconds`; at once if `project` (None:
-    every project) does not see it. Holds no transaction while it waits: it looks again after
-    each change this process hears of (every trial that ends, every experiment that ends),
-    and every `poll` seconds in case one was missed."""
+    every project) does not see it. Holds no transaction while it waits: it looks again when
+    this process hears that an experiment ended, and every `poll` seconds in case that news
+    was missed; other changes cost it nothing."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
+    ends, looked = -1, 0.0
     while True:
         generation = db.changes.generation
-        if await run_in_threadpool(_ended_or_unseen, db, experiment_id, project):
-            return
+        if db.changes.ends != ends or loop.time() - looked >= poll:
+            ends, looked = db.changes.ends, loop.time()
+            if await run_in_threadpool(_ended_or_unseen, db, experiment_id, project):
+                return
         left = deadline - loop.time()
         if left <= 0:
             return
-        await db.changes.wait(generation, min(left, poll))
+        await db.changes.wait(generation, min(left, max(0.0, looked + poll - loop.time())))
 
 
 def _ended_or_unseen(db: Database, experiment_id: int, project: str | None) -> bool:

@@ -134,8 +134,10 @@ def move_experiment(
         experiment.finished_at = utcnow()
         experiment.stop_reason = reason
         webhooks.experiment_ended(session, experiment)
-    if target == ExperimentState.RUNNING or target in ENDED_EXPERIMENT_STATES:
-        notify_on_commit(session)  # claims may go on; requests waiting for its end return
+    if target == ExperimentState.RUNNING:
+        notify_on_commit(session)  # claims may go on
+    elif target in ENDED_EXPERIMENT_STATES:
+        notify_on_commit(session, end=True)  # reads waiting for its end are answered
     session.flush()
     return experiment
 
