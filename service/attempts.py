@@ -553,10 +553,11 @@ def uploading(
     session: Session, caller: Caller, trial_id: int, token: str, kind: Kind, epoch: int | None
 ) -> Trial:
     """Before an upload's bytes are read: the caller sees the trial, the attempt still runs,
-    and a checkpoint's epoch has been reported."""
-    trial = rows.trial(session, trial_id)
-    caller.check_sees(rows.experiment(session, trial.experiment_id))
-    running_attempt(session, trial_id, token)
+    and a checkpoint's epoch has been reported. A caller of every project is not looked up:
+    the attempt's check reads the trial, 404 if it is not."""
+    if caller.project is not None and rows.project_of_trial(session, trial_id) != caller.project:
+        raise NotFound(f"trial {trial_id} not found")
+    trial = running_attempt(session, trial_id, token)
     if kind == "checkpoint":
         _check_checkpoint_epoch(trial, epoch or 0)
     return trial
