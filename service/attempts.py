@@ -604,10 +604,16 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
             f"(last reported: {trial.last_epoch})"
         )
     trial.output = body.output
-    wanted = specs.objectives(rows.experiment(session, trial.experiment_id).spec)
+    experiment = rows.lock_experiment(session, trial.experiment_id)  # finish locks it anyway
+    wanted = specs.objectives(experiment.spec)
     if len(wanted) == 1:
         lifecycle.finish(
-            session, trial, TrialState.COMPLETED, value=body.value, best_epoch=body.epoch
+            session,
+            trial,
+            TrialState.COMPLETED,
+            value=body.value,
+            best_epoch=body.epoch,
+            experiment=experiment,
         )
         return trials.read(trial)
     # Several objectives: each one's value at the epoch the first objective chose.
@@ -620,7 +626,13 @@ def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -
         raise Conflict(f"trial {trial_id}: epoch {epoch} reported no {', '.join(missing)}")
     values = [float(metrics.values[o["metric"]]) for o in wanted]
     lifecycle.finish(
-        session, trial, TrialState.COMPLETED, value=values[0], values=values, best_epoch=epoch
+        session,
+        trial,
+        TrialState.COMPLETED,
+        value=values[0],
+        values=values,
+        best_epoch=epoch,
+        experiment=experiment,
     )
     return trials.read(trial)
 

@@ -51,11 +51,14 @@ def finish(
     best_epoch: int | None = None,
     reason: str | None = None,
     message: str | None = None,
+    experiment: Experiment | None = None,
 ) -> None:
-    """End a trial in `state` (final) with its outcome; its experiment keeps its best value,
-    counts errors in a row, and completes when this was its last trial."""
+    """End a trial in `state` (final) with its outcome; its experiment (pass it when this
+    transaction has locked it already) keeps its best value, counts errors in a row, and
+    completes when this was its last trial."""
     move(trial, state)
-    experiment = rows.lock_experiment(session, trial.experiment_id)
+    if experiment is None:
+        experiment = rows.lock_experiment(session, trial.experiment_id)
     experiment.finish_seq += 1
     trial.finish_seq = experiment.finish_seq
     trial.finished_at = utcnow()
