@@ -1,6 +1,6 @@
 """Waiting for an experiment's end: `GET /experiments/{id}?wait=S` answers the moment the
-experiment ends (or after S seconds), holding no transaction meanwhile, and SweepClient.wait
-rides on it."""
+experiment ends (or after S seconds), holding no transaction meanwhile, lets go of a client
+that hung up, and SweepClient.wait rides on it."""
 
 from __future__ import annotations
 
@@ -54,6 +54,11 @@ def test_waits_hold_no_transaction_and_end_together_when_the_experiment_does(
     experiment_id = client.submit(make_spec(budget=budget(4, 1)))["id"]
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     url = f"{server.url}{API}/experiments/{experiment_id}"
+    # A client that hangs up stops its wait.
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.get(url, params={"wait": 60}, headers=headers, timeout=httpx.Timeout(10, read=1))
+    wait_until(lambda: waiting_for_end(server) == 0, 30, "the wait of a client that hung up ends")
+
     # More waits than requests may hold transactions at once.
     answers: list[httpx.Response] = []
     waiting = REQUEST_TRANSACTIONS + 5

@@ -1,6 +1,7 @@
+import asyncio
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from pydantic import Field
 
 from sweep.service import experiments, trial_table, trials
@@ -20,6 +21,7 @@ from sweep.service.api.deps import (
     SettingsDep,
     SubmissionsDep,
 )
+from sweep.service.claims import until_gone
 from sweep.service.schemas import (
     MAX_INT,
     BestTrials,
@@ -50,6 +52,7 @@ async def until_ended(
     db: DatabaseDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    request: Request,
     caller: CallerDep,  # let in by the route's decision, before this runs
     wait: Annotated[
         float,
@@ -60,11 +63,18 @@ async def until_ended(
         ),
     ] = 0,
 ) -> None:
-    """Before the request's transaction begins: a waiting request holds none."""
+    """Before the request's transaction begins: a waiting request holds none. A client that
+    hangs up stops the wait."""
     if wait > 0:
         poll = settings.claim_poll_seconds
-        with metrics.waiting_for_end.track_inprogress():
-            await experiments.until_ended(db, experiment_id, caller.project, wait, poll)
+        ended = experiments.until_ended(db, experiment_id, caller.project, wait, poll)
+        waits = {asyncio.ensure_future(ended), asyncio.ensure_future(until_gone(request.receive))}
+        try:
+            with metrics.waiting_for_end.track_inprogress():
+                await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in waits:
+                task.cancel()
 
 
 @router.post(
