@@ -51,7 +51,7 @@ from optuna.distributions import (
 )
 from optuna.study import StudyDirection
 from optuna.trial import TrialState as OptunaState
-from sqlalchemy import select
+from sqlalchemy import Row, bindparam, select
 from sqlalchemy.orm import Session
 
 from sweep.service.db import after_commit, on_rollback
@@ -499,6 +499,34 @@ def _settle(s: _Study, session: Session) -> None:
         s.asked_in = None
 
 
+# The columns a study needs of the trials created and finished since it last read: the
+# catch-up reads these, not whole rows (statements built once).
+_CREATED = (
+    select(Trial.id, Trial.number, Trial.params, Trial.system_attrs)
+    .where(Trial.experiment_id == bindparam("experiment_id"), Trial.number >= bindparam("since"))
+    .order_by(Trial.number)
+)
+_FINISHED = (
+    select(
+        Trial.id,
+        Trial.number,
+        Trial.state,
+        Trial.value,
+        Trial.values,
+        Trial.last_objective,
+        Trial.system_attrs,
+        Trial.failure_reason,
+        Trial.finish_seq,
+    )
+    .where(
+        Trial.experiment_id == bindparam("experiment_id"),
+        Trial.finish_seq > bindparam("since"),
+        Trial.number.is_not(None),  # an enqueued trial cancelled before it ever started
+    )
+    .order_by(Trial.finish_seq)
+)
+
+
 def _catch_up(session: Session, s: _Study, experiment: Experiment) -> None:
     if (s.trial_count, s.finish_seq) == (experiment.trial_count, experiment.finish_seq):
         # Nothing created or finished since the study last read: the queries below would
@@ -508,19 +536,11 @@ def _catch_up(session: Session, s: _Study, experiment: Experiment) -> None:
     # Finishes are read first: a trial's creation commits before its finish, so every trial
     # seen finished here is also seen by the (later) query for created trials, even when
     # another process claims and finishes trials between the two statements.
-    finished = session.scalars(
-        select(Trial)
-        .where(
-            Trial.experiment_id == experiment_id,
-            Trial.finish_seq > s.finish_seq,
-            Trial.number.is_not(None),  # an enqueued trial cancelled before it ever started
-        )
-        .order_by(Trial.finish_seq)
+    finished = session.execute(
+        _FINISHED, {"experiment_id": experiment_id, "since": s.finish_seq}
     ).all()
-    created = session.scalars(
-        select(Trial)
-        .where(Trial.experiment_id == experiment_id, Trial.number >= s.trial_count)
-        .order_by(Trial.number)
+    created = session.execute(
+        _CREATED, {"experiment_id": experiment_id, "since": s.trial_count}
     ).all()
     curves = _curves(session, [t.id for t in (*created, *finished)])
     for trial in created:
@@ -547,7 +567,7 @@ def _curves(session: Session, trial_ids: list[int]) -> dict[int, dict[int, float
     return curves
 
 
-def _add_running(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
+def _add_running(s: _Study, trial: Row[Any], curve: dict[int, float]) -> None:
     if trial.number != s.trial_count:
         raise RuntimeError(f"trial #{trial.number} arrived before #{s.trial_count}")
     s.trial_ids[trial.number] = _add_trial(s, trial.params, trial.system_attrs, curve)
@@ -580,8 +600,8 @@ def _set_curve(s: _Study, trial_id: int, curve: dict[int, float]) -> None:
         s.storage.set_trial_intermediate_value(trial_id, epoch, value)
 
 
-def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
-    trial_id = s.trial_ids[_number(trial)]
+def _apply_finish(s: _Study, trial: Row[Any], curve: dict[int, float]) -> None:
+    trial_id = s.trial_ids[trial.number]  # only trials that started are read (_FINISHED)
     _set_system_attrs(s, trial_id, trial.system_attrs)
     out_of_memory = trial.failure_reason == "oom"
     if not out_of_memory:  # an OOM trial's curve is no pruning statistic
@@ -607,11 +627,6 @@ def _apply_finish(s: _Study, trial: Trial, curve: dict[int, float]) -> None:
 def directions(spec: dict[str, Any]) -> list[StudyDirection]:
     objectives = spec.get("objectives") or [spec["objective"]]
     return [StudyDirection[o["direction"].upper()] for o in objectives]
-
-
-def _number(trial: Trial) -> int:
-    assert trial.number is not None  # only trials that started are in a study
-    return trial.number
 
 
 def _seen(s: _Study) -> set[Any]:
