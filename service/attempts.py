@@ -303,8 +303,11 @@ def _check_claimant(
     if worker is None or (project is not None and worker.project != project):
         raise NotFound(f"worker {worker_id} not found")
     if experiment_id is not None:
-        target = rows.experiment(session, experiment_id)
-        if project is not None and target.project != project:
+        # Only its project and state: the claim locks the experiment next, if it may start.
+        target = session.execute(
+            select(Experiment.project, Experiment.state).where(Experiment.id == experiment_id)
+        ).first()
+        if target is None or (project is not None and target.project != project):
             raise NotFound(f"experiment {experiment_id} not found")
         if target.state == ExperimentState.CANCELLED:
             raise Conflict(f"experiment {experiment_id} is cancelled")
