@@ -88,6 +88,9 @@ OUT_OF_MEMORY = "constraints:memory"
 # claims took 39 ms p50 without the wait, 16 ms with it). A claim that comes sooner asks the
 # pending suggestion itself.
 AHEAD_DELAY_SECONDS = 0.02
+# The longest an asking transaction waits for the end of the one whose asks the study holds,
+# which the database has seen already, to reach this process; past it, the study is rebuilt.
+SETTLE_SECONDS = 1.0
 FINAL_STATES = {
     TrialState.COMPLETED: OptunaState.COMPLETE,
     TrialState.PRUNED: OptunaState.PRUNED,
@@ -158,8 +161,10 @@ class _Study:
     trial_count: int = 0  # trials (by number) already in the study
     finish_seq: int = 0  # finishes already applied
     trial_ids: dict[int, int] = field(default_factory=dict)  # trial number -> optuna trial id
-    # The transaction whose asks this study holds and that has not been seen to commit yet.
+    # The transaction whose asks this study holds and that has not been seen to commit yet,
+    # and set once it is (or rolled back).
     asked_in: Session | None = None
+    settled: threading.Event = field(default_factory=threading.Event)
     asks_ahead: bool = False  # its sampler's suggestions may be asked before their claims
     pending: int | None = None  # the trial whose suggestion is to be asked on the study as is
     ahead: _Ahead | None = None
@@ -210,13 +215,19 @@ class Optimizer:
         with lock:
             study = self._cached(experiment)
             if asking and study.asked_in not in (None, session):
+                # Its end reaches this process a moment after the database's: wait for it
+                # rather than rebuild (claims taking the row lock one after another rebuilt
+                # the study each time).
+                study.settled.wait(SETTLE_SECONDS)
+                study = self._cached(experiment)  # another one if that transaction rolled back
+            if asking and study.asked_in not in (None, session):
                 self.forget(experiment.id)
                 study = self._cached(experiment)
             if study.pending is not None and not self._ask_ahead(experiment.id, study):
                 study = self._cached(experiment)  # before the study reads anything newer
-            on_rollback(session, lambda: self.forget(experiment.id))
+            on_rollback(session, lambda: self._abandon(experiment.id, study))
             if asking and study.asked_in is not session:
-                study.asked_in = session
+                study.asked_in, study.settled = session, threading.Event()
                 after_commit(session, lambda: _settle(study, session))
             try:
                 _catch_up(session, study, experiment)
@@ -250,6 +261,11 @@ class Optimizer:
     def forget(self, experiment_id: int) -> None:
         with self._guard:
             self._studies.pop(experiment_id, None)
+
+    def _abandon(self, experiment_id: int, study: _Study) -> None:
+        """A transaction that used the study rolled back: it may be ahead of SQL."""
+        self.forget(experiment_id)
+        study.settled.set()
 
     def ask(
         self,
@@ -497,6 +513,7 @@ def _settle(s: _Study, session: Session) -> None:
     """The transaction that asked has committed: the study is in step with SQL again."""
     if s.asked_in is session:
         s.asked_in = None
+        s.settled.set()
 
 
 # The columns a study needs of the trials created and finished since it last read: the
