@@ -4,6 +4,8 @@ suggestions asked ahead see the history as the previous claim left it."""
 from __future__ import annotations
 
 import math
+import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -11,14 +13,15 @@ from typing import Any
 import optuna
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy.orm import Session
 
-from sweep.service import rows
+from sweep.service import attempts, rows
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from sweep.service.search.optimizer import directions, reseed, suggest_all
+from sweep.service.search.optimizer import SETTLE_SECONDS, directions, reseed, suggest_all
 from sweep.service.search.samplers import make_sampler
 from sweep.service.search.space import distributions
-from tests.helpers import attempt_headers, authorize, budget, make_spec, remember
+from tests.helpers import attempt_headers, authorize, budget, make_spec, register, remember
 
 API = "/api/v1"
 SPEC = make_spec(
@@ -247,3 +250,59 @@ def test_the_history_holds_running_trials_epochs_the_pruner_did_not_look_at(
             experiment = rows.experiment(session, eid)
             [seen] = app.state.optimizer.history(session, experiment)  # type: ignore[attr-defined]
     assert seen.intermediate_values == {1: 0.25, 2: 0.5}
+
+
+# --- one claim after another ---------------------------------------------------------------
+
+
+def test_a_claim_waits_for_the_last_claims_commit_to_reach_the_study_instead_of_rebuilding(
+    settings: Settings,
+) -> None:
+    """The database releases the experiment's row lock at commit, a moment before the
+    committing thread marks the study settled; the next claim waits for that rather than
+    rebuild the study from SQL, and rebuilds only when it does not come in time."""
+    with app_on(settings) as client:
+        state = client.app.state  # type: ignore[attr-defined]
+        db, optimizer = state.db, state.optimizer
+        client.post(f"{API}/experiments", json=make_spec(budget=budget(5, 5))).raise_for_status()
+        workers = iter([register(client, f"w{i}") for i in range(5)])
+
+        def claim(session: Session) -> int:
+            assignment = attempts.claim(
+                session, optimizer=optimizer, worker_id=next(workers), lease_seconds=60
+            )
+            assert assignment is not None
+            return assignment.number
+
+        def committed_unsettled() -> Session:
+            """A claim committed in the database whose end this process has not seen yet."""
+            session = db.writer()
+            with session.begin():
+                claim(session)
+            session.close()
+            return session
+
+        def settle(session: Session) -> None:
+            for callback in session.info.get("after_commit", []):
+                callback()
+
+        with db.transaction() as session:
+            assert claim(session) == 0
+        builds = optimizer.builds
+
+        # The last claim's end reaches the study while the next claim waits: it is kept.
+        late = threading.Timer(0.2, settle, args=(committed_unsettled(),))  # a slow thread
+        late.start()
+        with db.transaction() as session:
+            assert claim(session) == 2
+        late.join()
+        assert optimizer.builds == builds
+
+        # An end that does not come in time: the study is rebuilt from SQL.
+        unsettled = committed_unsettled()
+        started = time.monotonic()
+        with db.transaction() as session:
+            assert claim(session) == 4
+        assert time.monotonic() - started >= SETTLE_SECONDS
+        assert optimizer.builds == builds + 1
+        settle(unsettled)

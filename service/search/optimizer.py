@@ -184,6 +184,8 @@ class Optimizer:
         self.on_ask = on_ask  # told the seconds each suggestion took
         # Trials an experiment must have before its suggestions are asked ahead; None: never.
         self.ask_ahead_after = ask_ahead_after
+        # Studies built from SQL: on first use, after a rollback, or once dropped.
+        self.builds = 0
         self._studies: OrderedDict[int, _Study] = OrderedDict()
         self._locks: dict[int, threading.Lock] = {}
         self._guard = threading.Lock()
@@ -249,6 +251,7 @@ class Optimizer:
                 return study
         study = _new_study(experiment)  # outside the guard: other experiments go on meanwhile
         with self._guard:
+            self.builds += 1
             self._studies[experiment.id] = study
             while len(self._studies) > self.max_studies:
                 self._studies.popitem(last=False)
