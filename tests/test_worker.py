@@ -21,7 +21,7 @@ from sweep.worker.client import ServiceClient, TrialGone
 from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
 from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
-from tests.helpers import budget, quick_spec, scrape, submit, trials_of, value
+from tests.helpers import budget, quick_spec, scrape, submit, trials_of, value, wait_until
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
@@ -213,7 +213,7 @@ def test_a_checkpoint_waits_while_the_last_one_is_sent_and_until_it_fits_its_sha
             return httpx.Response(200, json={"url": None})
         sending.set()
         release.wait(10)
-        time.sleep(0.2)  # a slow network: sending takes at least this long
+        time.sleep(0.2)  # the network's latency, simulated: sending takes at least this long
         return httpx.Response(204)
 
     http = httpx.Client(transport=httpx.MockTransport(slow_upload), base_url="http://sweep")
@@ -227,9 +227,7 @@ def test_a_checkpoint_waits_while_the_last_one_is_sent_and_until_it_fits_its_sha
         outbox.drain()
         # It took at least 0.2 s: with a share of 0.01, the next one waits 20 s after it.
         assert not outbox.checkpoint_affordable(0.01)
-        deadline = time.monotonic() + 30
-        while not outbox.checkpoint_affordable(0.5) and time.monotonic() < deadline:
-            time.sleep(0.01)
+        wait_until(lambda: outbox.checkpoint_affordable(0.5), 30, "a share of 0.5", poll=0.01)
         assert time.monotonic() - queued >= 0.2 / 0.5
 
 
