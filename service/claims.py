@@ -25,6 +25,10 @@ cancelled experiment, and one more query finds which of them still hold a runnin
 claim whose answer was lost), which they are given back. So idle workers polling cost a
 round every claim_check_seconds however many of them arrive, and claims arriving while
 a submission wakes the waiting ones start in the same batches rather than one by one.
+
+A claim whose trial a round is starting as its wait runs out waits for that batch: its
+answer would otherwise be lost, and its worker hold a trial it does not know of until it
+claims again.
 """
 
 from __future__ import annotations
@@ -70,6 +74,8 @@ class Waiter:
     answer: asyncio.Future[Assignment | None] = field(repr=False)
     arrived: int = 0  # arrival order: the oldest claim is served first
     checked: bool = True  # False: joined without a look; a round checks what it holds
+    starting: bool = False  # a round is starting its trial: the claim waits for that
+    overdue: bool = False  # its wait ran out while its trial was starting
 
 
 @dataclass
@@ -153,6 +159,11 @@ class ClaimWatcher:
         try:
             either: set[asyncio.Future[Assignment | None] | asyncio.Future[None]] = {answer, gone}
             await asyncio.wait(either, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            if waiter.starting and not answer.done() and not gone.done():
+                # Its trial is being started as its wait ran out: leaving now would strand
+                # that trial until the worker's next claim. The round answers it either way.
+                waiter.overdue = True
+                await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
             return answer.result() if answer.done() else None
         finally:
             if self._waiting.get(worker_id) is waiter:
@@ -205,11 +216,13 @@ class ClaimWatcher:
                 batch = [w for w in group[start : start + CLAIM_BATCH] if not w.answer.done()]
                 if not batch:
                     continue
-                started = await run_in_threadpool(self._start, experiment_id, batch)
                 for waiter in batch:
-                    assignment = started.get(waiter.worker_id)
-                    if assignment is not None and not waiter.answer.done():
-                        waiter.answer.set_result(assignment)
+                    waiter.starting = True
+                started: dict[int, Assignment] = {}
+                try:
+                    started = await run_in_threadpool(self._start, experiment_id, batch)
+                finally:
+                    _answer(batch, started)
                 if self.on_claims is not None:
                     self.on_claims(len(started))
                 if len(started) < len(batch):
@@ -319,6 +332,20 @@ class ClaimWatcher:
         if len(self._touched) > MAX_KNOWN_WORKERS:
             waiting = set(worker_ids)
             self._touched = {w: t for w, t in self._touched.items() if w in waiting}
+
+
+def _answer(batch: list[Waiter], started: dict[int, Assignment]) -> None:
+    """Answer a batch's claims with the trials started for them. Those that got none wait
+    on, unless their wait ran out while the batch was starting: they are answered with none."""
+    for waiter in batch:
+        waiter.starting = False
+        if waiter.answer.done():
+            continue
+        assignment = started.get(waiter.worker_id)
+        if assignment is not None:
+            waiter.answer.set_result(assignment)
+        elif waiter.overdue:
+            waiter.answer.set_result(None)
 
 
 def _targets(session: Session, experiment_ids: set[int | None]) -> dict[int, Experiment]:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psycopg
 import pytest
 
 from tests.helpers import budget, make_spec, scrape, value, wait_until
@@ -138,6 +139,48 @@ def test_a_commit_in_another_api_process_wakes_waiting_claims(
     claims.join()
     assert [r.status_code for r in claims.answers.values()] == [200] * 3
     assert sorted(t["number"] for t in claims.trials().values()) == [0, 1, 2]
+
+
+def lock_waits(observer: psycopg.Connection[Any]) -> int:
+    """Transactions of the test database waiting for a lock (a row's, here)."""
+    row = observer.execute("SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def dsn(postgresql_url: str) -> str:
+    return postgresql_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.mark.timeout(120)
+def test_a_claim_whose_trial_is_starting_as_its_wait_runs_out_gets_that_trial(
+    postgresql_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    server, client = serve(request, postgresql_url, tmp_path / "logs", env=NO_POLL)
+    claims = Claims(server, 1, wait_seconds=6)
+    (worker_id,) = claims.workers
+    sent = time.monotonic()
+    claims.send(worker_id)
+    wait_until(lambda: waiting(server) == 1, 30, "the claim waiting")
+    with (
+        psycopg.connect(dsn(postgresql_url)) as holder,
+        psycopg.connect(dsn(postgresql_url), autocommit=True) as observer,
+    ):
+        # The worker's row held: the round that starts its trial waits for it.
+        holder.execute("SELECT id FROM sweep_workers WHERE id = %s FOR UPDATE", (worker_id,))
+        experiment_id = client.submit(make_spec(budget=budget(1)))["id"]
+        wait_until(lambda: lock_waits(observer) == 1, 30, "the round on the worker's row")
+        assert time.monotonic() < sent + claims.wait_seconds, "the claim's wait ran out first"
+        over = sent + claims.wait_seconds + 1
+        wait_until(lambda: time.monotonic() > over, 30, "the claim's wait over")
+        assert worker_id not in claims.answers  # it waits for its trial
+        holder.rollback()
+    claims.join()
+    answer = claims.answers[worker_id]
+    assert answer.status_code == 200, answer.text
+    assert answer.elapsed.total_seconds() > claims.wait_seconds
+    (trial,) = client.trials(experiment_id)["items"]
+    assert (trial["id"], trial["state"]) == (answer.json()["trial_id"], "running")
 
 
 @pytest.mark.timeout(120)
