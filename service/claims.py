@@ -19,7 +19,8 @@ Waiting workers are marked seen in one statement every TOUCH_SECONDS, so that id
 workers stay live (sweep.service.workers.LIVE_WITHIN).
 
 A new claim joins the waiters unchecked, instead of trying on its own, while the last round
-found no open experiment and nothing changed since (`quiet`), or while other claims wait.
+found no open experiment and nothing changed since (`quiet`), while other claims wait, or
+while ALONE others are trying on their own.
 A round checks all such claims together: its read already refuses an unknown worker or a
 cancelled experiment, and one more query finds which of them still hold a running trial (a
 claim whose answer was lost), which they are given back. So idle workers polling cost a
@@ -34,10 +35,11 @@ claims again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -59,6 +61,9 @@ CLAIM_BATCH = 100  # workers whose trials start in one transaction
 # A claim joins unchecked only when it waits this many check_seconds or more: a shorter one
 # looks first, since its check could come too late.
 UNCHECKED_WAITS = 5
+# Claims that may look for work on their own at once; more join the waiting ones, so that a
+# burst of claims (a thousand polls running out together) starts in the watcher's batches.
+ALONE = 4
 TOUCH_SECONDS = 30.0  # how often a waiting worker's last_seen_at is written
 MAX_KNOWN_WORKERS = 10_000  # registrations kept in memory (they never change)
 log = logging.getLogger("sweep.service.claims")
@@ -113,6 +118,7 @@ class ClaimWatcher:
         self.check_seconds = check_seconds
         self._check_due = asyncio.Event()  # set check_seconds after an unchecked claim joins
         self._check_timer: asyncio.TimerHandle | None = None
+        self._alone = 0  # claims looking for work on their own now
 
     def quiet(self, generation: int) -> bool:
         """Whether the last round found no open experiment and nothing changed since: a new
@@ -124,9 +130,19 @@ class ClaimWatcher:
 
     def may_join_unchecked(self, wait: float, generation: int) -> bool:
         """Whether a claim that waits `wait` seconds joins the waiting ones without looking
-        for work itself: the service is quiet, or others wait already."""
+        for work itself: the service is quiet, others wait already, or ALONE others look."""
         long_enough = wait >= UNCHECKED_WAITS * self.check_seconds
-        return long_enough and (self.quiet(generation) or bool(self._waiting))
+        crowded = bool(self._waiting) or self._alone >= ALONE
+        return long_enough and (self.quiet(generation) or crowded)
+
+    @contextlib.contextmanager
+    def alone(self) -> Iterator[None]:
+        """Around a claim looking for work on its own (may_join_unchecked counts them)."""
+        self._alone += 1
+        try:
+            yield
+        finally:
+            self._alone -= 1
 
     async def wait(
         self,

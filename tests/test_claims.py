@@ -15,6 +15,7 @@ import httpx
 import psycopg
 import pytest
 
+from sweep.service.claims import ALONE
 from tests.helpers import budget, make_spec, scrape, value, wait_until
 from tests.processes import ServerProcess, serve
 
@@ -150,6 +151,35 @@ def lock_waits(observer: psycopg.Connection[Any]) -> int:
 
 def dsn(postgresql_url: str) -> str:
     return postgresql_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+@pytest.mark.timeout(120)
+def test_claims_beyond_those_trying_on_their_own_join_the_watcher(
+    postgresql_url: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    """A burst of claims (a thousand long polls running out together) starts in the
+    watcher's batches: once claims.ALONE of them try on their own, the rest join it."""
+    server, client = serve(request, postgresql_url, tmp_path / "logs", env=NO_POLL)
+    experiment_id = client.submit(make_spec(budget=budget(12, max_concurrent=12)))["id"]
+    claims = Claims(server, 12, wait_seconds=30)
+    with (
+        psycopg.connect(dsn(postgresql_url)) as holder,
+        psycopg.connect(dsn(postgresql_url), autocommit=True) as observer,
+    ):
+        # The experiment's row held: claims that try on their own wait for it.
+        holder.execute(
+            "SELECT id FROM sweep_experiments WHERE id = %s FOR UPDATE", (experiment_id,)
+        )
+        for worker_id in claims.workers[:ALONE]:
+            claims.send(worker_id)
+        wait_until(lambda: lock_waits(observer) == ALONE, 30, f"{ALONE} claims on the row")
+        for worker_id in claims.workers[ALONE:]:
+            claims.send(worker_id)
+        wait_until(lambda: waiting(server) == 12 - ALONE, 30, "the others waiting")
+        holder.rollback()
+    claims.join()
+    assert sorted(t["number"] for t in claims.trials().values()) == list(range(12))
+    assert looks(server) == ALONE  # the other claims looked at nothing on their own
 
 
 @pytest.mark.timeout(120)

@@ -57,7 +57,7 @@ async def claim_trial(
     generation = db.changes.generation
     assignment = None
     # A long wait goes straight to the watcher, which checks it, when the service is quiet
-    # or others wait already; else the claim tries on its own first.
+    # or others wait or look already; else the claim tries on its own first.
     checked = not watcher.may_join_unchecked(wait, generation)
     if checked:
         attempt = partial(
@@ -72,7 +72,7 @@ async def claim_trial(
             # straight for the lock.
             look_first=watcher.quiet(generation),
         )
-        with metrics.claim_seconds.time():
+        with metrics.claim_seconds.time(), watcher.alone():
             assignment = await run_in_threadpool(attempt)
     if assignment is None and wait > 0:
         if db.changes.generation != generation:  # work may have come meanwhile: look again
