@@ -5,8 +5,9 @@
         [--pg URL] [--json FILE]
 
 One real `sweep server` on a fresh PostgreSQL database, and --load-processes processes
-simulating --workers workers between them over real HTTP on 127.0.0.1 (asyncio + httpx, one
-connection each: a long poll holds its connection); this process only conducts the phases.
+simulating --workers workers between them over real HTTP on 127.0.0.1 (asyncio + httpx, a
+client each, as every `sweep worker` has; a long poll holds its connection, and a trial's
+heartbeats go beside its reports); this process only conducts the phases.
 The workers speak the protocol `sweep worker` speaks; they only do not train. Three phases:
 
 a. idle: every worker long-polls its claim (--claim-wait seconds, `sweep worker`'s default
@@ -38,6 +39,7 @@ import multiprocessing
 import os
 import random
 import re
+import ssl
 import statistics
 import sys
 import time
@@ -105,12 +107,13 @@ class Load:
     def __init__(self, target: Target, args: argparse.Namespace, workers: int) -> None:
         self.args = args
         self.workers = workers
-        self.http = httpx.AsyncClient(
-            base_url=target.url + API,
-            headers={"Authorization": f"Bearer {target.worker_token}"},
-            timeout=args.claim_wait + 60,
-            limits=httpx.Limits(max_connections=workers + 20, max_keepalive_connections=None),
-        )
+        self.target = target
+        self.tls = ssl.create_default_context()  # made once: each takes ~20 ms of CPU
+        self.http = self.client(connections=50)  # registration and the HTTP floor
+        # One client per simulated worker, as each `sweep worker` has: a client's connection
+        # pool looks through all its connections on every request, which for one pool of a
+        # thousand connections cost this process more CPU than the calls themselves.
+        self.clients: dict[int, httpx.AsyncClient] = {}
         self.admin = httpx.AsyncClient(
             base_url=target.url + API,
             headers={"Authorization": f"Bearer {target.admin_token}"},
@@ -121,6 +124,15 @@ class Load:
         self.busy = asyncio.Event()  # phase c: reports are being timed
         self.stop = asyncio.Event()
         self.on_claim: Any = None  # called for each claim answered with a trial
+
+    def client(self, connections: int) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.target.url + API,
+            headers={"Authorization": f"Bearer {self.target.worker_token}"},
+            timeout=self.args.claim_wait + 60,
+            limits=httpx.Limits(max_connections=connections),
+            verify=self.tls,
+        )
 
     async def served(self) -> dict[str, dict[float, float]]:
         """The server's own request-duration histogram (sweep_http_request_duration_seconds)
@@ -142,10 +154,10 @@ class Load:
                     bounds[bound] = bounds.get(bound, 0.0) + float(line.rsplit(" ", 1)[1])
         return found
 
-    async def post(self, path: str, **kwargs: Any) -> httpx.Response:
+    async def post(self, http: httpx.AsyncClient, path: str, **kwargs: Any) -> httpx.Response:
         while True:  # as a worker does: a lost connection or a 503 is sent again
             try:
-                response = await self.http.post(path, **kwargs)
+                response = await http.post(path, **kwargs)
             except httpx.TransportError:
                 self.observed.retried += 1
                 continue
@@ -160,15 +172,17 @@ class Load:
 
         async def one(i: int) -> int:
             async with gate:
-                response = await self.post("/workers", json={"name": f"sim{first + i}"})
+                response = await self.post(self.http, "/workers", json={"name": f"sim{first + i}"})
                 return int(response.raise_for_status().json()["id"])
 
         return await asyncio.gather(*(one(i) for i in range(self.workers)))
 
     async def worker(self, worker_id: int) -> None:
+        # A claim, then a trial's reports and its heartbeats, side by side.
+        http = self.clients[worker_id] = self.client(connections=2)
         while not self.stop.is_set():
             response = await self.post(
-                f"/workers/{worker_id}/claim", json={"wait_seconds": self.args.claim_wait}
+                http, f"/workers/{worker_id}/claim", json={"wait_seconds": self.args.claim_wait}
             )
             if response.status_code == 204:
                 self.observed.empty_claims += 1
@@ -179,13 +193,13 @@ class Load:
             self.observed.claimed_at.append(time.monotonic())
             if self.on_claim is not None:
                 self.on_claim()
-            await self.run_trial(response.json())
+            await self.run_trial(http, response.json())
             return
 
-    async def run_trial(self, assignment: dict[str, Any]) -> None:
+    async def run_trial(self, http: httpx.AsyncClient, assignment: dict[str, Any]) -> None:
         headers = {"X-Attempt-Token": assignment["token"]}
         trial = assignment["trial_id"]
-        beating = asyncio.create_task(self.heartbeat(trial, headers, assignment))
+        beating = asyncio.create_task(self.heartbeat(http, trial, headers, assignment))
         try:
             epoch = 0
             # Trials do not train in step: each one's epochs end at an offset of its own.
@@ -197,7 +211,9 @@ class Load:
                 epoch += 1
                 body = {"epoch": epoch, "metrics": {"val_accuracy": 0.5 + 0.4 * epoch / 100}}
                 started = time.monotonic()
-                response = await self.post(f"/trials/{trial}/reports", json=body, headers=headers)
+                response = await self.post(
+                    http, f"/trials/{trial}/reports", json=body, headers=headers
+                )
                 if self.busy.is_set():
                     self.observed.reports.append(time.monotonic() - started)
                 if not self.answered_continue(response):
@@ -206,7 +222,9 @@ class Load:
         finally:
             beating.cancel()
 
-    async def heartbeat(self, trial: int, headers: dict[str, str], assignment: Any) -> None:
+    async def heartbeat(
+        self, http: httpx.AsyncClient, trial: int, headers: dict[str, str], assignment: Any
+    ) -> None:
         every = float(assignment["heartbeat_seconds"])
         next_at = time.monotonic() + every
         while not self.stop.is_set():
@@ -214,7 +232,7 @@ class Load:
             if self.stop.is_set():
                 return
             started = time.monotonic()
-            response = await self.post(f"/trials/{trial}/heartbeat", headers=headers)
+            response = await self.post(http, f"/trials/{trial}/heartbeat", headers=headers)
             if self.busy.is_set():
                 self.observed.heartbeats.append(time.monotonic() - started)
             if not self.answered_continue(response):
@@ -239,8 +257,8 @@ class Load:
         return times
 
     async def close(self) -> None:
-        await self.http.aclose()
-        await self.admin.aclose()
+        for http in (self.http, self.admin, *self.clients.values()):
+            await http.aclose()
 
 
 async def _until(deadline: float, stop: asyncio.Event) -> None:
