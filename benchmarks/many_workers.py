@@ -1,8 +1,8 @@
 """A thousand workers on one API process: idle, woken by a submission, then all busy.
 
     .venv/bin/python benchmarks/many_workers.py [--workers 1000] [--load-processes 2]
-        [--idle 60] [--busy 60] [--report-every 2] [--claim-wait 30] [--server-workers 1]
-        [--pg URL] [--json FILE]
+        [--idle 60] [--busy 60] [--report-every 2] [--claim-wait 30] [--submit-as-polls-end]
+        [--server-workers 1] [--pg URL] [--json FILE]
 
 One real `sweep server` on a fresh PostgreSQL database, and --load-processes processes
 simulating --workers workers between them over real HTTP on 127.0.0.1 (asyncio + httpx, a
@@ -16,7 +16,10 @@ a. idle: every worker long-polls its claim (--claim-wait seconds, `sweep worker`
 b. wake: an experiment with a slot for every worker is submitted. Printed: the time from the
    submission to each worker's claim answered with a trial, p50 / p99 / last (target p99 < 2 s),
    as the workers saw it and, from the trials' rows, as the server started them (the first
-   leaves out none of the load processes' own delays when they are short of CPU).
+   leaves out none of the load processes' own delays when they are short of CPU). The workers
+   start polling together, so their polls run out together too: --submit-as-polls-end submits
+   when the first one does, the worst moment (no claim waits at the server; a thousand are
+   being sent again).
 c. busy: every worker reports an epoch every --report-every seconds and heartbeats as its
    assignment says, for --busy seconds. Printed: report and heartbeat latency p50 / p99 / max
    (target: report p99 < 250 ms), the server's CPU, and leases lost (a 409, or a stop);
@@ -97,10 +100,12 @@ class Target:
 class Control:
     """What the conducting process and the load processes share."""
 
+    go: Event  # every load process registered its workers: they start polling together
     busy: Event  # phase c: reports are being timed
     stop: Event
-    ready: Any  # multiprocessing.Value("i"): load processes whose workers are all polling
+    ready: Any  # multiprocessing.Value("i"): load processes whose workers are registered
     claimed: Any  # multiprocessing.Value("i"): claims answered with a trial, all processes
+    emptied: Any  # multiprocessing.Value("i"): claims answered with no trial, all processes
 
 
 class Load:
@@ -124,6 +129,7 @@ class Load:
         self.busy = asyncio.Event()  # phase c: reports are being timed
         self.stop = asyncio.Event()
         self.on_claim: Any = None  # called for each claim answered with a trial
+        self.on_empty: Any = None  # called for each claim answered with no trial
 
     def client(self, connections: int) -> httpx.AsyncClient:
         return httpx.AsyncClient(
@@ -186,6 +192,8 @@ class Load:
             )
             if response.status_code == 204:
                 self.observed.empty_claims += 1
+                if self.on_empty is not None:
+                    self.on_empty()
                 continue
             if response.status_code != 200:
                 self.observed.errors.append(f"claim {response.status_code}: {response.text}")
@@ -375,12 +383,19 @@ async def _simulate(
         with control.claimed.get_lock():
             control.claimed.value += 1
 
+    def emptied() -> None:
+        with control.emptied.get_lock():
+            control.emptied.value += 1
+
     load.on_claim = claimed
+    load.on_empty = emptied
     try:
         worker_ids = await load.register(workers.start)
-        tasks = [asyncio.create_task(load.worker(w)) for w in worker_ids]
         with control.ready.get_lock():
             control.ready.value += 1
+        while not control.go.is_set():
+            await asyncio.sleep(0.01)
+        tasks = [asyncio.create_task(load.worker(w)) for w in worker_ids]
         while not control.stop.is_set():  # follow the conductor's phases
             if control.busy.is_set():
                 load.busy.set()
@@ -411,8 +426,9 @@ async def scenario(
         floor = await conductor.floor()
         results["healthz"] = quantiles(floor)
         print(f"baseline GET /healthz: {ms(results['healthz'])}", flush=True)
-        while control.ready.value < loads:  # every worker registered and polling
+        while control.ready.value < loads:  # every worker registered
             await asyncio.sleep(0.1)
+        control.go.set()
 
         # a. idle: let every claim reach its long poll, then measure.
         await asyncio.sleep(min(5.0, args.claim_wait))
@@ -437,6 +453,13 @@ async def scenario(
             "sampler": {"name": "tpe", "seed": 1},
             "budget": {"n_trials": args.workers, "max_concurrent": args.workers},
         }
+        if args.submit_as_polls_end:
+            # The worst moment: the long polls run out (all of them within about a second)
+            # and their claims are sent again, while none waits at the server.
+            empty = control.emptied.value
+            ends = time.monotonic() + args.claim_wait + 10
+            while control.emptied.value == empty and time.monotonic() < ends:
+                await asyncio.sleep(0.005)
         submitted = time.monotonic()
         response = await conductor.admin.post("/experiments", json=spec)
         response.raise_for_status()
@@ -542,6 +565,11 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--claim-wait", type=float, default=WorkerOptions.wait_seconds, help="long poll"
     )
+    parser.add_argument(
+        "--submit-as-polls-end",
+        action="store_true",
+        help="submit in phase b when the first long poll after phase a runs out",
+    )
     parser.add_argument("--server-workers", type=int, default=1, help="API processes")
     parser.add_argument(
         "--load-processes", type=int, default=2, help="processes the workers are spread over"
@@ -555,10 +583,12 @@ def main() -> None:
     args = parse_args()
     context = multiprocessing.get_context("spawn")
     control = Control(
+        go=context.Event(),
         busy=context.Event(),
         stop=context.Event(),
         ready=context.Value("i", 0),
         claimed=context.Value("i", 0),
+        emptied=context.Value("i", 0),
     )
     with (
         psycopg.connect(args.pg, autocommit=True) as admin,
