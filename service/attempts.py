@@ -444,6 +444,7 @@ def report(
     token: str,
     body: ReportIn,
     lease_seconds: float,
+    project: str | None = None,
 ) -> ReportOut:
     """Record one epoch's metrics, extend the lease, and answer whether the trial goes on.
 
@@ -453,8 +454,9 @@ def report(
 
     The usual report (the running attempt's next epoch) is recorded by one UPDATE that also
     checks the attempt and takes the trial's row lock, and one INSERT; the trial is loaded
-    whole only when it ends here.
+    whole only when it ends here. A caller of one `project` gets NotFound for another's trial.
     """
+    check_visible(session, trial_id, project)
     recorded = session.execute(
         update(Trial)
         .where(
@@ -509,6 +511,13 @@ def report(
         lifecycle.finish(session, trial, TrialState.PRUNED, value=objective)
         return ReportOut(action="prune", reason=f"pruned at epoch {body.epoch}")
     return ReportOut(action="continue")
+
+
+def check_visible(session: Session, trial_id: int, project: str | None) -> None:
+    """NotFound when a caller of one `project` names another's trial. A caller of every
+    project is not looked up: the call itself finds the trial, NotFound if it is not."""
+    if project is not None and rows.project_of_trial(session, trial_id) != project:
+        raise NotFound(f"trial {trial_id} not found")
 
 
 def _objective_of(metrics: dict[str, float]) -> ColumnElement[Any]:
@@ -655,10 +664,18 @@ def fail(session: Session, *, trial_id: int, token: str, body: FailIn) -> TrialR
 # --- leases --------------------------------------------------------------------------------
 
 
-def heartbeat(session: Session, *, trial_id: int, token: str, lease_seconds: float) -> HeartbeatOut:
+def heartbeat(
+    session: Session,
+    *,
+    trial_id: int,
+    token: str,
+    lease_seconds: float,
+    project: str | None = None,
+) -> HeartbeatOut:
     """Keep an attempt's lease alive; the answer says whether the trial should go on. One
     UPDATE checks the attempt and renews its lease; the trial is loaded whole only when it
-    ends here."""
+    ends here. A caller of one `project` gets NotFound for another's trial."""
+    check_visible(session, trial_id, project)
     renewed = session.execute(
         update(Trial)
         .where(Trial.id == trial_id, Trial.token == token, Trial.state == TrialState.RUNNING)

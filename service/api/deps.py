@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractContextManager
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import Depends, Header, Path, Request
@@ -137,6 +137,40 @@ async def _end(
 # scope="function": the transaction commits before the response is sent, so a client never
 # sees a success that was not stored.
 SessionDep = Annotated[Session, Depends(get_session, scope="function")]
+
+T = TypeVar("T")
+
+
+class Transaction:
+    """A request's one transaction, begun, used and committed in one worker thread: for the
+    calls workers make most (reports, heartbeats), one thread hop where SessionDep takes two.
+    It takes its turn among REQUEST_TRANSACTIONS as SessionDep does; it needs no thread of
+    its own to end, so it cannot wait on the others for one."""
+
+    def __init__(self, db: Database, turns: anyio.CapacityLimiter) -> None:
+        self.db = db
+        self.turns = turns
+
+    async def run(self, work: Callable[[Session], T]) -> T:
+        """`work`'s result, committed (rolled back if it raises) before this returns. A
+        cancelled request still waits for the thread, so the transaction always ends."""
+        turn = object()
+        await self.turns.acquire_on_behalf_of(turn)
+        try:
+            return await run_in_threadpool(self._in_thread, work)
+        finally:
+            self.turns.release_on_behalf_of(turn)
+
+    def _in_thread(self, work: Callable[[Session], T]) -> T:
+        with self.db.transaction() as session:
+            return work(session)
+
+
+async def get_transaction(request: Request, db: DatabaseDep) -> Transaction:
+    return Transaction(db, request.app.state.transactions)
+
+
+TransactionDep = Annotated[Transaction, Depends(get_transaction)]
 
 
 # Ids past the columns' range are refused as invalid input rather than looked up.

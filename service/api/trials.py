@@ -1,3 +1,4 @@
+from functools import partial
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -16,6 +17,7 @@ from sweep.service.api.deps import (
     SessionDep,
     SettingsDep,
     StoreDep,
+    TransactionDep,
     TrialDep,
     TrialId,
     VisibleTrialId,
@@ -131,37 +133,49 @@ async def upload_outputs(
     return Response(status_code=204)
 
 
-@router.post("/{trial_id}/reports", tags=["worker protocol"], dependencies=[RUN])
-def report_epoch(
-    trial_id: VisibleTrialId,
+@router.post("/{trial_id}/reports", tags=["worker protocol"])
+async def report_epoch(
+    trial_id: TrialId,
     token: AttemptToken,
     body: ReportIn,
-    session: SessionDep,
+    caller: Runner,
+    transaction: TransactionDep,
     optimizer: OptimizerDep,
     settings: SettingsDep,
     metrics: MetricsDep,
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
-    answer = attempts.report(
-        session,
+    report = partial(
+        attempts.report,
         optimizer=optimizer,
         trial_id=trial_id,
         token=token,
         body=body,
         lease_seconds=settings.lease_seconds,
+        project=caller.project,
     )
+    answer = await transaction.run(report)
     metrics.reports.labels(answer.action).inc()
     return answer
 
 
-@router.post("/{trial_id}/heartbeat", tags=["worker protocol"], dependencies=[RUN])
-def heartbeat(
-    trial_id: VisibleTrialId, token: AttemptToken, session: SessionDep, settings: SettingsDep
+@router.post("/{trial_id}/heartbeat", tags=["worker protocol"])
+async def heartbeat(
+    trial_id: TrialId,
+    token: AttemptToken,
+    caller: Runner,
+    transaction: TransactionDep,
+    settings: SettingsDep,
 ) -> HeartbeatOut:
     """Keep the attempt's lease alive between reports."""
-    return attempts.heartbeat(
-        session, trial_id=trial_id, token=token, lease_seconds=settings.lease_seconds
+    beat = partial(
+        attempts.heartbeat,
+        trial_id=trial_id,
+        token=token,
+        lease_seconds=settings.lease_seconds,
+        project=caller.project,
     )
+    return await transaction.run(beat)
 
 
 @router.post("/{trial_id}/release", tags=["worker protocol"], dependencies=[RUN])
