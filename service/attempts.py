@@ -22,6 +22,7 @@ from typing import Any
 
 from sqlalchemy import (
     ColumnElement,
+    Label,
     Select,
     and_,
     case,
@@ -32,7 +33,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
 from sweep.service.artifacts import Kind
@@ -494,7 +495,7 @@ def report(
         trial = rows.trial(session, trial_id)
         lifecycle.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
         return ReportOut(action="stop", reason=why)
-    if _overdue(experiment, recorded.started_at) is not None:
+    if _overdue(experiment.spec, recorded.started_at) is not None:
         overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return ReportOut(action="stop", reason=overdue)
     if objective is None or cannot_prune_yet(
@@ -680,24 +681,35 @@ def heartbeat(
         update(Trial)
         .where(Trial.id == trial_id, Trial.token == token, Trial.state == TrialState.RUNNING)
         .values(lease_expires_at=lease_until(lease_seconds))
-        .returning(Trial.experiment_id, Trial.started_at)
+        .returning(Trial.experiment_id, Trial.started_at, _OWNER_STATE, _OWNER_SPEC)
     ).one_or_none()
     if renewed is None:
         running_attempt(session, trial_id, token)  # raises NotFound or Conflict, saying why
         raise Conflict(f"trial {trial_id}: this attempt is not running")
-    experiment = rows.experiment(session, renewed.experiment_id)
-    if experiment.state in ENDED_EXPERIMENT_STATES:
-        return HeartbeatOut(action="stop", reason=f"experiment {experiment.state}")
-    if _overdue(experiment, renewed.started_at) is not None:
+    if renewed.experiment_state in ENDED_EXPERIMENT_STATES:
+        return HeartbeatOut(action="stop", reason=f"experiment {renewed.experiment_state}")
+    if _overdue(renewed.experiment_spec, renewed.started_at) is not None:
+        experiment = rows.experiment(session, renewed.experiment_id)
         overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return HeartbeatOut(action="stop", reason=overdue)
     return HeartbeatOut(action="continue")
 
 
+def _of_owner(column: InstrumentedAttribute[Any], name: str) -> Label[Any]:
+    """A column of the trial's experiment, for an UPDATE of the trial to return: the call
+    reads its experiment in the same statement."""
+    owner = select(column).where(Experiment.id == Trial.experiment_id).scalar_subquery()
+    return owner.label(name)
+
+
+_OWNER_STATE = _of_owner(Experiment.state, "experiment_state")
+_OWNER_SPEC = _of_owner(Experiment.spec, "experiment_spec")
+
+
 def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:
     """Fail an attempt that ran past the budget's trial_timeout_s; the answer to its worker
     says why, and the worker kills what it runs."""
-    limit = _overdue(experiment, trial.started_at)
+    limit = _overdue(experiment.spec, trial.started_at)
     if limit is None:
         return None
     message = f"timed out: attempt {trial.attempt} ran past budget.trial_timeout_s ({limit:g} s)"
@@ -705,9 +717,9 @@ def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | 
     return message
 
 
-def _overdue(experiment: Experiment, started_at: datetime | None) -> float | None:
+def _overdue(spec: dict[str, Any], started_at: datetime | None) -> float | None:
     """The budget's trial_timeout_s when an attempt started then has run past it."""
-    limit = experiment.spec["budget"].get("trial_timeout_s")
+    limit = spec["budget"].get("trial_timeout_s")
     if limit is None or started_at is None:
         return None
     if utcnow() - started_at < timedelta(seconds=limit):
