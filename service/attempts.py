@@ -454,8 +454,9 @@ def report(
     its experiment has ended.
 
     The usual report (the running attempt's next epoch) is recorded by one UPDATE that also
-    checks the attempt and takes the trial's row lock, and one INSERT; the trial is loaded
-    whole only when it ends here. A caller of one `project` gets NotFound for another's trial.
+    checks the attempt, takes the trial's row lock and reads what the report needs of the
+    experiment, and one INSERT; the experiment is loaded whole only for the pruner, and the
+    trial only when it ends here. A caller of one `project` gets NotFound for another's trial.
     """
     check_visible(session, trial_id, project)
     recorded = session.execute(
@@ -471,37 +472,49 @@ def report(
             last_objective=_objective_of(body.metrics),
             lease_expires_at=lease_until(lease_seconds),
         )
-        .returning(Trial.experiment_id, Trial.number, Trial.system_attrs, Trial.started_at)
+        .returning(
+            Trial.experiment_id,
+            Trial.number,
+            Trial.system_attrs,
+            Trial.started_at,
+            _OWNER_STATE,
+            _OWNER_SPEC,
+            _OWNER_METRIC,
+            _OWNER_PROGRAM,
+            _OWNER_FINISHED,
+        )
     ).one_or_none()
     if recorded is None:
         return _not_recorded(session, trial_id, token, body.epoch)
-    experiment = rows.experiment(session, recorded.experiment_id)
-    program = experiment.needs_program is not None
-    for wanted in specs.objectives(experiment.spec):
+    spec, state = recorded.experiment_spec, recorded.experiment_state
+    program = recorded.experiment_program is not None
+    for wanted in specs.objectives(spec):
         # The built-in trainer reports every metric each epoch; a program reports what it has.
         if wanted["metric"] not in body.metrics and not program:
             raise InvalidSpec(
                 f"the report lacks the objective metric {wanted['metric']!r}",
                 field=f"metrics.{wanted['metric']}",
             )
-    objective = body.metrics.get(experiment.metric)
+    objective = body.metrics.get(recorded.experiment_metric)
     session.execute(
         insert(TrialMetric).values(
             trial_id=trial_id, epoch=body.epoch, objective=objective, values=body.metrics
         )
     )
-    if experiment.state in ENDED_EXPERIMENT_STATES:
-        why = f"experiment {experiment.state}"
+    if state in ENDED_EXPERIMENT_STATES:
+        why = f"experiment {state}"
         trial = rows.trial(session, trial_id)
         lifecycle.finish(session, trial, TrialState.CANCELLED, reason="cancelled", message=why)
         return ReportOut(action="stop", reason=why)
-    if _overdue(experiment.spec, recorded.started_at) is not None:
+    if _overdue(spec, recorded.started_at) is not None:
+        experiment = rows.experiment(session, recorded.experiment_id)
         overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return ReportOut(action="stop", reason=overdue)
     if objective is None or cannot_prune_yet(
-        experiment.spec["pruner"], body.epoch, experiment.finish_seq
+        spec["pruner"], body.epoch, recorded.experiment_finished
     ):
         return ReportOut(action="continue")
+    experiment = rows.experiment(session, recorded.experiment_id)
     prune, attrs = optimizer.should_prune(
         session, experiment, recorded.number, recorded.system_attrs, _curve(session, trial_id)
     )
@@ -704,6 +717,9 @@ def _of_owner(column: InstrumentedAttribute[Any], name: str) -> Label[Any]:
 
 _OWNER_STATE = _of_owner(Experiment.state, "experiment_state")
 _OWNER_SPEC = _of_owner(Experiment.spec, "experiment_spec")
+_OWNER_METRIC = _of_owner(Experiment.metric, "experiment_metric")
+_OWNER_PROGRAM = _of_owner(Experiment.needs_program, "experiment_program")
+_OWNER_FINISHED = _of_owner(Experiment.finish_seq, "experiment_finished")
 
 
 def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:
