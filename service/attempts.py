@@ -617,8 +617,17 @@ def _check_checkpoint_epoch(trial: Trial, epoch: int) -> None:
         )
 
 
-def complete(session: Session, *, trial_id: int, token: str, body: CompleteIn) -> TrialRead:
-    """Finish a trial with its objective value. Completing it again the same way is a no-op."""
+def complete(
+    session: Session,
+    *,
+    trial_id: int,
+    token: str,
+    body: CompleteIn,
+    project: str | None = None,
+) -> TrialRead:
+    """Finish a trial with its objective value. Completing it again the same way is a no-op.
+    A caller of one `project` gets NotFound for another's trial."""
+    check_visible(session, trial_id, project)
     trial = attempt(session, trial_id, token)
     if trial.state == TrialState.COMPLETED and trial.value == body.value:
         return trials.read(trial)

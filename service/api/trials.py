@@ -320,12 +320,19 @@ async def commit_upload(
     return Response(status_code=204)
 
 
-@router.post("/{trial_id}/complete", tags=["worker protocol"], dependencies=[RUN])
-def complete_trial(
-    trial_id: VisibleTrialId, token: AttemptToken, body: CompleteIn, session: SessionDep
+@router.post("/{trial_id}/complete", tags=["worker protocol"])
+async def complete_trial(
+    trial_id: TrialId,
+    token: AttemptToken,
+    body: CompleteIn,
+    caller: Runner,
+    transaction: TransactionDep,
 ) -> TrialRead:
     """Finish a trial with its objective value."""
-    return attempts.complete(session, trial_id=trial_id, token=token, body=body)
+    complete = partial(
+        attempts.complete, trial_id=trial_id, token=token, body=body, project=caller.project
+    )
+    return await transaction.run(complete)
 
 
 @router.post("/{trial_id}/fail", tags=["worker protocol"], dependencies=[RUN])
