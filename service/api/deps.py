@@ -143,9 +143,9 @@ T = TypeVar("T")
 
 class Transaction:
     """A request's one transaction, begun, used and committed in one worker thread: for the
-    calls workers make most (reports, heartbeats), one thread hop where SessionDep takes two.
-    It takes its turn among REQUEST_TRANSACTIONS as SessionDep does; it needs no thread of
-    its own to end, so it cannot wait on the others for one."""
+    calls workers make most (reports, heartbeats, completions), one thread hop where
+    SessionDep takes two. It takes its turn among REQUEST_TRANSACTIONS as SessionDep does;
+    it needs no thread of its own to end, so it cannot wait on the others for one."""
 
     def __init__(self, db: Database, turns: anyio.CapacityLimiter) -> None:
         self.db = db
