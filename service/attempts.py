@@ -16,16 +16,21 @@ experiment and needs a trial it only takes rows no one else holds (SKIP LOCKED).
 
 from __future__ import annotations
 
+import functools
 import secrets
 from datetime import datetime, timedelta
 from typing import Any, cast
 
 from sqlalchemy import (
     ColumnElement,
+    Float,
     Label,
     Select,
+    String,
     Table,
+    Update,
     and_,
+    bindparam,
     case,
     delete,
     exists,
@@ -34,7 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import InstrumentedAttribute, Session
+from sqlalchemy.orm import Session
 
 from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
 from sweep.service.artifacts import Kind
@@ -460,36 +465,22 @@ def report(
     trial only when it ends here. A caller of one `project` gets NotFound for another's trial.
     """
     check_visible(session, trial_id, project)
+    metrics = list(body.metrics.items())
     recorded = session.execute(
-        update(Trial)
-        .where(
-            Trial.id == trial_id,
-            Trial.token == token,
-            Trial.state == TrialState.RUNNING,
-            Trial.last_epoch == body.epoch - 1,
-        )
-        .values(
-            last_epoch=body.epoch,
-            last_objective=_objective_of(body.metrics),
-            lease_expires_at=lease_until(lease_seconds),
-        )
-        .returning(
-            Trial.experiment_id,
-            Trial.number,
-            Trial.system_attrs,
-            Trial.started_at,
-            _OWNER_STATE,
-            _OWNER_SPEC,
-            _OWNER_METRIC,
-            _OWNER_PROGRAM,
-            _OWNER_FINISHED,
-        )
-        .execution_options(synchronize_session=False)  # no object of it is loaded here
+        _report_update(len(metrics)),
+        {
+            "b_trial_id": trial_id,
+            "b_token": token,
+            "b_epoch": body.epoch,
+            "b_lease": lease_until(lease_seconds),
+            **{f"b_metric_{i}": name for i, (name, _) in enumerate(metrics)},
+            **{f"b_value_{i}": value for i, (_, value) in enumerate(metrics)},
+        },
     ).one_or_none()
     if recorded is None:
         return _not_recorded(session, trial_id, token, body.epoch)
     spec, state = recorded.experiment_spec, recorded.experiment_state
-    program = recorded.experiment_program is not None
+    program = recorded.experiment_needs_program is not None
     for wanted in specs.objectives(spec):
         # The built-in trainer reports every metric each epoch; a program reports what it has.
         if wanted["metric"] not in body.metrics and not program:
@@ -499,9 +490,8 @@ def report(
             )
     objective = body.metrics.get(recorded.experiment_metric)
     session.execute(
-        insert(TRIAL_METRICS).values(
-            trial_id=trial_id, epoch=body.epoch, objective=objective, values=body.metrics
-        )
+        _RECORD_METRICS,
+        {"trial_id": trial_id, "epoch": body.epoch, "objective": objective, "values": body.metrics},
     )
     if state in ENDED_EXPERIMENT_STATES:
         why = f"experiment {state}"
@@ -513,7 +503,7 @@ def report(
         overdue = _timed_out(session, rows.trial(session, trial_id), experiment)
         return ReportOut(action="stop", reason=overdue)
     if objective is None or cannot_prune_yet(
-        spec["pruner"], body.epoch, recorded.experiment_finished
+        spec["pruner"], body.epoch, recorded.experiment_finish_seq
     ):
         return ReportOut(action="continue")
     experiment = rows.experiment(session, recorded.experiment_id)
@@ -534,15 +524,6 @@ def check_visible(session: Session, trial_id: int, project: str | None) -> None:
     project is not looked up: the call itself finds the trial, NotFound if it is not."""
     if project is not None and rows.project_of_trial(session, trial_id) != project:
         raise NotFound(f"trial {trial_id} not found")
-
-
-def _objective_of(metrics: dict[str, float]) -> ColumnElement[Any]:
-    """The trial's last objective after a report of `metrics`: the value of its
-    experiment's objective metric among them, else the one it had."""
-    if not metrics:
-        return Trial.last_objective.expression
-    metric = select(Experiment.metric).where(Experiment.id == Trial.experiment_id)
-    return case(metrics, value=metric.scalar_subquery(), else_=Trial.last_objective)
 
 
 def _not_recorded(session: Session, trial_id: int, token: str, epoch: int) -> ReportOut:
@@ -702,11 +683,8 @@ def heartbeat(
     ends here. A caller of one `project` gets NotFound for another's trial."""
     check_visible(session, trial_id, project)
     renewed = session.execute(
-        update(Trial)
-        .where(Trial.id == trial_id, Trial.token == token, Trial.state == TrialState.RUNNING)
-        .values(lease_expires_at=lease_until(lease_seconds))
-        .returning(Trial.experiment_id, Trial.started_at, _OWNER_STATE, _OWNER_SPEC)
-        .execution_options(synchronize_session=False)  # no object of it is loaded here
+        _HEARTBEAT,
+        {"b_trial_id": trial_id, "b_token": token, "b_lease": lease_until(lease_seconds)},
     ).one_or_none()
     if renewed is None:
         running_attempt(session, trial_id, token)  # raises NotFound or Conflict, saying why
@@ -720,20 +698,69 @@ def heartbeat(
     return HeartbeatOut(action="continue")
 
 
-def _of_owner(column: InstrumentedAttribute[Any], name: str) -> Label[Any]:
+# The hot path's statements, built once in SQLAlchemy Core over the tables (a statement built
+# per call cost a report more than its SQL; the ORM's bulk UPDATE machinery added as much).
+TRIALS = cast(Table, Trial.__table__)
+EXPERIMENTS = cast(Table, Experiment.__table__)
+TRIAL_METRICS = cast(Table, TrialMetric.__table__)
+
+
+def _of_owner(column: str) -> Label[Any]:
     """A column of the trial's experiment, for an UPDATE of the trial to return: the call
     reads its experiment in the same statement."""
-    owner = select(column).where(Experiment.id == Trial.experiment_id).scalar_subquery()
-    return owner.label(name)
+    owner = EXPERIMENTS.c
+    found = select(owner[column]).where(owner.id == TRIALS.c.experiment_id).scalar_subquery()
+    return found.label(f"experiment_{column}")
 
 
-# The table itself, not the class: a Core INSERT skips the ORM's bulk machinery.
-TRIAL_METRICS = cast(Table, TrialMetric.__table__)
-_OWNER_STATE = _of_owner(Experiment.state, "experiment_state")
-_OWNER_SPEC = _of_owner(Experiment.spec, "experiment_spec")
-_OWNER_METRIC = _of_owner(Experiment.metric, "experiment_metric")
-_OWNER_PROGRAM = _of_owner(Experiment.needs_program, "experiment_program")
-_OWNER_FINISHED = _of_owner(Experiment.finish_seq, "experiment_finished")
+def _running_attempt_update(*conditions: ColumnElement[bool]) -> Update:
+    """An UPDATE of attempt :b_token of trial :b_trial_id while it runs, renewing its lease
+    to :b_lease; no row when it is not that attempt, or no longer running."""
+    trial = TRIALS.c
+    return (
+        update(TRIALS)
+        .where(
+            trial.id == bindparam("b_trial_id"),
+            trial.token == bindparam("b_token"),
+            trial.state == TrialState.RUNNING,
+            *conditions,
+        )
+        .values(lease_expires_at=bindparam("b_lease", type_=TRIALS.c.lease_expires_at.type))
+    )
+
+
+_HEARTBEAT = _running_attempt_update().returning(
+    TRIALS.c.experiment_id, TRIALS.c.started_at, _of_owner("state"), _of_owner("spec")
+)
+
+
+@functools.cache
+def _report_update(metrics: int) -> Update:
+    """A report's UPDATE, for a report of `metrics` metrics (:b_metric_i named :b_value_i):
+    the attempt's next epoch (:b_epoch) recorded, its lease renewed, and its last objective
+    set to the value its experiment's objective metric has among them (else kept)."""
+    trial = TRIALS.c
+    objective: ColumnElement[Any] = trial.last_objective
+    if metrics:
+        whens = [
+            (bindparam(f"b_metric_{i}", type_=String), bindparam(f"b_value_{i}", type_=Float))
+            for i in range(metrics)
+        ]
+        objective = case(*whens, value=_of_owner("metric"), else_=trial.last_objective)
+    return (
+        _running_attempt_update(trial.last_epoch == bindparam("b_epoch") - 1)
+        .values(last_epoch=bindparam("b_epoch"), last_objective=objective)
+        .returning(
+            trial.experiment_id,
+            trial.number,
+            trial.system_attrs,
+            trial.started_at,
+            *(_of_owner(c) for c in ("state", "spec", "metric", "needs_program", "finish_seq")),
+        )
+    )
+
+
+_RECORD_METRICS = insert(TRIAL_METRICS)
 
 
 def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:
