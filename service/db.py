@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -21,7 +22,7 @@ from typing import Any
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -47,7 +48,34 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, connect_args={"check_same_thread": False})
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW, pool_pre_ping=True)
+    engine = create_engine(url, pool_size=POOL_SIZE, max_overflow=POOL_OVERFLOW)
+    _ping_when_idle(engine)
+    return engine
+
+
+# A pooled PostgreSQL connection is pinged before use only after it sat idle this long: a
+# restarted server or a dropped connection is found then, without a round trip before every
+# request of a busy process. One that breaks in steady use fails its request with a 503
+# (SQLAlchemy then discards the pool's older connections), which workers and clients retry.
+PING_AFTER_IDLE_SECONDS = 2.0
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    def idle_now(_dbapi_conn: Any, entry: Any) -> None:
+        entry.info["idle_since"] = time.monotonic()
+
+    event.listen(engine, "connect", idle_now)
+    event.listen(engine, "checkin", idle_now)
+
+    @event.listens_for(engine, "checkout")
+    def on_checkout(dbapi_conn: Any, entry: Any, _proxy: Any) -> None:
+        idle_since = entry.info.get("idle_since")
+        if idle_since is not None and time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_conn)
+        except engine.dialect.loaded_dbapi.Error as exc:  # the pool takes a new connection
+            raise DisconnectionError(f"a pooled connection is gone: {exc}") from exc
 
 
 def _configure_sqlite(engine: Engine) -> None:

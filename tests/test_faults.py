@@ -22,8 +22,11 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from sweep.client import SweepClient
+from sweep.service import db as service_db
 from sweep.service.config import Settings
 from sweep.service.tokens import create_in_database
 from tests.conftest import PG_ADMIN
@@ -370,3 +373,39 @@ def test_a_full_disk_under_sqlite_answers_503_and_the_sweep_finishes(
         )
         + f"; the sweep stored its next epoch {moving:.1f} s after the disk was freed"
     )
+
+
+@pytest.mark.postgres
+def test_a_pooled_connection_is_pinged_only_after_sitting_idle(
+    postgresql_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A connection in steady use is not pinged before each transaction: one whose backend
+    was ended fails its next transaction (a 503 over HTTP), and the pool then replaces its
+    connections. One that sat idle past PING_AFTER_IDLE_SECONDS is pinged when taken from
+    the pool, and replaced unseen."""
+    database = service_db.Database.connect(postgresql_url)
+
+    def backend() -> int:
+        with database.transaction() as session:
+            return int(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+
+    def end(pid: int) -> None:
+        admin.execute("SELECT pg_terminate_backend(%s)", (pid,))
+        gone = "SELECT count(*) FROM pg_stat_activity WHERE pid = %s"
+        wait_until(lambda: admin.execute(gone, (pid,)).fetchone() == (0,), 10, "backend ended")
+
+    try:
+        with psycopg.connect(PG_ADMIN, autocommit=True) as admin:
+            first = backend()
+            end(first)
+            with pytest.raises(DBAPIError) as failed:
+                backend()
+            assert failed.value.connection_invalidated
+            second = backend()
+            assert second != first
+
+            monkeypatch.setattr(service_db, "PING_AFTER_IDLE_SECONDS", 0.0)
+            end(second)
+            assert backend() not in (first, second)
+    finally:
+        database.dispose()
