@@ -166,8 +166,8 @@ class Transaction:
             return work(session)
 
 
-async def get_transaction(request: Request, db: DatabaseDep) -> Transaction:
-    return Transaction(db, request.app.state.transactions)
+async def get_transaction(request: Request) -> Transaction:
+    return Transaction(request.app.state.db, request.app.state.transactions)
 
 
 TransactionDep = Annotated[Transaction, Depends(get_transaction)]
@@ -215,14 +215,16 @@ KnownCallersDep = Annotated[KnownCallers, Depends(get_known_callers)]
 
 
 async def get_caller(
-    db: DatabaseDep,
-    settings: SettingsDep,
-    known: KnownCallersDep,
+    request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
     """The caller behind the bearer token (401 without a valid one): from this process's
-    recent checks when it has one, without leaving the event loop, else from SQL."""
-    if not settings.auth:
+    recent checks when it has one, without leaving the event loop, else from SQL. (Every
+    call needs it: it reads the app's state itself rather than through dependencies.)"""
+    state = request.app.state
+    db: Database = state.db
+    known: KnownCallers = state.known_callers
+    if not state.settings.auth:
         return auth.NOBODY_CHECKED
     header = f"Bearer {credentials.credentials}" if credentials else None
     caller = known.get(header)
