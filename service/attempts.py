@@ -161,9 +161,9 @@ def claim(
     max_concurrent run at once.
     """
     worker = _check_claimant(session, worker_id, experiment_id, project)
-    worker.last_seen_at = utcnow()
-    held = _held(session, worker_id)
-    if held is not None:
+    held_id = session.execute(_SEEN, {"b_worker_id": worker_id, "b_now": utcnow()}).scalar_one()
+    if held_id is not None:
+        held = rows.trial(session, held_id)
         owner = rows.experiment(session, held.experiment_id)
         return _assignment(session, owner, held, lease_seconds, _checkpoint_epoch(session, held))
     experiment = _lock_claimable(session, worker, experiment_id, project)
@@ -319,10 +319,6 @@ def _check_claimant(
         if target.state == ExperimentState.CANCELLED:
             raise Conflict(f"experiment {experiment_id} is cancelled")
     return worker
-
-
-def _held(session: Session, worker_id: int) -> Trial | None:
-    return session.scalars(select(Trial).where(_holds(worker_id))).first()
 
 
 def _holds(worker_id: int) -> ColumnElement[bool]:
@@ -761,6 +757,22 @@ def _report_update(metrics: int) -> Update:
 
 
 _RECORD_METRICS = insert(TRIAL_METRICS)
+
+# A claim's first write: the worker (:b_worker_id) seen at :b_now, and the running trial it
+# holds, if any (its last claim's answer was lost).
+WORKERS = cast(Table, Worker.__table__)
+_SEEN = (
+    update(WORKERS)
+    .where(WORKERS.c.id == bindparam("b_worker_id"))
+    .values(last_seen_at=bindparam("b_now", type_=WORKERS.c.last_seen_at.type))
+    .returning(
+        # Not correlated: SQLite's RETURNING names columns unqualified.
+        select(TRIALS.c.id)
+        .where(TRIALS.c.worker_id == bindparam("b_worker_id"), TRIALS.c.state == TrialState.RUNNING)
+        .limit(1)
+        .scalar_subquery()
+    )
+)
 
 
 def _timed_out(session: Session, trial: Trial, experiment: Experiment) -> str | None:

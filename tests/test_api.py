@@ -162,11 +162,13 @@ def test_budget_and_concurrency_limits(client: TestClient) -> None:
 
 
 def test_a_worker_asking_again_gets_the_trial_it_holds(client: TestClient) -> None:
-    create(client, budget=budget(5))
-    worker = register(client)
+    create(client, budget=budget(5, max_concurrent=1))
+    worker, other = register(client, "holder"), register(client, "other")
     first = claim(client, worker)
+    assert claim(client, other) is None  # the one slot is taken, and not by this worker
     again = claim(client, worker)
-    assert first and again and first["trial_id"] == again["trial_id"]
+    assert first and again
+    assert (first["trial_id"], first["token"]) == (again["trial_id"], again["token"])
 
 
 def test_pause_resume_cancel(client: TestClient) -> None:
