@@ -146,6 +146,22 @@ def test_a_program_sees_the_gpus_of_its_worker_only(monkeypatch: pytest.MonkeyPa
     assert _visible_devices("cuda:0", [0, 2]) == "4,6"
 
 
+def test_attempts_of_the_same_trial_id_on_one_host_get_directories_of_their_own(
+    tmp_path: Path,
+) -> None:
+    """Workers of two servers on one host can run each server's trial 1, attempt 1, at the
+    same time: each attempt's directory is its own, so one ending (its directory removed)
+    takes nothing from the other."""
+    from sweep.worker.program_run import attempt_dir
+
+    assignment = {"trial_id": 1, "attempt": 1}
+    work_dir = tmp_path / "programs"
+    first, second = attempt_dir(work_dir, assignment), attempt_dir(work_dir, assignment)
+    assert first != second and first.is_dir() and second.is_dir()
+    assert first.parent == second.parent == work_dir
+    assert first.name.startswith("trial-1-1-")
+
+
 def test_a_program_reports_any_metrics_and_the_objective_when_it_has_it(client: Any) -> None:
     submit(client, program_spec(pruner={"name": "none"}))
     trial = claim_trial(client, register(client, "w", programs=["train_cnn"]))

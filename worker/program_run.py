@@ -23,6 +23,7 @@ import signal
 import socket
 import subprocess
 import tarfile
+import tempfile
 import threading
 import time
 import traceback
@@ -72,6 +73,14 @@ class Setting:
     work_dir: Path  # the attempt's directories go under it, removed afterwards
 
 
+def attempt_dir(work_dir: Path, assignment: dict[str, Any]) -> Path:
+    """A new directory for an attempt's files, its own even when another worker on this host
+    runs an attempt of the same trial id and number (of another server) at the same time."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    name = f"trial-{assignment['trial_id']}-{assignment['attempt']}-"
+    return Path(tempfile.mkdtemp(prefix=name, dir=work_dir))
+
+
 class ProgramRun:
     def __init__(
         self,
@@ -89,7 +98,7 @@ class ProgramRun:
         self.objectives = [o["metric"] for o in assignment["objectives"]]
         self.directions = [o["direction"] for o in assignment["objectives"]]
         self.reduce = assignment["objective"]["reduce"]
-        self.dir = setting.work_dir / f"trial-{assignment['trial_id']}-{assignment['attempt']}"
+        self.dir = attempt_dir(setting.work_dir, assignment)
         self.attempt = Attempt(
             trial_id=assignment["trial_id"],
             number=assignment["number"],
