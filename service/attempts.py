@@ -19,7 +19,7 @@ from __future__ import annotations
 import functools
 import secrets
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import (
     ColumnElement,
@@ -39,7 +39,7 @@ from sqlalchemy import (
     select,
     update,
 )
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from sweep.service import artifacts, lifecycle, rows, specs, trials, workers
 from sweep.service.artifacts import Kind
@@ -110,8 +110,8 @@ def claim_possible(
     worker = _check_claimant(session, worker_id, experiment_id, project)
     if session.scalars(select(Trial.id).where(_holds(worker_id)).limit(1)).first() is not None:
         return True
-    claimable = _claimable(worker, experiment_id, project).with_only_columns(Experiment.id)
-    return session.scalars(claimable).first() is not None
+    claimable, params = _claimable(worker, experiment_id, project)
+    return session.scalars(claimable.ids, params).first() is not None
 
 
 def try_claim(
@@ -266,13 +266,16 @@ def _start_enqueued(
 
 def _next_queued(session: Session, experiment_id: int) -> Trial | None:
     """Trials to retry first (oldest number first), then enqueued ones in the order given."""
-    return session.scalars(
-        select(Trial)
-        .where(Trial.experiment_id == experiment_id, Trial.state == TrialState.QUEUED)
-        .order_by(Trial.number.nulls_last(), Trial.id)
-        .limit(1)
-        .with_for_update(skip_locked=True)
-    ).first()
+    return session.scalars(_NEXT_QUEUED, {"b_experiment_id": experiment_id}).first()
+
+
+_NEXT_QUEUED = (
+    select(Trial)
+    .where(Trial.experiment_id == bindparam("b_experiment_id"), Trial.state == TrialState.QUEUED)
+    .order_by(Trial.number.nulls_last(), Trial.id)
+    .limit(1)
+    .with_for_update(skip_locked=True)
+)
 
 
 def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
@@ -303,17 +306,19 @@ def _checkpoint_epoch(session: Session, trial: Trial) -> int:
     return (checkpoint.epoch or 0) if checkpoint is not None else 0
 
 
+_WORKER = select(Worker).where(Worker.id == bindparam("b_id"))
+_TARGET = select(Experiment.project, Experiment.state).where(Experiment.id == bindparam("b_id"))
+
+
 def _check_claimant(
     session: Session, worker_id: int, experiment_id: int | None, project: str | None
 ) -> Worker:
-    worker = session.get(Worker, worker_id)
+    worker = session.scalars(_WORKER, {"b_id": worker_id}).first()
     if worker is None or (project is not None and worker.project != project):
         raise NotFound(f"worker {worker_id} not found")
     if experiment_id is not None:
         # Only its project and state: the claim locks the experiment next, if it may start.
-        target = session.execute(
-            select(Experiment.project, Experiment.state).where(Experiment.id == experiment_id)
-        ).first()
+        target = session.execute(_TARGET, {"b_id": experiment_id}).first()
         if target is None or (project is not None and target.project != project):
             raise NotFound(f"experiment {experiment_id} not found")
         if target.state == ExperimentState.CANCELLED:
@@ -326,42 +331,83 @@ def _holds(worker_id: int) -> ColumnElement[bool]:
     return and_(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
 
 
-def _claimable(
-    worker: Worker, experiment_id: int | None, project: str | None
-) -> Select[Experiment]:
+class _Claimable(NamedTuple):
+    """The statements that find a claimable experiment, for one set of filters."""
+
+    any: Select[Experiment]
+    ids: Select[int]  # the read-only look
+    free: Select[Experiment]  # its row locked, skipping rows other claims hold
+    queued: Select[Experiment]  # its row locked, waiting for it
+
+
+@functools.cache
+def _claimable_statements(
+    by_experiment: bool, by_project: bool, by_worker_project: bool
+) -> _Claimable:
     """Running experiments with work left (budget or a queued trial) and a free slot, whose
-    requirements the worker meets (as service.workers.cannot_run says)."""
+    requirements the worker meets (as service.workers.cannot_run says); built once for each
+    set of filters, the worker's properties bound (see `_claimable`)."""
     running = (
         select(func.count())
         .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
         .scalar_subquery()
     )
     queued = exists().where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED)
+
+    def within(column: InstrumentedAttribute[str | None], name: str) -> ColumnElement[bool]:
+        return column.is_(None) | column.in_(bindparam(name, expanding=True))
+
     query = (
         select(Experiment)
         .where(
             Experiment.state == ExperimentState.RUNNING,
             (Experiment.trial_count < Experiment.n_trials) | queued,
             running < Experiment.max_concurrent,
-            Experiment.needs_device.is_(None)
-            | (Experiment.needs_device == workers.device_kind(worker)),
+            Experiment.needs_device.is_(None) | (Experiment.needs_device == bindparam("b_device")),
             Experiment.needs_memory_gb.is_(None)
-            | (Experiment.needs_memory_gb <= (worker.device_memory_gb or 0)),
-            Experiment.needs_model.is_(None) | Experiment.needs_model.in_(worker.models),
-            Experiment.needs_dataset.is_(None) | Experiment.needs_dataset.in_(worker.datasets),
-            Experiment.needs_program.is_(None) | Experiment.needs_program.in_(worker.programs),
-            Experiment.needs_gpus.is_(None) | (Experiment.needs_gpus <= worker.gpus),
+            | (Experiment.needs_memory_gb <= bindparam("b_memory")),
+            within(Experiment.needs_model, "b_models"),
+            within(Experiment.needs_dataset, "b_datasets"),
+            within(Experiment.needs_program, "b_programs"),
+            Experiment.needs_gpus.is_(None) | (Experiment.needs_gpus <= bindparam("b_gpus")),
         )
         .order_by(Experiment.id)
         .limit(1)
     )
-    if experiment_id is not None:
-        query = query.where(Experiment.id == experiment_id)
-    if project is not None:
-        query = query.where(Experiment.project == project)
-    if worker.project is not None:  # registered for one project: only its trials
-        query = query.where(Experiment.project == worker.project)
-    return query
+    if by_experiment:
+        query = query.where(Experiment.id == bindparam("b_experiment_id"))
+    if by_project:
+        query = query.where(Experiment.project == bindparam("b_project"))
+    if by_worker_project:  # registered for one project: only its trials
+        query = query.where(Experiment.project == bindparam("b_worker_project"))
+    loaded = query.execution_options(populate_existing=True)
+    return _Claimable(
+        any=query,
+        ids=query.with_only_columns(Experiment.id),
+        free=loaded.with_for_update(skip_locked=True, key_share=True, of=Experiment),
+        queued=loaded.with_for_update(key_share=True, of=Experiment),
+    )
+
+
+def _claimable(
+    worker: Worker, experiment_id: int | None, project: str | None
+) -> tuple[_Claimable, dict[str, Any]]:
+    """The statements finding an experiment this worker may claim now (of `experiment_id`,
+    of `project`, when given), and their parameters."""
+    statements = _claimable_statements(
+        experiment_id is not None, project is not None, worker.project is not None
+    )
+    return statements, {
+        "b_device": workers.device_kind(worker),
+        "b_memory": worker.device_memory_gb or 0,
+        "b_models": list(worker.models),
+        "b_datasets": list(worker.datasets),
+        "b_programs": list(worker.programs),
+        "b_gpus": worker.gpus,
+        "b_experiment_id": experiment_id,
+        "b_project": project,
+        "b_worker_project": worker.project,
+    }
 
 
 def _lock_claimable(
@@ -370,13 +416,10 @@ def _lock_claimable(
     """The claimable experiment, its row locked. One no other claim holds is taken at once;
     when every one with work is held (claims racing for the same experiment), the claim
     queues for the first rather than going away empty-handed."""
-    claimable = _claimable(worker, experiment_id, project)
-    query = claimable.execution_options(populate_existing=True)
-    free = query.with_for_update(skip_locked=True, key_share=True, of=Experiment)
-    experiment = session.scalars(free).one_or_none()
-    if experiment is None and session.scalars(claimable).first():
-        queued = query.with_for_update(key_share=True, of=Experiment)
-        experiment = session.scalars(queued).one_or_none()
+    claimable, params = _claimable(worker, experiment_id, project)
+    experiment = session.scalars(claimable.free, params).one_or_none()
+    if experiment is None and session.scalars(claimable.any, params).first():
+        experiment = session.scalars(claimable.queued, params).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
     if experiment is None or rows.count_trials(session, experiment.id) >= experiment.max_concurrent:
         return None

@@ -10,9 +10,9 @@ locks its experiment never deadlocks with another doing the same.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import TypeVar, cast
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sweep.service.errors import NotFound
@@ -46,7 +46,7 @@ def trial(session: Session, trial_id: int) -> Trial:
 
 def project_of_trial(session: Session, trial_id: int) -> str | None:
     """The project of a trial's experiment; None when there is no such trial."""
-    return session.scalar(select(Experiment.project).join(Trial).where(Trial.id == trial_id))
+    return session.scalar(_PROJECT_OF_TRIAL, {"b_id": trial_id})
 
 
 def lock_trial(session: Session, trial_id: int) -> Trial:
@@ -64,12 +64,7 @@ def _get(session: Session, table: type[Row], row_id: int) -> Row:
 
 
 def _lock(session: Session, table: type[Row], row_id: int) -> Row:
-    found = session.scalars(
-        select(table)
-        .where(table.id == row_id)
-        .with_for_update(key_share=True)
-        .execution_options(populate_existing=True)
-    ).one_or_none()
+    found = cast(Row | None, session.scalars(_LOCK[table], {"b_id": row_id}).one_or_none())
     if found is None:
         raise NotFound(f"{_NAMES[table]} {row_id} not found")
     return found
@@ -81,7 +76,20 @@ _NAMES: dict[type[Experiment | Trial], str] = {Experiment: "experiment", Trial: 
 def count_trials(session: Session, experiment_id: int, *states: TrialState) -> int:
     """How many of an experiment's trials are running (or in any of `states`)."""
     states = states or (TrialState.RUNNING,)
-    query = select(func.count()).where(
-        Trial.experiment_id == experiment_id, Trial.state.in_(states)
-    )
-    return session.scalar(query) or 0
+    return session.scalar(_COUNT_TRIALS, {"b_id": experiment_id, "b_states": states}) or 0
+
+
+# Statements the hot paths run, built once (building one per call cost about as much as
+# running it). Each is bound as :b_id.
+_LOCK = {
+    table: select(table)
+    .where(table.id == bindparam("b_id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+    for table in (Experiment, Trial)
+}
+_PROJECT_OF_TRIAL = select(Experiment.project).join(Trial).where(Trial.id == bindparam("b_id"))
+_COUNT_TRIALS = select(func.count()).where(
+    Trial.experiment_id == bindparam("b_id"),
+    Trial.state.in_(bindparam("b_states", expanding=True)),
+)

@@ -575,16 +575,17 @@ def _catch_up(session: Session, s: _Study, experiment: Experiment) -> None:
 def _curves(session: Session, trial_ids: list[int]) -> dict[int, dict[int, float]]:
     if not trial_ids:
         return {}
-    rows = session.execute(
-        select(TrialMetric.trial_id, TrialMetric.epoch, TrialMetric.objective).where(
-            TrialMetric.trial_id.in_(set(trial_ids))
-        )
-    )
+    rows = session.execute(_CURVES, {"trial_ids": sorted(set(trial_ids))})
     curves: dict[int, dict[int, float]] = {}
     for trial_id, epoch, objective in rows:
         if objective is not None and math.isfinite(objective):
             curves.setdefault(trial_id, {})[epoch] = objective
     return curves
+
+
+_CURVES = select(TrialMetric.trial_id, TrialMetric.epoch, TrialMetric.objective).where(
+    TrialMetric.trial_id.in_(bindparam("trial_ids", expanding=True))
+)
 
 
 def _add_running(s: _Study, trial: Row[Any], curve: dict[int, float]) -> None:
