@@ -32,7 +32,10 @@ log = logging.getLogger("sweep.service")
 
 
 # An API process's connections to PostgreSQL: this many kept, and up to POOL_OVERFLOW more.
-POOL_SIZE, POOL_OVERFLOW = 10, 20
+# All of them are kept: a busy process holds most of them, and connections beyond those kept
+# were closed as they went back to the pool and opened again moments later (40 a second, each
+# a new PostgreSQL backend, with 1,000 workers reporting).
+POOL_SIZE, POOL_OVERFLOW = 30, 0
 # Requests' transactions open at once (sweep.service.api.deps.get_session); the rest of the
 # pool serves claims, token checks and the background rounds, which take their own.
 REQUEST_TRANSACTIONS = POOL_SIZE + POOL_OVERFLOW - 10

@@ -409,3 +409,35 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(
             assert backend() not in (first, second)
     finally:
         database.dispose()
+
+
+@pytest.mark.postgres
+def test_connections_a_burst_opened_are_kept_for_the_next(postgresql_url: str) -> None:
+    """A busy process holds most of its pool at once: the connections a burst of concurrent
+    transactions opened stay open for the next burst, rather than being closed as they go
+    back to the pool and opened again (a new PostgreSQL backend each)."""
+    database = service_db.Database.connect(postgresql_url)
+    width = service_db.POOL_SIZE + service_db.POOL_OVERFLOW - 5
+
+    def burst() -> set[int]:
+        """The backends that served `width` transactions open at once."""
+        together = threading.Barrier(width)
+        backends: set[int] = set()
+
+        def transaction() -> None:
+            with database.transaction() as session:
+                backends.add(session.execute(text("SELECT pg_backend_pid()")).scalar_one())
+                together.wait(timeout=30)  # every connection checked out at once
+
+        threads = [threading.Thread(target=transaction) for _ in range(width)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert len(backends) == width
+        return backends
+
+    try:
+        assert burst() == burst()
+    finally:
+        database.dispose()
