@@ -140,7 +140,7 @@ def server(
     from sweep.service.config import Settings
 
     uvicorn.run(
-        "sweep.service.app:create_app",
+        "sweep.service.app:server_app",
         factory=True,
         host=host,
         port=port,
