@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from sweep import logs
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
-from sweep.service.api import ROUTERS, contract
+from sweep.service.api import ROUTERS, TAGS, contract
 from sweep.service.api import metrics as metrics_api
 from sweep.service.auth import KnownCallers
 from sweep.service.claims import ClaimWatcher
@@ -129,6 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Hyperparameter sweeps: experiments over HTTP, trials run by PyTorch workers.",
         version="0.1.0",
         lifespan=lifespan,
+        openapi_tags=[{"name": tag} for tag in TAGS],
         # Operation ids are the routes' names (create_experiment): what generated clients call.
         generate_unique_id_function=lambda route: route.name,
     )

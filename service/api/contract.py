@@ -81,7 +81,11 @@ def openapi(app: FastAPI, routers: list[tuple[str, APIRouter]]) -> dict[str, Any
     if app.openapi_schema is not None:
         return app.openapi_schema
     document = get_openapi(
-        title=app.title, version=app.version, summary=app.summary, routes=app.routes
+        title=app.title,
+        version=app.version,
+        summary=app.summary,
+        routes=app.routes,
+        tags=app.openapi_tags,
     )
     schemas = document.setdefault("components", {}).setdefault("schemas", {})
     schemas.pop("HTTPValidationError", None)
