@@ -14,7 +14,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from sweep.service import auth, rows
+from sweep.service import attempts, auth, rows
 from sweep.service.auth import (
     ADMINS,
     CONTROLLERS,
@@ -28,7 +28,7 @@ from sweep.service.auth import (
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
 from sweep.service.db import Database, unavailable
-from sweep.service.errors import NotFound, TooLarge
+from sweep.service.errors import TooLarge
 from sweep.service.limits import SubmissionRate
 from sweep.service.metrics import Metrics
 from sweep.service.schemas import MAX_INT
@@ -291,9 +291,7 @@ async def visible_trial_id(trial_id: TrialId, session: SessionDep, caller: Calle
     """A worker-protocol trial id, 404 when the trial belongs to another project. A caller of
     every project is not looked up here: the call itself locks the trial, 404 if it is not."""
     if caller.project is not None:
-        project = await run_in_threadpool(rows.project_of_trial, session, trial_id)
-        if project != caller.project:
-            raise NotFound(f"trial {trial_id} not found")
+        await run_in_threadpool(attempts.check_visible, session, trial_id, caller.project)
     return trial_id
 
 
