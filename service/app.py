@@ -26,6 +26,7 @@ from sweep import logs
 from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, webhooks
 from sweep.service.api import ROUTERS, TAGS, contract
 from sweep.service.api import metrics as metrics_api
+from sweep.service.api.deps import Services, Transaction
 from sweep.service.auth import KnownCallers
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
@@ -98,6 +99,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             check_seconds=settings.claim_check_seconds,
         )
         metrics.claims_waiting.set_function(app.state.watcher.waiting)
+        app.state.services = Services(
+            db=db,
+            settings=settings,
+            optimizer=app.state.optimizer,
+            metrics=metrics,
+            watcher=app.state.watcher,
+            transaction=Transaction(db, app.state.transactions),
+        )
         listener = None if is_sqlite(db.engine) else Listener(db.engine, db.changes)
         if listener is not None:
             listener.start()

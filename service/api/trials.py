@@ -11,13 +11,11 @@ from sweep.service.api.deps import (
     AttemptToken,
     ContentSha256,
     DatabaseDep,
-    MetricsDep,
-    OptimizerDep,
     Runner,
+    ServicesDep,
     SessionDep,
     SettingsDep,
     StoreDep,
-    TransactionDep,
     TrialDep,
     TrialId,
     VisibleTrialId,
@@ -139,23 +137,20 @@ async def report_epoch(
     token: AttemptToken,
     body: ReportIn,
     caller: Runner,
-    transaction: TransactionDep,
-    optimizer: OptimizerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
+    services: ServicesDep,
 ) -> ReportOut:
     """Record an epoch's metrics; the answer says continue, prune or stop."""
     report = partial(
         attempts.report,
-        optimizer=optimizer,
+        optimizer=services.optimizer,
         trial_id=trial_id,
         token=token,
         body=body,
-        lease_seconds=settings.lease_seconds,
+        lease_seconds=services.settings.lease_seconds,
         project=caller.project,
     )
-    answer = await transaction.run(report)
-    metrics.reports.labels(answer.action).inc()
+    answer = await services.transaction.run(report)
+    services.metrics.reports.labels(answer.action).inc()
     return answer
 
 
@@ -164,18 +159,17 @@ async def heartbeat(
     trial_id: TrialId,
     token: AttemptToken,
     caller: Runner,
-    transaction: TransactionDep,
-    settings: SettingsDep,
+    services: ServicesDep,
 ) -> HeartbeatOut:
     """Keep the attempt's lease alive between reports."""
     beat = partial(
         attempts.heartbeat,
         trial_id=trial_id,
         token=token,
-        lease_seconds=settings.lease_seconds,
+        lease_seconds=services.settings.lease_seconds,
         project=caller.project,
     )
-    return await transaction.run(beat)
+    return await services.transaction.run(beat)
 
 
 @router.post("/{trial_id}/release", tags=["worker protocol"], dependencies=[RUN])
@@ -326,13 +320,13 @@ async def complete_trial(
     token: AttemptToken,
     body: CompleteIn,
     caller: Runner,
-    transaction: TransactionDep,
+    services: ServicesDep,
 ) -> TrialRead:
     """Finish a trial with its objective value."""
     complete = partial(
         attempts.complete, trial_id=trial_id, token=token, body=body, project=caller.project
     )
-    return await transaction.run(complete)
+    return await services.transaction.run(complete)
 
 
 @router.post("/{trial_id}/fail", tags=["worker protocol"], dependencies=[RUN])

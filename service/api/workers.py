@@ -8,13 +8,9 @@ from starlette.concurrency import run_in_threadpool
 from sweep.service import attempts, claims, workers
 from sweep.service.api.deps import (
     ADMIN,
-    DatabaseDep,
-    MetricsDep,
-    OptimizerDep,
     Runner,
+    ServicesDep,
     SessionDep,
-    SettingsDep,
-    WatcherDep,
     WorkerId,
 )
 from sweep.service.schemas import Assignment, ClaimRequest, WorkerRead, WorkerRegister
@@ -46,13 +42,11 @@ async def claim_trial(
     body: ClaimRequest,
     request: Request,
     caller: Runner,
-    db: DatabaseDep,
-    optimizer: OptimizerDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    watcher: WatcherDep,
+    services: ServicesDep,
 ) -> Assignment | Response:
     """Start the next trial, waiting up to wait_seconds for one to become available."""
+    db, watcher, metrics = services.db, services.watcher, services.metrics
+    settings = services.settings
     wait = min(body.wait_seconds, settings.max_claim_wait_seconds)
     generation = db.changes.generation
     assignment = None
@@ -63,7 +57,7 @@ async def claim_trial(
         attempt = partial(
             attempts.try_claim,
             db,
-            optimizer,
+            services.optimizer,
             worker_id=worker_id,
             experiment_id=body.experiment_id,
             project=caller.project,
