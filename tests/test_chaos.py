@@ -32,7 +32,7 @@ class Chaos:
 # Sized to prove the point on two cores: every event lands mid-sweep with trials running, a
 # third of the worker processes are killed, and the server goes down more than once.
 CHAOS = {
-    "postgresql": Chaos(trials=24, workers=4, kills=3, server_restarts=2),
+    "postgresql": Chaos(trials=16, workers=4, kills=3, server_restarts=2),
     "sqlite": Chaos(trials=12, workers=4, kills=2, server_restarts=1),
 }
 

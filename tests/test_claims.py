@@ -118,11 +118,16 @@ def test_waiting_claims_start_together_and_as_slots_free(
         ).raise_for_status()
         expected = min(8 + done, 10)
         wait_until(lambda n=expected: len(claims.trials()) == n, 30, f"{expected} trials")
-    claims.join()  # the last two find nothing within their wait
+    # The budget is out: the last two wait on, and start the trials of the next submission.
+    assert waiting(server) == 2
     numbers = sorted(t["number"] for t in claims.trials().values())
     assert numbers == list(range(10))
-    assert sorted(r.status_code for r in claims.answers.values()) == [200] * 10 + [204] * 2
     assert client.trials(experiment_id)["total"] == 10
+    next_id = client.submit(make_spec(budget=budget(2)))["id"]
+    claims.join()
+    assert [r.status_code for r in claims.answers.values()] == [200] * 12
+    by_experiment = sorted(t["experiment_id"] for t in claims.trials().values())
+    assert by_experiment == [experiment_id] * 10 + [next_id] * 2
 
 
 @pytest.mark.timeout(120)

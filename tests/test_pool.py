@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end
+from tests.helpers import assert_metrics_intact, budget, make_spec, wait_for_end, wait_until
 from tests.processes import serve
 
 pytestmark = pytest.mark.processes  # real server, worker or pool processes
@@ -94,23 +94,27 @@ def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
         params = {"hidden_units": units, "hidden_layers": layers, "lr": lr}
         client.enqueue(experiment_id, params)
     log = tmp_path / "pool.log"
-    with log.open("wb") as out:
-        pool = subprocess.run(
-            [
-                *("prlimit", f"--as={3 * 2**30}", sys.executable),
-                *("-m", "sweep.cli", "worker", "--server", server.url),
-                # Idle long enough that the healthy process is still live when the big
-                # trial's allocation fails, which takes a loaded machine 10 s or more.
-                *("--devices", "cpu", "--trials-per-device", "2", "--exit-when-idle", "20"),
-            ],
-            env={**os.environ, "SWEEP_TOKEN": server.worker_token},
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            timeout=240,
-        )
+    out = log.open("wb")
+    pool = subprocess.Popen(
+        [
+            *("prlimit", f"--as={3 * 2**30}", sys.executable),
+            *("-m", "sweep.cli", "worker", "--server", server.url),
+            *("--devices", "cpu", "--trials-per-device", "2"),
+        ],
+        env={**os.environ, "SWEEP_TOKEN": server.worker_token},
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+    shrunk = "ran out of memory: 1 trials at once on cpu from now on"
+    try:
+        wait_for_end(client, experiment_id, timeout=240)
+        wait_until(lambda: shrunk in log.read_text(), 30, "the pool to shrink")
+    finally:
+        pool.send_signal(signal.SIGTERM)
+        pool.wait(timeout=60)
+        out.close()
     output = log.read_text()
     assert pool.returncode == 0, output[-3000:]
-    assert "ran out of memory: 1 trials at once on cpu from now on" in output, output[-3000:]
     trials = client.trials(experiment_id)["items"]
     assert [(t["params"]["hidden_units"], t["state"], t["failure_reason"]) for t in trials] == [
         (8192, "failed", "oom"),
