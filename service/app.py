@@ -8,6 +8,7 @@ import gc
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
@@ -85,6 +86,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # (sweep.service.api.deps.get_session).
         app.state.transactions = anyio.CapacityLimiter(REQUEST_TRANSACTIONS)
         app.state.endings = anyio.CapacityLimiter(REQUEST_TRANSACTIONS)
+        transaction_threads = ThreadPoolExecutor(
+            REQUEST_TRANSACTIONS, thread_name_prefix="sweep-transaction"
+        )
         app.state.optimizer = Optimizer(
             max_studies=settings.max_cached_studies,
             on_ask=metrics.ask_seconds.observe,
@@ -105,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             optimizer=app.state.optimizer,
             metrics=metrics,
             watcher=app.state.watcher,
-            transaction=Transaction(db, app.state.transactions),
+            transaction=Transaction(db, app.state.transactions, transaction_threads),
         )
         listener = None if is_sqlite(db.engine) else Listener(db.engine, db.changes)
         if listener is not None:
@@ -131,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await cleaning
         await delivering
         await run_in_threadpool(app.state.optimizer.close)
+        transaction_threads.shutdown()
         db.dispose()
 
     app = FastAPI(

@@ -8,6 +8,7 @@ second and records every answer."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import secrets
@@ -16,18 +17,25 @@ import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import anyio
 import httpx
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
 
 from sweep.client import SweepClient
 from sweep.service import db as service_db
+from sweep.service import workers
+from sweep.service.api.deps import Transaction
 from sweep.service.config import Settings
+from sweep.service.schemas import WorkerRegister
+from sweep.service.tables import Worker
 from sweep.service.tokens import create_in_database
 from tests.conftest import PG_ADMIN
 from tests.helpers import (
@@ -441,3 +449,39 @@ def test_connections_a_burst_opened_are_kept_for_the_next(postgresql_url: str) -
         assert burst() == burst()
     finally:
         database.dispose()
+
+
+def test_a_cancelled_call_keeps_its_turn_until_its_transaction_has_ended(sqlite_url: str) -> None:
+    """A worker that hangs up cancels its call while the call's transaction runs in its
+    thread. The transaction goes on and commits, and the call's turn is given back only then:
+    otherwise the turns would no longer bound the transactions open, and with them the
+    connections a process needs."""
+    db = service_db.Database.connect(sqlite_url)
+    db.migrate()
+    started, go_on = threading.Event(), threading.Event()
+
+    def work(session: Session) -> None:
+        started.set()
+        assert go_on.wait(30)
+        workers.register(session, body=WorkerRegister(name="hung-up"), project=None)
+
+    async def hang_up() -> None:
+        turns = anyio.CapacityLimiter(1)
+        with ThreadPoolExecutor(1) as threads:
+            call = asyncio.ensure_future(Transaction(db, turns, threads).run(work))
+            assert await asyncio.to_thread(started.wait, 30)
+            call.cancel()
+            for _ in range(5):  # the event loop's turns, for the cancellation to reach it
+                await asyncio.sleep(0)
+            assert not call.done() and turns.borrowed_tokens == 1
+            go_on.set()
+            with pytest.raises(asyncio.CancelledError):
+                await call
+            assert turns.borrowed_tokens == 0
+
+    try:
+        asyncio.run(hang_up())
+        with db.transaction(write=False) as session:
+            assert session.scalars(select(Worker.name)).all() == ["hung-up"]
+    finally:
+        db.dispose()
