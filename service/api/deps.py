@@ -168,7 +168,7 @@ class Transaction:
                 return await asyncio.shield(done)
             except asyncio.CancelledError:
                 with anyio.CancelScope(shield=True):
-                    await done
+                    await asyncio.wait([done])  # ended, whatever its outcome
                 raise
         finally:
             self.turns.release_on_behalf_of(turn)
