@@ -29,7 +29,8 @@ import subprocess
 import sys
 import tempfile
 import time
-from contextlib import contextmanager
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -183,7 +184,7 @@ def _system_seconds(pid: int) -> float:
 
 
 @contextmanager
-def worktree(ref: str) -> Any:
+def worktree(ref: str) -> Iterator[Path]:
     """REF's code checked out beside this one, removed afterwards."""
     path = Path(tempfile.mkdtemp(prefix="sweep-baseline-"))
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-f", str(path), ref], check=True)
@@ -204,7 +205,7 @@ def main() -> None:
     parser.add_argument("--pg", default=PG_ADMIN)
     args = parser.parse_args()
     runs: list[Run] = []
-    with worktree(args.against) if args.against else _nothing() as baseline:
+    with worktree(args.against) if args.against else nullcontext() as baseline:
         for _ in range(args.repeats if args.against else 1):
             codes = [("this tree", ROOT)]
             if baseline is not None:
@@ -226,11 +227,6 @@ def main() -> None:
             f"server CPU a call, mean: this tree {ours:.3f} ms, {args.against} {theirs:.3f} ms: "
             f"{ours / theirs:.2f}x"
         )
-
-
-@contextmanager
-def _nothing() -> Any:
-    yield None
 
 
 if __name__ == "__main__":
