@@ -115,6 +115,7 @@ def test_a_trial_out_of_memory_makes_the_pool_run_one_process_fewer(
         out.close()
     output = log.read_text()
     assert pool.returncode == 0, output[-3000:]
+    assert shrunk in output, output[-3000:]
     trials = client.trials(experiment_id)["items"]
     assert [(t["params"]["hidden_units"], t["state"], t["failure_reason"]) for t in trials] == [
         (8192, "failed", "oom"),
