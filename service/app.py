@@ -28,6 +28,7 @@ from sweep.service import artifacts, attempts, legacy_blobs, lifecycle, web, web
 from sweep.service.api import ROUTERS, TAGS, contract
 from sweep.service.api import metrics as metrics_api
 from sweep.service.api.deps import Services, Transaction
+from sweep.service.api.lane import WorkerLane
 from sweep.service.auth import KnownCallers
 from sweep.service.claims import ClaimWatcher
 from sweep.service.config import Settings
@@ -151,6 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.submissions = SubmissionRate(settings.max_submissions_per_minute)
     app.state.known_callers = KnownCallers(settings.token_cache_seconds)
     app.state.metrics = metrics
+    app.add_middleware(WorkerLane, prefix=API_PREFIX, handlers=app.exception_handlers)
     app.add_middleware(RunAgainOnRace)
     app.add_middleware(BodyLimit, settings=settings)
     app.add_middleware(Observe, metrics=metrics)

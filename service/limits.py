@@ -42,14 +42,14 @@ class BodyLimit:
         if scope["method"] == "PUT":
             await self.app(scope, receive, send)
             return
-        body = await _read(receive, limit)
+        body = await read_body(receive, limit)
         if body is None:
             await _refuse(send, limit)
             return
-        await self.app(scope, _replay(body, receive), send)
+        await self.app(scope, replay_body(body, receive), send)
 
 
-async def _read(receive: Receive, limit: int) -> bytes | None:
+async def read_body(receive: Receive, limit: int) -> bytes | None:
     """The whole body, or None once it passes `limit`."""
     chunks, seen = [], 0
     while True:
@@ -63,7 +63,7 @@ async def _read(receive: Receive, limit: int) -> bytes | None:
             return b"".join(chunks)
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def replay_body(body: bytes, receive: Receive) -> Receive:
     """Hand the app the body already read, then the connection's later messages."""
     delivered = False
 

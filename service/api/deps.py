@@ -18,6 +18,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import State
 
 from sweep.service import attempts, auth, rows
 from sweep.service.auth import (
@@ -245,15 +246,19 @@ async def get_caller(
     request: Request,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
 ) -> Caller:
-    """The caller behind the bearer token (401 without a valid one): from this process's
-    recent checks when it has one, without leaving the event loop, else from SQL. (Every
-    call needs it: it reads the app's state itself rather than through dependencies.)"""
-    state = request.app.state
+    """The caller behind the bearer token (401 without a valid one). (Every call needs it: it
+    reads the app's state itself rather than through dependencies.)"""
+    header = f"Bearer {credentials.credentials}" if credentials else None
+    return await caller_for(request.app.state, header)
+
+
+async def caller_for(state: State, header: str | None) -> Caller:
+    """The caller behind an `Authorization: Bearer ...` header: from this process's recent
+    checks when it has one, without leaving the event loop, else from SQL."""
     db: Database = state.db
     known: KnownCallers = state.known_callers
     if not state.settings.auth:
         return auth.NOBODY_CHECKED
-    header = f"Bearer {credentials.credentials}" if credentials else None
     caller = known.get(header)
     if caller is None:
         caller = await known.checked(

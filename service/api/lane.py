@@ -1,0 +1,147 @@
+"""The worker protocol's most frequent calls (reports, heartbeats, completions) answered
+without FastAPI's routing and dependency solving, by the same route functions.
+
+With a thousand workers, these calls are most of an API process's load, and FastAPI's share
+of one (matching it against the included routers, solving its five dependencies, encoding the
+answer) was larger than the call's own work. This ASGI middleware, the innermost, takes such a
+call when everything in it is ordinary: a known path, an id in range, an attempt token, a JSON
+body its model accepts, a bearer token. It then finds the caller, checks the role and calls the
+route function exactly as FastAPI would. Anything else (a malformed body, a missing header, an
+odd `Authorization`) goes on to FastAPI with its body, so every refusal keeps FastAPI's
+validation and error shape; errors raised here are answered by the app's own handlers.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from inspect import isawaitable
+from typing import Any
+
+from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from sweep.service.api import trials
+from sweep.service.api.deps import Services, caller_for
+from sweep.service.auth import RUNNERS
+from sweep.service.limits import read_body, replay_body
+from sweep.service.schemas import MAX_INT, CompleteIn, ReportIn
+
+
+@dataclass(frozen=True)
+class Call:
+    """One of the calls this lane takes: its route function, and its body's model if any."""
+
+    route: Callable[..., Awaitable[BaseModel]]
+    body: type[BaseModel] | None
+
+
+CALLS = {
+    "reports": Call(trials.report_epoch, ReportIn),
+    "heartbeat": Call(trials.heartbeat, None),
+    "complete": Call(trials.complete_trial, CompleteIn),
+}
+MAX_TOKEN = 64  # an attempt token's length, as deps.AttemptToken declares it
+
+
+class WorkerLane:
+    def __init__(
+        self, app: ASGIApp, prefix: str, handlers: Mapping[Any, Callable[..., Any]]
+    ) -> None:
+        # `handlers`: the app's exception handlers, by class (read at each error: the app
+        # installs them after its middleware).
+        self.app, self.handlers = app, handlers
+        self.path = re.compile(f"{prefix}/trials/([1-9][0-9]{{0,9}})/({'|'.join(CALLS)})")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        found = None
+        if scope["type"] == "http" and scope["method"] == "POST":
+            found = self.path.fullmatch(scope["path"])
+        if found is None:
+            await self.app(scope, receive, send)
+            return
+        body = await read_body(receive, sys.maxsize) or b""  # BodyLimit bounded it
+        call = CALLS[found[2]]
+        parsed = _arguments(scope, call, int(found[1]), body)
+        if parsed is None:  # FastAPI says what is wrong with it
+            await self.app(scope, replay_body(body, receive), send)
+            return
+        scope["route"], scope["path_params"] = call, {"trial_id": found[1]}  # for Observe
+        authorization, arguments = parsed
+        try:
+            answer = await self._call(scope, call, authorization, arguments)
+        except Exception as exc:
+            handler = self._handler(exc)
+            if handler is None:
+                raise
+            response = handler(Request(scope, receive), exc)
+            if isawaitable(response):
+                response = await response
+            await response(scope, receive, send)
+            return
+        content = answer.__pydantic_serializer__.to_json(answer)
+        headers = [
+            (b"content-length", str(len(content)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": content})
+
+    async def _call(
+        self, scope: Scope, call: Call, authorization: str | None, arguments: dict[str, Any]
+    ) -> BaseModel:
+        services: Services = scope["app"].state.services
+        caller = await caller_for(scope["app"].state, authorization)
+        caller.require(RUNNERS)
+        return await call.route(caller=caller, services=services, **arguments)
+
+    def _handler(self, exc: Exception) -> Callable[..., Any] | None:
+        """The app's handler for `exc`; None for an unexpected error, which goes on to the
+        app's last handler, as it would from a route."""
+        for cls in type(exc).__mro__:
+            if cls is Exception:
+                return None
+            if cls in self.handlers:
+                return self.handlers[cls]
+        return None
+
+
+def _arguments(
+    scope: Scope, call: Call, trial_id: int, body: bytes
+) -> tuple[str | None, dict[str, Any]] | None:
+    """From an ordinary call, its `Authorization` as deps.get_caller passes it on, and the
+    route function's arguments but the caller and services; None from any other call."""
+    if trial_id > MAX_INT:
+        return None
+    token = authorization = content_type = None
+    for name, value in scope["headers"]:  # the first of each, as Starlette's Headers reads
+        if name == b"x-attempt-token" and token is None:
+            token = value
+        elif name == b"authorization" and authorization is None:
+            authorization = value
+        elif name == b"content-type" and content_type is None:
+            content_type = value
+    if token is None or not 0 < len(token) <= MAX_TOKEN:
+        return None
+    arguments: dict[str, Any] = {"trial_id": trial_id, "token": token.decode("latin-1")}
+    if call.body is not None:
+        if content_type is None or not content_type.startswith(b"application/json"):
+            return None
+        try:
+            arguments["body"] = call.body.model_validate(json.loads(body))
+        except ValueError:  # not JSON, or not what the model accepts
+            return None
+    return _bearer(authorization), arguments
+
+
+def _bearer(authorization: bytes | None) -> str | None:
+    """What FastAPI's HTTPBearer reads of the header, as deps.get_caller passes it on."""
+    scheme, credentials = get_authorization_scheme_param(
+        None if authorization is None else authorization.decode("latin-1")
+    )
+    return f"Bearer {credentials}" if scheme.lower() == "bearer" and credentials else None
