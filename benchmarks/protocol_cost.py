@@ -134,7 +134,8 @@ def prepare(server: ServerProcess, workers: int) -> list[dict[str, Any]]:
 def measure(code: str, root: Path, args: argparse.Namespace) -> Run:
     admin = psycopg.connect(args.pg, autocommit=True)
     with fresh_database(admin, args.pg) as (_, url), tempfile.TemporaryDirectory() as logs:
-        server = ServerProcess(url, Path(logs), env={"PYTHONPATH": str(root)})
+        # Started in `root`: `python -m` imports from its working directory first.
+        server = ServerProcess(url, Path(logs), env={"PYTHONPATH": str(root)}, cwd=root)
         server.start()
         try:
             assignments = prepare(server, args.workers)

@@ -36,12 +36,15 @@ def check_marked() -> None:
         raise AssertionError(f"{running} starts processes: mark it pytest.mark.processes")
 
 
-def spawn(args: list[str], log_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
-    """Run `python ARGS` with its output in log_path."""
+def spawn(
+    args: list[str], log_path: Path, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.Popen[bytes]:
+    """Run `python ARGS` with its output in log_path (in `cwd`: `python -m` imports from it
+    first)."""
     check_marked()
     with log_path.open("wb") as log:
         return subprocess.Popen(
-            [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, *args], env=env, stdout=log, stderr=subprocess.STDOUT, cwd=cwd
         )
 
 
@@ -55,8 +58,10 @@ class ServerProcess:
         port: int | None = None,
         env: dict[str, str] | None = None,
         args: list[str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         self.database_url = database_url
+        self.cwd = cwd
         self.extra_env = env or {}
         self.extra_args = args or []
         self.port = port or free_port()
@@ -89,7 +94,7 @@ class ServerProcess:
             "warning",
             *self.extra_args,
         ]
-        self.process = spawn(command, self.log_dir / f"server-{self.starts}.log", env)
+        self.process = spawn(command, self.log_dir / f"server-{self.starts}.log", env, self.cwd)
         self._wait_healthy(timeout)
 
     def _wait_healthy(self, timeout: float) -> None:
