@@ -15,6 +15,11 @@ With --against REF, the same run is made with the code of REF (a temporary `git 
 REF must have the same database migrations), alternating with the working tree's, --repeats
 times each; printed: each run's figures, then the means and the working tree's ratio to REF's.
 On a shared machine compare only runs of one invocation.
+
+    --workers 1 --load-processes 1 --rate 0
+
+sends one worker's calls back to back instead: what a call costs the server when it is the
+only one, with no other call and no second load process contending for the two cores.
 """
 
 from __future__ import annotations
@@ -70,7 +75,7 @@ async def _send_calls(
 ) -> tuple[list[float], float]:
     headers = {"Authorization": f"Bearer {token}"}
     tls = ssl.create_default_context()  # made once: each takes ~20 ms of CPU
-    every = len(assignments) / rate
+    every = len(assignments) / rate if rate else 0.0  # 0: back to back
     latencies: list[float] = []
 
     async def worker(assignment: dict[str, Any]) -> None:
@@ -199,7 +204,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--against", help="a git ref whose code is the baseline")
     parser.add_argument("--workers", type=int, default=200)
-    parser.add_argument("--rate", type=float, default=200, help="calls a second, in all")
+    parser.add_argument(
+        "--rate", type=float, default=200, help="calls a second, in all (0: back to back)"
+    )
     parser.add_argument("--seconds", type=float, default=25)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--load-processes", type=int, default=2)
