@@ -1,5 +1,5 @@
-"""The worker lane answers ordinary reports, heartbeats and completions itself, and answers
-them as FastAPI's routes do; everything else goes on to FastAPI, whose answer is the contract.
+"""The worker lane answers ordinary claims, reports, heartbeats and completions itself, as
+FastAPI's routes do; everything else goes on to FastAPI, whose answer is the contract.
 
 The app under test is the real one on SQLite. To tell who answered, the test wraps what the
 lane hands calls on to (the rest of the app, FastAPI's routing) and counts what reaches it."""
@@ -131,6 +131,7 @@ def test_the_lane_hands_unusual_calls_to_fastapi(lane_client: tuple[TestClient, 
         ("reports", b'{"epoch": "1", "metrics": {}}', {}, 422, "invalid"),
         ("reports", b"", {}, 422, "invalid"),
         ("reports", ok, {"Content-Type": "text/plain"}, 422, "invalid"),
+        ("reports", ok, {"Content-Type": "application/jsonx"}, 422, "invalid"),
         ("reports", ok, {"X-Attempt-Token": ""}, 422, "invalid"),
         ("reports", ok, {"X-Attempt-Token": "x" * 65}, 422, "invalid"),
         ("complete", b'{"value": "high"}', {}, 422, "invalid"),
@@ -175,3 +176,37 @@ def test_the_lanes_refusals_are_the_apps_own(lane_client: tuple[TestClient, Coun
     assert forbidden.json()["error"]["code"] == "forbidden"
     assert behind.calls == seen, "the lane handed on calls it could answer"
     assert client.get(f"{API}/trials/{trial['trial_id']}").json()["state"] == "running"
+
+
+def test_claims_take_the_lane_and_their_refusals_are_fastapis(
+    lane_client: tuple[TestClient, Counted],
+) -> None:
+    client, behind = lane_client
+    submit(client, quick_spec(budget=budget(2, max_concurrent=2)))
+    workers = [register(client, f"w{i}") for i in range(3)]
+    seen = behind.calls
+    claim = f"{API}/workers/{{}}/claim"
+    first = client.post(claim.format(workers[0]), json={"wait_seconds": 0})
+    assert first.status_code == 200, first.text
+    again = client.post(claim.format(workers[0]), json={})  # the trial it holds, again
+    assert again.json() == first.json()
+    assert behind.calls == seen, "the lane handed ordinary claims on"
+    above = _above_lane(client.app)
+    lane, above.app = above.app, behind.app
+    routed = client.post(claim.format(workers[1]), json={"wait_seconds": 0})
+    above.app = lane
+    assert routed.status_code == 200, routed.text
+    assert routed.json().keys() == first.json().keys()
+    assert routed.json()["trial_id"] != first.json()["trial_id"]
+    seen = behind.calls
+    empty = client.post(claim.format(workers[2]), json={"wait_seconds": 0})
+    assert (empty.status_code, empty.content) == (204, b"")
+    with _as(client, "viewer"):
+        forbidden = client.post(claim.format(workers[2]), json={})
+    assert forbidden.status_code == 403
+    assert behind.calls == seen
+    for body, field in ((None, "body"), ({"wait_seconds": -1}, "wait_seconds")):
+        refused = client.post(claim.format(workers[2]), json=body)
+        assert refused.status_code == 422, refused.text
+        assert refused.json()["error"]["field"] == field
+    assert behind.calls == seen + 2

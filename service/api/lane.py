@@ -1,14 +1,15 @@
-"""The worker protocol's most frequent calls (reports, heartbeats, completions) answered
-without FastAPI's routing and dependency solving, by the same route functions.
+"""The worker protocol's most frequent calls (claims, reports, heartbeats, completions)
+answered without FastAPI's routing and dependency solving, by the same route functions.
 
 With a thousand workers, these calls are most of an API process's load, and FastAPI's share
 of one (matching it against the included routers, solving its five dependencies, encoding the
 answer) was larger than the call's own work. This ASGI middleware, the innermost, takes such a
-call when everything in it is ordinary: a known path, an id in range, an attempt token, a JSON
-body its model accepts, a bearer token. It then finds the caller, checks the role and calls the
-route function exactly as FastAPI would. Anything else (a malformed body, a missing header, an
-odd `Authorization`) goes on to FastAPI with its body, so every refusal keeps FastAPI's
-validation and error shape; errors raised here are answered by the app's own handlers.
+call when everything in it is ordinary: a known path, an id in range, an attempt token where
+the call names an attempt, a JSON body its model accepts, a bearer token. It then finds the
+caller, checks the role and calls the route function exactly as FastAPI would. Anything else
+(a malformed body, a missing header, an odd `Authorization`) goes on to FastAPI with its body,
+so every refusal keeps FastAPI's validation and error shape; errors raised here are answered
+by the app's own handlers.
 """
 
 from __future__ import annotations
@@ -24,27 +25,36 @@ from typing import Any
 from fastapi.security.utils import get_authorization_scheme_param
 from pydantic import BaseModel
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from sweep.service.api import trials
+from sweep.service.api import trials, workers
 from sweep.service.api.deps import Services, caller_for
 from sweep.service.auth import RUNNERS
 from sweep.service.limits import read_body, replay_body
-from sweep.service.schemas import MAX_INT, CompleteIn, ReportIn
+from sweep.service.schemas import MAX_INT, ClaimRequest, CompleteIn, ReportIn
 
 
 @dataclass(frozen=True)
 class Call:
-    """One of the calls this lane takes: its route function, and its body's model if any."""
+    """One of the calls this lane takes: its route function, the path parameter it takes,
+    its body's model if any, whether it names an attempt (X-Attempt-Token), and whether the
+    route takes the request (a claim watches for its caller leaving)."""
 
-    route: Callable[..., Awaitable[BaseModel]]
+    route: Callable[..., Awaitable[Any]]
+    id_name: str
     body: type[BaseModel] | None
+    attempt: bool = True
+    request: bool = False
 
 
 CALLS = {
-    "reports": Call(trials.report_epoch, ReportIn),
-    "heartbeat": Call(trials.heartbeat, None),
-    "complete": Call(trials.complete_trial, CompleteIn),
+    ("trials", "reports"): Call(trials.report_epoch, "trial_id", ReportIn),
+    ("trials", "heartbeat"): Call(trials.heartbeat, "trial_id", None),
+    ("trials", "complete"): Call(trials.complete_trial, "trial_id", CompleteIn),
+    ("workers", "claim"): Call(
+        workers.claim_trial, "worker_id", ClaimRequest, attempt=False, request=True
+    ),
 }
 MAX_TOKEN = 64  # an attempt token's length, as deps.AttemptToken declares it
 
@@ -56,23 +66,27 @@ class WorkerLane:
         # `handlers`: the app's exception handlers, by class (read at each error: the app
         # installs them after its middleware).
         self.app, self.handlers = app, handlers
-        self.path = re.compile(f"{prefix}/trials/([1-9][0-9]{{0,9}})/({'|'.join(CALLS)})")
+        collections = "|".join(dict.fromkeys(c for c, _ in CALLS))
+        actions = "|".join(dict.fromkeys(a for _, a in CALLS))
+        self.path = re.compile(f"{prefix}/({collections})/([1-9][0-9]{{0,9}})/({actions})")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = None
         if scope["type"] == "http" and scope["method"] == "POST":
             found = self.path.fullmatch(scope["path"])
-        if found is None:
+        call = None if found is None else CALLS.get((found[1], found[3]))
+        if found is None or call is None:
             await self.app(scope, receive, send)
             return
         body = await read_body(receive, sys.maxsize) or b""  # BodyLimit bounded it
-        call = CALLS[found[2]]
-        parsed = _arguments(scope, call, int(found[1]), body)
+        parsed = _arguments(scope, call, int(found[2]), body)
         if parsed is None:  # FastAPI says what is wrong with it
             await self.app(scope, replay_body(body, receive), send)
             return
-        scope["route"], scope["path_params"] = call, {"trial_id": found[1]}  # for Observe
+        scope["route"], scope["path_params"] = call, {call.id_name: found[2]}  # for Observe
         authorization, arguments = parsed
+        if call.request:
+            arguments["request"] = Request(scope, receive)
         try:
             answer = await self._call(scope, call, authorization, arguments)
         except Exception as exc:
@@ -84,6 +98,9 @@ class WorkerLane:
                 response = await response
             await response(scope, receive, send)
             return
+        if isinstance(answer, Response):  # a claim that found no trial: 204
+            await answer(scope, receive, send)
+            return
         content = answer.__pydantic_serializer__.to_json(answer)
         headers = [
             (b"content-length", str(len(content)).encode()),
@@ -94,7 +111,7 @@ class WorkerLane:
 
     async def _call(
         self, scope: Scope, call: Call, authorization: str | None, arguments: dict[str, Any]
-    ) -> BaseModel:
+    ) -> BaseModel | Response:
         services: Services = scope["app"].state.services
         caller = await caller_for(scope["app"].state, authorization)
         caller.require(RUNNERS)
@@ -112,11 +129,11 @@ class WorkerLane:
 
 
 def _arguments(
-    scope: Scope, call: Call, trial_id: int, body: bytes
+    scope: Scope, call: Call, id_: int, body: bytes
 ) -> tuple[str | None, dict[str, Any]] | None:
     """From an ordinary call, its `Authorization` as deps.get_caller passes it on, and the
     route function's arguments but the caller and services; None from any other call."""
-    if trial_id > MAX_INT:
+    if id_ > MAX_INT:
         return None
     token = authorization = content_type = None
     for name, value in scope["headers"]:  # the first of each, as Starlette's Headers reads
@@ -126,11 +143,14 @@ def _arguments(
             authorization = value
         elif name == b"content-type" and content_type is None:
             content_type = value
-    if token is None or not 0 < len(token) <= MAX_TOKEN:
-        return None
-    arguments: dict[str, Any] = {"trial_id": trial_id, "token": token.decode("latin-1")}
+    arguments: dict[str, Any] = {call.id_name: id_}
+    if call.attempt:
+        if token is None or not 0 < len(token) <= MAX_TOKEN:
+            return None
+        arguments["token"] = token.decode("latin-1")
     if call.body is not None:
-        if content_type is None or not content_type.startswith(b"application/json"):
+        media_type = (content_type or b"").partition(b";")[0].strip().lower()
+        if media_type != b"application/json":  # FastAPI's rules for the others
             return None
         try:
             arguments["body"] = call.body.model_validate(json.loads(body))
