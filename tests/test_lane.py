@@ -135,6 +135,13 @@ def test_the_lane_hands_unusual_calls_to_fastapi(lane_client: tuple[TestClient, 
         ("reports", ok, {"X-Attempt-Token": ""}, 422, "invalid"),
         ("reports", ok, {"X-Attempt-Token": "x" * 65}, 422, "invalid"),
         ("complete", b'{"value": "high"}', {}, 422, "invalid"),
+        (
+            "reports",
+            b'{"epoch": 1, "metrics": ' + b"[" * 5000 + b"]" * 5000 + b"}",
+            {},
+            400,
+            "http_error",
+        ),
     ]
     for action, body, headers, status, code in cases:
         seen = behind.calls

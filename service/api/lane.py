@@ -72,7 +72,8 @@ class WorkerLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         found = None
-        if scope["type"] == "http" and scope["method"] == "POST":
+        # Under a root path FastAPI routes on the path without it: left to FastAPI.
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
             found = self.path.fullmatch(scope["path"])
         call = None if found is None else CALLS.get((found[1], found[3]))
         if found is None or call is None:
@@ -154,7 +155,7 @@ def _arguments(
             return None
         try:
             arguments["body"] = call.body.model_validate(json.loads(body))
-        except ValueError:  # not JSON, or not what the model accepts
+        except (ValueError, RecursionError):  # not JSON, nested too deep, or not the model's
             return None
     return _bearer(authorization), arguments
 
