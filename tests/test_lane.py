@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from sweep.service.api.lane import WorkerLane
 from sweep.service.app import create_app
@@ -217,3 +217,41 @@ def test_claims_take_the_lane_and_their_refusals_are_fastapis(
         assert refused.status_code == 422, refused.text
         assert refused.json()["error"]["field"] == field
     assert behind.calls == seen + 2
+
+
+def test_under_a_root_path_fastapi_routes_the_call(lane_client: tuple[TestClient, Counted]) -> None:
+    """FastAPI routes on the path without the root path (here /api/v1/... is /v1/..., which
+    no route serves): the lane leaves such calls to it rather than match the whole path."""
+    client, behind = lane_client
+    (trial,) = _trials(client, 1)
+    seen = behind.calls
+    headers = [
+        (b"authorization", client.headers["Authorization"].encode()),
+        (b"x-attempt-token", trial["token"].encode()),
+    ]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "root_path": "/api",
+        "path": f"{API}/trials/{trial['trial_id']}/heartbeat",
+        "raw_path": f"{API}/trials/{trial['trial_id']}/heartbeat".encode(),
+        "query_string": b"",
+        "headers": headers,
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+    }
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    assert client.portal is not None
+    client.portal.call(client.app, scope, receive, send)
+    assert sent[0]["status"] == 404
+    assert behind.calls == seen + 1
