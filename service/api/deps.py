@@ -228,7 +228,10 @@ ContentSha256 = Annotated[
 
 
 # The attempt a worker's call is about (from its claim); a stale one is refused with 409.
-AttemptToken = Annotated[str, Header(alias="X-Attempt-Token", min_length=1, max_length=64)]
+MAX_ATTEMPT_TOKEN = 64
+AttemptToken = Annotated[
+    str, Header(alias="X-Attempt-Token", min_length=1, max_length=MAX_ATTEMPT_TOKEN)
+]
 
 
 bearer = HTTPBearer(auto_error=False, description="a token from `sweep token create`")

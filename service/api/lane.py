@@ -29,7 +29,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from sweep.service.api import trials, workers
-from sweep.service.api.deps import Services, caller_for
+from sweep.service.api.deps import MAX_ATTEMPT_TOKEN, Services, caller_for
 from sweep.service.auth import RUNNERS
 from sweep.service.limits import read_body, replay_body
 from sweep.service.schemas import MAX_INT, ClaimRequest, CompleteIn, ReportIn
@@ -56,7 +56,6 @@ CALLS = {
         workers.claim_trial, "worker_id", ClaimRequest, attempt=False, request=True
     ),
 }
-MAX_TOKEN = 64  # an attempt token's length, as deps.AttemptToken declares it
 
 
 class WorkerLane:
@@ -146,7 +145,7 @@ def _arguments(
             content_type = value
     arguments: dict[str, Any] = {call.id_name: id_}
     if call.attempt:
-        if token is None or not 0 < len(token) <= MAX_TOKEN:
+        if token is None or not 0 < len(token) <= MAX_ATTEMPT_TOKEN:
             return None
         arguments["token"] = token.decode("latin-1")
     if call.body is not None:
