@@ -170,16 +170,20 @@ def _forget(keys: Iterable[str], session: Session) -> None:
 # --- retention ------------------------------------------------------------------------------
 
 
+# A trial with the model file it uploaded.
+_WITH_MODEL = (Artifact.trial_id == Trial.id) & (Artifact.kind == "weights")
+
+
 def retain_models(session: Session, experiment: Experiment) -> None:
     """With `artifacts.keep_models: K`, delete the model files of finished trials that are not
     among the K best (with several objectives: not on the Pareto front). Runs as each trial
     finishes, under its experiment's lock."""
-    keep_models = (experiment.spec.get("artifacts") or {}).get("keep_models")
+    keep_models = _keep_models(experiment)
     if keep_models is None:
         return
     finished = session.execute(
         select(Trial.id, Trial.state, Trial.value, Trial.values)
-        .join(Artifact, (Artifact.trial_id == Trial.id) & (Artifact.kind == "weights"))
+        .join(Artifact, _WITH_MODEL)
         .where(Trial.experiment_id == experiment.id, Trial.state.in_(FINISHED))
     ).all()
     completed = [
@@ -196,6 +200,38 @@ def retain_models(session: Session, experiment: Experiment) -> None:
         kept = {row.id for row in ranked[:keep_models]}
     dropped = [row.id for row in finished if row.id not in kept]
     discard(session, dropped, "weights")
+
+
+def model_bar(session: Session, experiment: Experiment) -> tuple[bool, float | None]:
+    """For a trial starting now under `artifacts.keep_models: K` with one objective: whether
+    any model is kept (not when K is 0), and the value its model must beat to be, the K-th
+    best kept model's (None while fewer than K are kept). The kept models only get better,
+    so a trial that ends without beating it is not among the K, nor ever will be. Ties rank
+    the model kept first. Without the policy or with several objectives: (True, None)."""
+    keep_models = _keep_models(experiment)
+    if keep_models is None or len(specs.objectives(experiment.spec)) > 1:
+        return True, None
+    if keep_models == 0:
+        return False, None
+    best = Trial.value.desc() if experiment.direction == "maximize" else Trial.value.asc()
+    bar = session.scalar(
+        select(Trial.value)
+        .join(Artifact, _WITH_MODEL)
+        .where(
+            Trial.experiment_id == experiment.id,
+            Trial.state == TrialState.COMPLETED,
+            Trial.value.is_not(None),
+        )
+        .order_by(best, Trial.id)
+        .offset(keep_models - 1)
+        .limit(1)
+    )
+    return True, bar
+
+
+def _keep_models(experiment: Experiment) -> int | None:
+    keep_models: int | None = (experiment.spec.get("artifacts") or {}).get("keep_models")
+    return keep_models
 
 
 # --- the store's side -----------------------------------------------------------------------

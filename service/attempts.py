@@ -431,6 +431,7 @@ def _assignment(
 ) -> Assignment:
     spec = experiment.spec
     assert trial.token is not None and trial.number is not None
+    send_model, model_bar = artifacts.model_bar(session, experiment)
     return Assignment(
         trial_id=trial.id,
         experiment_id=experiment.id,
@@ -450,6 +451,8 @@ def _assignment(
         processes=_processes(spec),
         trial_timeout_s=spec["budget"].get("trial_timeout_s"),
         resumed_scores=_resumed_scores(session, experiment, trial, resume_epoch),
+        send_model=send_model,
+        model_bar=model_bar,
     )
 
 

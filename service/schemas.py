@@ -509,6 +509,11 @@ class Assignment(BaseModel):
     trial_timeout_s: float | None = None
     # A program's resumed attempt: the objectives of the reports kept from earlier ones.
     resumed_scores: list[Score] = Field(default_factory=list)
+    # Under `artifacts.keep_models: K` with one objective: whether any model is kept (K = 0
+    # keeps none), and the value to beat, the K-th best kept model's as the trial starts
+    # (None: any). A model that does not beat it cannot be among the K: it is not sent.
+    send_model: bool = True
+    model_bar: float | None = None
 
 
 class ReportIn(Strict):

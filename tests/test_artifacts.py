@@ -214,12 +214,17 @@ def test_keep_models_bounds_the_store_over_a_40_trial_sweep(db_url: str, tmp_pat
         experiment = submit(client, spec)
         worker = register(client)
         most = 0
+        done: list[float] = []
         for value in values:
             trial = claim_trial(client, worker)
+            # The value a model must beat to be kept: the third best so far, once there are 3.
+            third = sorted(done, reverse=True)[2] if len(done) >= 3 else None
+            assert (trial["send_model"], trial["model_bar"]) == (True, third)
             call(client, trial, "reports", epoch=1, metrics={"val_accuracy": value / 1000})
             assert upload(client, trial, "checkpoint", os.urandom(size), epoch=1).status_code == 204
             assert upload(client, trial, "weights", os.urandom(size)).status_code == 204
             call(client, trial, "complete", value=value / 1000, epoch=1)
+            done.append(value / 1000)
             held = purged(client)
             most = max(most, len(held))
             assert sum(held.values()) <= 3 * size, f"{len(held)} objects after a trial"
@@ -230,6 +235,60 @@ def test_keep_models_bounds_the_store_over_a_40_trial_sweep(db_url: str, tmp_pat
         dropped = next(t for t in best["trials"] if not t["has_weights"])
         gone = client.get(f"{API}/trials/{dropped['id']}/model")
         assert gone.status_code == 404 and "has no weights" in gone.json()["error"]["message"]
+
+
+def test_a_claim_says_what_a_model_must_beat_to_be_kept(client: TestClient) -> None:
+    """Minimizing with keep_models: 2, the bar is the second lowest value among the trials
+    that kept a model (one without a model does not count); keep_models: 0 keeps none; with
+    several objectives (the Pareto front) or without the policy there is no bar."""
+    worker = register(client)
+    unpruned: dict[str, Any] = {"pruner": {"name": "none"}, "budget": budget(5, 1)}
+
+    def claimed(experiment_id: int) -> dict[str, Any]:
+        return claim_trial(client, worker, experiment_id=experiment_id)
+
+    def finish(trial: dict[str, Any], value: float, model: bool = True) -> None:
+        metrics = {"val_loss": value, "val_accuracy": value}
+        assert call(client, trial, "reports", epoch=1, metrics=metrics).status_code == 200
+        if model:
+            assert upload(client, trial, "weights", os.urandom(100)).status_code == 204
+        assert call(client, trial, "complete", value=value, epoch=1).status_code == 200
+
+    lowest = {"metric": "val_loss", "direction": "minimize"}
+    experiment = submit(
+        client, make_spec(name="low", objective=lowest, artifacts={"keep_models": 2}, **unpruned)
+    )
+    bars = []
+    for value, model in ((0.5, True), (0.1, False), (0.4, True), (0.3, True)):
+        trial = claimed(experiment)
+        bars.append((trial["send_model"], trial["model_bar"]))
+        finish(trial, value, model)
+    last = claimed(experiment)
+    bars.append((last["send_model"], last["model_bar"]))
+    assert bars == [(True, None), (True, None), (True, None), (True, 0.5), (True, 0.4)]
+    finish(last, 0.6, model=False)
+
+    several = make_spec(
+        name="two",
+        objectives=[
+            {"metric": "val_accuracy", "direction": "maximize"},
+            {"metric": "val_loss", "direction": "minimize"},
+        ],
+        artifacts={"keep_models": 1},
+        budget=budget(5, 1),
+    )
+    del several["objective"], several["pruner"]
+    policies = {
+        "none": make_spec(name="none", artifacts={"keep_models": 0}, **unpruned),
+        "all": make_spec(name="all", **unpruned),
+        "two": several,
+    }
+    for name, spec in policies.items():
+        experiment = submit(client, spec)
+        for value in (0.2, 0.1):
+            trial = claimed(experiment)
+            assert (trial["send_model"], trial["model_bar"]) == (name != "none", None), name
+            finish(trial, value, model=name != "none")
 
 
 def test_a_dataset_is_kept_in_the_store_and_served_to_workers(client: TestClient) -> None:
