@@ -291,6 +291,38 @@ def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -
     assert not [p for p in paths if p.endswith(("/weights", "/complete"))]
 
 
+def test_a_model_that_cannot_be_kept_is_not_sent(client: TestClient) -> None:
+    """keep_models: 1, trials one at a time: a trial's model is sent only when its value beats
+    every finished trial's, and the best trial has it."""
+    spec = quick_spec(
+        budget=budget(6, 1),
+        fixed={"epochs": 1},
+        pruner={"name": "none"},
+        artifacts={"keep_models": 1},
+    )
+    experiment_id = submit(client, spec)
+    sent: list[int] = []
+    client.event_hooks["request"].append(
+        lambda request: (
+            sent.append(int(request.url.path.split("/")[-2]))
+            if request.method == "PUT" and request.url.path.endswith("/weights")
+            else None
+        )
+    )
+    options = WorkerOptions(
+        name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5
+    )
+    assert Worker(ServiceClient("", http=client), options).run() == 6
+    trials = sorted(trials_of(client, experiment_id), key=lambda t: t["number"])
+    records = [
+        t["id"] for i, t in enumerate(trials) if all(t["value"] > s["value"] for s in trials[:i])
+    ]
+    assert sent == records and len(sent) < len(trials)
+    best = max(trials, key=lambda t: (t["value"], -t["id"]))
+    assert [t["id"] for t in trials if t["has_weights"]] == [best["id"]]
+    assert client.get(f"{API}/trials/{best['id']}/model").status_code == 200
+
+
 @pytest.fixture
 def signal_cut_requests() -> Iterator[None]:
     """For a test whose signal handler raises inside a request to the in-process app. The

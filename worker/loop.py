@@ -284,7 +284,7 @@ class Worker:
             self.ran_out_of_memory = self.ran_out_of_memory or _out_of_memory(exc)
             ending = (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
         else:
-            ending = (self._finish, result)
+            ending = (self._finish, result, _model_kept(assignment, result.value))
         # Training did not wait for the answers to the last reports: one may end the trial.
         outbox.drain()
         if outbox.verdict is not None:
@@ -356,17 +356,20 @@ class Worker:
             )
             self.ran_out_of_memory = self.ran_out_of_memory or outcome.reason == "oom"
             return (self._fail_program, outcome)
-        return (self._complete_program, outcome)
+        assert outcome.value is not None
+        return (self._complete_program, outcome, _model_kept(assignment, outcome.value))
 
     def _fail_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
         if outcome.outputs is not None:
             self.client.upload_outputs(trial_id, token, outcome.outputs)
         self.client.fail(trial_id, token, outcome.reason, outcome.message, outcome.output)
 
-    def _complete_program(self, trial_id: int, token: str, outcome: Outcome) -> None:
+    def _complete_program(
+        self, trial_id: int, token: str, outcome: Outcome, send_model: bool
+    ) -> None:
         if outcome.outputs is not None:
             self.client.upload_outputs(trial_id, token, outcome.outputs)
-        if outcome.model is not None:
+        if outcome.model is not None and send_model:
             self.client.upload_weights(trial_id, token, outcome.model)
         assert outcome.value is not None and outcome.epoch is not None
         self.client.complete(trial_id, token, outcome.value, outcome.epoch, outcome.output)
@@ -428,10 +431,17 @@ class Worker:
             check=check,
         )
 
-    def _finish(self, trial_id: int, token: str, result: TrialResult) -> None:
-        self.client.upload_weights(trial_id, token, result.model)
+    def _finish(self, trial_id: int, token: str, result: TrialResult, send_model: bool) -> None:
+        if send_model:
+            self.client.upload_weights(trial_id, token, result.model)
         self.client.complete(trial_id, token, result.value, result.epoch)
-        log.info("trial %d completed: %.4f at epoch %d", trial_id, result.value, result.epoch)
+        log.info(
+            "trial %d completed: %.4f at epoch %d%s",
+            trial_id,
+            result.value,
+            result.epoch,
+            "" if send_model else " (its model is not among those kept: not sent)",
+        )
 
     def _dataset(self, spec: dict[str, Any]) -> DeviceData:
         """The dataset on the device, loaded once per worker and reused across trials."""
@@ -492,6 +502,17 @@ class _Checkpoints:
         self.outbox.checkpoint(epoch, snapshot)
         if self.stop.is_set():
             raise Interrupted(epoch)
+
+
+def _model_kept(assignment: dict[str, Any], value: float) -> bool:
+    """Whether the service may keep the trial's model (`artifacts.keep_models`): one that does
+    not beat the bar its claim gave cannot be among the kept ones, so it is not sent."""
+    if not assignment.get("send_model", True):
+        return False
+    bar = assignment.get("model_bar")
+    if bar is None:
+        return True
+    return bool(value > bar if assignment["objective"]["direction"] == "maximize" else value < bar)
 
 
 def _out_of_memory(exc: BaseException) -> bool:
