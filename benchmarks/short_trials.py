@@ -1,7 +1,8 @@
 """Many short trials: Sweep on SQLite and on PostgreSQL beside plain Optuna on PostgreSQL.
 
     .venv/bin/python benchmarks/short_trials.py [--trials 300] [--concurrent 2] [--epochs 1]
-        [--seeds 0 1 2] [--sides optuna sweep-sqlite sweep-postgresql] [--pg URL] [--json FILE]
+        [--seeds 0 1 2] [--sides optuna sweep-sqlite sweep-postgresql] [--keep-models K]
+        [--pg URL] [--json FILE]
 
 Real training, where the control plane weighs most: each trial trains a tiny MLP (16 hidden
 units) on digits for --epochs epochs, so a trial takes tens of milliseconds and the service's
@@ -22,6 +23,10 @@ trial has ended: Optuna when its processes return, Sweep when its experiment com
 seed, sides run one after the other; printed: seconds, trials/s, each side against Optuna in
 the same seed, and the best val_accuracy each side found. The machine may be shared and
 small: compare within a seed.
+
+Sweep keeps every trial's model file by default, which Optuna does not do at all; with
+--keep-models K its experiments keep the K best (`artifacts.keep_models`), and a trial that
+cannot be among them does not send its model.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ SPACE: dict[str, Any] = {
 
 def spec(args: argparse.Namespace, seed: int) -> dict[str, Any]:
     """The experiment every side runs (Sweep's spec; Optuna's side reads the same one)."""
-    return {
+    body: dict[str, Any] = {
         "name": f"short-trials-{seed}",
         "model": "mlp",
         "dataset": "digits",
@@ -69,6 +74,9 @@ def spec(args: argparse.Namespace, seed: int) -> dict[str, Any]:
         "sampler": {"name": "tpe", "seed": seed},
         "budget": {"n_trials": args.trials, "max_concurrent": args.concurrent},
     }
+    if args.keep_models is not None:
+        body["artifacts"] = {"keep_models": args.keep_models}
+    return body
 
 
 # --- optuna ---------------------------------------------------------------------------------
@@ -230,6 +238,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument(
+        "--keep-models", type=int, help="Sweep keeps the models of this many best trials only"
+    )
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL to make databases on")
     parser.add_argument("--json", type=Path, help="also write every run here")
     return parser.parse_args()
@@ -239,7 +250,8 @@ def main() -> None:
     args = parse_args()
     print(
         f"{args.trials} trials x {args.epochs} epoch(s) of a 16-unit MLP on digits, "
-        f"{args.concurrent} at once, TPE and Sweep's default pruner",
+        f"{args.concurrent} at once, TPE and Sweep's default pruner; Sweep keeps "
+        + ("every model" if args.keep_models is None else f"{args.keep_models} best models"),
         flush=True,
     )
     print(f"{'seed':>4} {'side':>17} {'seconds':>8} {'trials/s':>9} {'vs optuna':>9} {'best':>7}")
