@@ -35,7 +35,7 @@ import threading
 import time
 import warnings
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -555,13 +555,19 @@ def _catch_up(session: Session, s: _Study, experiment: Experiment) -> None:
     experiment_id = experiment.id
     # Finishes are read first: a trial's creation commits before its finish, so every trial
     # seen finished here is also seen by the (later) query for created trials, even when
-    # another process claims and finishes trials between the two statements.
-    finished = session.execute(
-        _FINISHED, {"experiment_id": experiment_id, "since": s.finish_seq}
-    ).all()
-    created = session.execute(
-        _CREATED, {"experiment_id": experiment_id, "since": s.trial_count}
-    ).all()
+    # another process claims and finishes trials between the two statements. Either query is
+    # left out when the experiment's row says it has nothing for the study: whatever committed
+    # since that row was read is read next time.
+    finished: Sequence[Row[Any]] = ()
+    if experiment.finish_seq > s.finish_seq:
+        finished = session.execute(
+            _FINISHED, {"experiment_id": experiment_id, "since": s.finish_seq}
+        ).all()
+    created: Sequence[Row[Any]] = ()
+    if experiment.trial_count > s.trial_count or any(t.number >= s.trial_count for t in finished):
+        created = session.execute(
+            _CREATED, {"experiment_id": experiment_id, "since": s.trial_count}
+        ).all()
     curves = _curves(session, [t.id for t in (*created, *finished)])
     for trial in created:
         _add_running(s, trial, curves.get(trial.id, {}))
