@@ -18,9 +18,9 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import Row, delete, insert, select
 from sqlalchemy.orm import Session
 
 from sweep.service import search, specs
@@ -29,6 +29,10 @@ from sweep.service.store import Store, Stored
 from sweep.service.tables import Artifact, DeletedArtifact, Experiment, Trial, UserDataset, utcnow
 
 Kind = Literal["weights", "checkpoint", "outputs", "dataset"]
+if TYPE_CHECKING:
+    # A finished trial with a model file: id, state, value, values.
+    ModelRow = Row[int, str, float | None, list[float] | None]
+
 TRIAL_KINDS: tuple[Kind, ...] = ("weights", "checkpoint", "outputs")
 SUFFIXES = {"weights": ".pt", "checkpoint": ".ckpt", "outputs": ".tar.gz", "dataset": ".npz"}
 PURGE_BATCH = 200
@@ -170,10 +174,6 @@ def _forget(keys: Iterable[str], session: Session) -> None:
 # --- retention ------------------------------------------------------------------------------
 
 
-# A trial with the model file it uploaded.
-_WITH_MODEL = (Artifact.trial_id == Trial.id) & (Artifact.kind == "weights")
-
-
 def retain_models(session: Session, experiment: Experiment) -> None:
     """With `artifacts.keep_models: K`, delete the model files of finished trials that are not
     among the K best (with several objectives: not on the Pareto front). Runs as each trial
@@ -181,23 +181,15 @@ def retain_models(session: Session, experiment: Experiment) -> None:
     keep_models = _keep_models(experiment)
     if keep_models is None:
         return
-    finished = session.execute(
-        select(Trial.id, Trial.state, Trial.value, Trial.values)
-        .join(Artifact, _WITH_MODEL)
-        .where(Trial.experiment_id == experiment.id, Trial.state.in_(FINISHED))
-    ).all()
-    completed = [
-        row for row in finished if row.state == TrialState.COMPLETED and row.value is not None
-    ]
+    finished = _with_models(session, experiment)
     wanted = specs.objectives(experiment.spec)
     if len(wanted) > 1:
+        completed = _completed(finished)
         points = [list(row.values or []) for row in completed]
         front = search.pareto_front(points, [o["direction"] for o in wanted])
         kept = {completed[i].id for i in front}
     else:
-        sign = -1.0 if experiment.direction == "maximize" else 1.0
-        ranked = sorted(completed, key=lambda row: (sign * row.value, row.id))
-        kept = {row.id for row in ranked[:keep_models]}
+        kept = {row.id for row in _best_first(finished, experiment)[:keep_models]}
     dropped = [row.id for row in finished if row.id not in kept]
     discard(session, dropped, "weights")
 
@@ -213,25 +205,34 @@ def model_bar(session: Session, experiment: Experiment) -> tuple[bool, float | N
         return True, None
     if keep_models == 0:
         return False, None
-    best = Trial.value.desc() if experiment.direction == "maximize" else Trial.value.asc()
-    bar = session.scalar(
-        select(Trial.value)
-        .join(Artifact, _WITH_MODEL)
-        .where(
-            Trial.experiment_id == experiment.id,
-            Trial.state == TrialState.COMPLETED,
-            Trial.value.is_not(None),
-        )
-        .order_by(best, Trial.id)
-        .offset(keep_models - 1)
-        .limit(1)
-    )
-    return True, bar
+    ranked = _best_first(_with_models(session, experiment), experiment)
+    return True, ranked[keep_models - 1].value if len(ranked) >= keep_models else None
 
 
 def _keep_models(experiment: Experiment) -> int | None:
     keep_models: int | None = (experiment.spec.get("artifacts") or {}).get("keep_models")
     return keep_models
+
+
+def _with_models(session: Session, experiment: Experiment) -> Sequence[ModelRow]:
+    """The experiment's finished trials that have a model file: under the policy, about K of
+    them (read whole and ranked here: sorting all the experiment's trials in SQL to find them
+    costs more)."""
+    return session.execute(
+        select(Trial.id, Trial.state, Trial.value, Trial.values)
+        .join(Artifact, (Artifact.trial_id == Trial.id) & (Artifact.kind == "weights"))
+        .where(Trial.experiment_id == experiment.id, Trial.state.in_(FINISHED))
+    ).all()
+
+
+def _completed(rows: Sequence[ModelRow]) -> list[ModelRow]:
+    return [row for row in rows if row.state == TrialState.COMPLETED and row.value is not None]
+
+
+def _best_first(rows: Sequence[ModelRow], experiment: Experiment) -> list[ModelRow]:
+    """The completed ones by the objective, best first; ties: the earlier trial first."""
+    sign = -1.0 if experiment.direction == "maximize" else 1.0
+    return sorted(_completed(rows), key=lambda row: (sign * row.value, row.id))
 
 
 # --- the store's side -----------------------------------------------------------------------
