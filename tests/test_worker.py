@@ -11,15 +11,18 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from types import SimpleNamespace
+from typing import Any
 
 import httpx
 import pytest
 import torch
 from fastapi.testclient import TestClient
 
-from sweep.models import catalog
+from sweep.models import bundle, catalog
 from sweep.models.datasets import load_dataset
 from sweep.retry import RetryPolicy
+from sweep.worker import train
 from sweep.worker.client import ServiceClient, TrialGone
 from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
@@ -291,9 +294,18 @@ def test_a_trial_pruned_at_its_last_epoch_is_not_completed(client: TestClient) -
     assert not [p for p in paths if p.endswith(("/weights", "/complete"))]
 
 
-def test_a_model_that_cannot_be_kept_is_not_sent(client: TestClient) -> None:
-    """keep_models: 1, trials one at a time: a trial's model is sent only when its value beats
-    every finished trial's, and the best trial has it."""
+def test_a_model_that_cannot_be_kept_is_not_sent(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """keep_models: 1, trials one at a time: a trial's model is packed and sent only when its
+    value beats every finished trial's, and the best trial has it."""
+    packed: list[bytes] = []
+
+    def pack(*args: Any) -> bytes:
+        packed.append(bundle.pack(*args))
+        return packed[-1]
+
+    monkeypatch.setattr(train, "bundle", SimpleNamespace(pack=pack))
     spec = quick_spec(
         budget=budget(6, 1),
         fixed={"epochs": 1},
@@ -317,7 +329,7 @@ def test_a_model_that_cannot_be_kept_is_not_sent(client: TestClient) -> None:
     records = [
         t["id"] for i, t in enumerate(trials) if all(t["value"] > s["value"] for s in trials[:i])
     ]
-    assert sent == records and len(sent) < len(trials)
+    assert sent == records and len(sent) < len(trials) and len(packed) == len(sent)
     best = max(trials, key=lambda t: (t["value"], -t["id"]))
     assert [t["id"] for t in trials if t["has_weights"]] == [best["id"]]
     assert client.get(f"{API}/trials/{best['id']}/model").status_code == 200

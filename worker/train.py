@@ -9,6 +9,7 @@ next epoch trains; `check`, called before every batch, raises as soon as it does
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import time
@@ -88,8 +89,14 @@ class TrialResult:
     value: float  # the objective at the kept epoch
     epoch: int  # 1-based epoch whose weights are kept
     epochs_run: int
-    model: bytes  # the kept weights as a model bundle (sweep.models.bundle)
     metrics: dict[str, float]  # the kept epoch's metrics
+    pack: Callable[[], bytes] = field(repr=False, compare=False)  # makes `model`
+
+    @functools.cached_property
+    def model(self) -> bytes:
+        """The kept weights as a model bundle (sweep.models.bundle), packed when first read:
+        a model the service would not keep is never serialized."""
+        return self.pack()
 
 
 # (epoch from 1, metrics) -> None; may raise Pruned or Stopped
@@ -406,9 +413,15 @@ class _Tracker:
         else:
             epoch, metrics, state = self.epoch, self.last_metrics, _cpu_state(model)
         c = self.config
-        packed = bundle.pack(c.model, c.hparams, c.dataset, preprocessing, state)
-        value = metrics[c.objective_metric]
-        return TrialResult(value, epoch, self.epoch, packed, metrics)
+        return TrialResult(
+            value=metrics[c.objective_metric],
+            epoch=epoch,
+            epochs_run=self.epoch,
+            metrics=metrics,
+            pack=functools.partial(
+                bundle.pack, c.model, c.hparams, c.dataset, preprocessing, state
+            ),
+        )
 
 
 @dataclass(frozen=True)
