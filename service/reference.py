@@ -31,6 +31,7 @@ SPEC_MODELS: list[type[BaseModel]] = [
     schemas.PrunerSpec,
     schemas.Budget,
     schemas.Requirements,
+    schemas.ArtifactPolicy,
     schemas.WarmStartTrial,
 ]
 

@@ -197,10 +197,11 @@ class Requirements(Strict):
 
 
 class ArtifactPolicy(Strict):
-    """What is kept of the trials' files."""
+    """What is kept of the trials' files. `keep_models: K` keeps the model files of the K best
+    finished trials (with several objectives, those on the Pareto front) and deletes the
+    others' as better ones arrive; with one objective, a trial whose model cannot be among
+    them does not send it. null keeps every one."""
 
-    # Keep the model files of this many best finished trials (with several objectives, those
-    # on the Pareto front) and delete the others' as better ones arrive; None keeps them all.
     keep_models: StrictInt | None = Field(None, ge=0, le=100_000)
 
 
