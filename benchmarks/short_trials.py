@@ -24,6 +24,10 @@ seed, sides run one after the other; printed: seconds, trials/s, each side again
 the same seed, and the best val_accuracy each side found. The machine may be shared and
 small: compare within a seed.
 
+Also printed: the CPU time each side's processes used while timed, in milliseconds per trial:
+the processes that train (Optuna's, or Sweep's workers; training included), Sweep's server,
+and the PostgreSQL backends of the side's database.
+
 Sweep keeps every trial's model file by default, which Optuna does not do at all; with
 --keep-models K its experiments keep the K best (`artifacts.keep_models`), and a trial that
 cannot be among them does not send its model.
@@ -48,7 +52,14 @@ import optuna
 import psycopg
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.control_plane import PG_ADMIN, fresh_database, sweep_server
+from benchmarks.control_plane import (
+    PG_ADMIN,
+    cpu_snapshot,
+    cpu_used,
+    descendants,
+    fresh_database,
+    sweep_server,
+)
 from tests.processes import ServerProcess
 
 SIDES = ("optuna", "sweep-sqlite", "sweep-postgresql")
@@ -83,9 +94,16 @@ def spec(args: argparse.Namespace, seed: int) -> dict[str, Any]:
 
 
 def optuna_process(
-    storage: str, study_name: str, body: dict[str, Any], n_trials: int, ready: Any, go: Any
+    storage: str,
+    study_name: str,
+    body: dict[str, Any],
+    n_trials: int,
+    signals: tuple[Any, Any, Any, Any],
 ) -> None:
-    """One of Optuna's processes: the same training code and data as Sweep's workers."""
+    """One of Optuna's processes: the same training code and data as Sweep's workers. It says
+    when it is ready and when it is done, and stays until told to leave (its CPU time and its
+    PostgreSQL backend's are read meanwhile)."""
+    ready, go, done, leave = signals
     import torch
 
     from sweep.models import catalog, datasets
@@ -137,6 +155,8 @@ def optuna_process(
     ready.release()
     go.wait()
     study.optimize(objective, n_trials=n_trials)
+    done.release()
+    leave.wait()
 
 
 def run_optuna(
@@ -144,38 +164,70 @@ def run_optuna(
 ) -> dict[str, Any]:
     body = spec(args, seed)
     context = multiprocessing.get_context("spawn")
-    with fresh_database(admin, args.pg) as (_, url):
+    with fresh_database(admin, args.pg) as (database, url):
         storage, name = url, body["name"]
         optuna.create_study(storage=storage, study_name=name, direction="maximize")
         shares = [args.trials // args.concurrent] * args.concurrent
         shares[0] += args.trials - sum(shares)
         ready, go = context.Semaphore(0), context.Event()
+        done, leave = context.Semaphore(0), context.Event()
         processes = [
-            context.Process(target=optuna_process, args=(storage, name, body, n, ready, go))
+            context.Process(
+                target=optuna_process, args=(storage, name, body, n, (ready, go, done, leave))
+            )
             for n in shares
         ]
         for process in processes:
             process.start()
-        for _ in processes:
-            ready.acquire()
-        started = time.perf_counter()
-        go.set()
-        for process in processes:
-            process.join()
-        elapsed = time.perf_counter() - started
+        try:
+            _each(ready, processes)
+            before = cpu_snapshot(admin, database, [p.pid for p in processes if p.pid], [])
+            started = time.perf_counter()
+            go.set()
+            _each(done, processes)
+            elapsed = time.perf_counter() - started
+            after = cpu_snapshot(admin, database, [p.pid for p in processes if p.pid], [])
+        finally:
+            leave.set()
+            for process in processes:
+                process.join()
         if any(p.exitcode != 0 for p in processes):
             raise RuntimeError("an Optuna process failed")
         study = optuna.load_study(study_name=name, storage=storage)
         done = study.get_trials(deepcopy=False)
         completed = [t.value for t in done if t.value is not None and t.state.name == "COMPLETE"]
         pruned = sum(t.state.name == "PRUNED" for t in done)
-    return {"seconds": elapsed, "best": max(completed), "pruned": pruned, "trials": len(done)}
+    return {
+        "seconds": elapsed,
+        "best": max(completed),
+        "pruned": pruned,
+        "trials": len(done),
+        "cpu": cpu_used(before, after),
+    }
+
+
+def _each(signal: Any, processes: list[Any]) -> None:
+    """Wait until every process has released `signal`; RuntimeError if one died first."""
+    for _ in processes:
+        while not signal.acquire(timeout=1):
+            if any(p.exitcode is not None for p in processes):
+                raise RuntimeError("an Optuna process ended early")
 
 
 # --- sweep ----------------------------------------------------------------------------------
 
 
-def run_sweep(args: argparse.Namespace, seed: int, server: ServerProcess) -> dict[str, Any]:
+def run_sweep(
+    args: argparse.Namespace,
+    seed: int,
+    server: ServerProcess,
+    admin: psycopg.Connection[Any],
+    database: str = "",
+) -> dict[str, Any]:
+    """Sweep's run; CPU is read from the server, the worker pool's processes and the
+    PostgreSQL backends of `database` (none for SQLite)."""
+    assert server.process is not None
+    server_pids = [server.process.pid, *descendants(server.process.pid)]
     headers = {"Authorization": f"Bearer {server.admin_token}"}
     with httpx.Client(base_url=f"{server.url}/api/v1", headers=headers, timeout=60) as http:
         pool = subprocess.Popen(
@@ -195,6 +247,8 @@ def run_sweep(args: argparse.Namespace, seed: int, server: ServerProcess) -> dic
                 if pool.poll() is not None or time.monotonic() > deadline:
                     raise RuntimeError("the worker pool did not start")
                 time.sleep(0.05)
+            workers = [pool.pid, *descendants(pool.pid)]
+            before = cpu_snapshot(admin, database, workers, server_pids)
             started = time.perf_counter()
             experiment_id = http.post("/experiments", json=spec(args, seed)).json()["id"]
             while (experiment := http.get(f"/experiments/{experiment_id}", params=WAIT).json())[
@@ -203,6 +257,7 @@ def run_sweep(args: argparse.Namespace, seed: int, server: ServerProcess) -> dic
                 if pool.poll() is not None:
                     raise RuntimeError(f"the worker pool exited early ({pool.returncode})")
             elapsed = time.perf_counter() - started
+            after = cpu_snapshot(admin, database, workers, server_pids)  # before they go idle
             pool.wait(timeout=120)
         finally:
             if pool.poll() is None:
@@ -213,6 +268,7 @@ def run_sweep(args: argparse.Namespace, seed: int, server: ServerProcess) -> dic
         "best": experiment["best_value"],
         "pruned": experiment["counts"]["pruned"],
         "trials": experiment["trials_created"],
+        "cpu": cpu_used(before, after),
     }
 
 
@@ -223,12 +279,12 @@ def run_side(
         return run_optuna(args, seed, admin)
     if side == "sweep-sqlite":
         with sweep_server(f"sqlite:///{tmp / f'sweep-{seed}.db'}", 1, tmp / f"logs-{seed}") as s:
-            return run_sweep(args, seed, s)
+            return run_sweep(args, seed, s, admin)
     with (
-        fresh_database(admin, args.pg) as (_, url),
+        fresh_database(admin, args.pg) as (database, url),
         sweep_server(url, 1, tmp / f"logs-pg-{seed}") as server,
     ):
-        return run_sweep(args, seed, server)
+        return run_sweep(args, seed, server, admin, database)
 
 
 def parse_args() -> argparse.Namespace:
@@ -254,7 +310,10 @@ def main() -> None:
         + ("every model" if args.keep_models is None else f"{args.keep_models} best models"),
         flush=True,
     )
-    print(f"{'seed':>4} {'side':>17} {'seconds':>8} {'trials/s':>9} {'vs optuna':>9} {'best':>7}")
+    print(
+        f"{'seed':>4} {'side':>17} {'seconds':>8} {'trials/s':>9} {'vs optuna':>9} {'best':>7}"
+        f"  CPU ms per trial: {'trainers':>8} {'server':>6} {'postgres':>8}"
+    )
     runs: list[dict[str, Any]] = []
     with (
         psycopg.connect(args.pg, autocommit=True) as admin,
@@ -269,9 +328,11 @@ def main() -> None:
                 if side == "optuna":
                     baseline = rate
                 ratio = f"{rate / baseline:9.2f}" if baseline else f"{'-':>9}"
+                cpu = {k: 1000 * v / run["trials"] for k, v in run["cpu"].items()}
                 print(
                     f"{seed:>4} {side:>17} {run['seconds']:8.1f} {rate:9.2f} {ratio} "
-                    f"{run['best']:7.4f}",
+                    f"{run['best']:7.4f}  {'':>17} {cpu['clients']:8.1f} {cpu['server']:6.1f} "
+                    f"{cpu['postgres']:8.1f}",
                     flush=True,
                 )
     for side in args.sides:
