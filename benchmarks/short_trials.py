@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/short_trials.py [--trials 300] [--concurrent 2] [--epochs 1]
         [--seeds 0 1 2] [--sides optuna sweep-sqlite sweep-postgresql] [--keep-models K]
-        [--pg URL] [--json FILE]
+        [--server-workers 1] [--pg URL] [--json FILE]
 
 Real training, where the control plane weighs most: each trial trains a tiny MLP (16 hidden
 units) on digits for --epochs epochs, so a trial takes tens of milliseconds and the service's
@@ -13,9 +13,9 @@ hears the same pruner (Sweep's default); --concurrent trials at once:
 - optuna: --concurrent processes, each running `study.optimize` on one study in an RDBStorage
   on a fresh PostgreSQL database (Optuna's own recipe for parallel optimisation), the
   objective reporting each epoch and asking should_prune;
-- sweep-sqlite / sweep-postgresql: one real `sweep server` on a fresh SQLite file or
-  PostgreSQL database and one worker pool of --concurrent processes
-  (`sweep worker --devices cpu --trials-per-device N`).
+- sweep-sqlite / sweep-postgresql: one real `sweep server` (--server-workers API processes)
+  on a fresh SQLite file or PostgreSQL database and one worker pool of --concurrent
+  processes (`sweep worker --devices cpu --trials-per-device N`).
 
 Every process gets one torch thread. The clock starts once every process is ready (Optuna's
 have loaded the data and the study; Sweep's workers have registered) and stops when the last
@@ -278,11 +278,12 @@ def run_side(
     if side == "optuna":
         return run_optuna(args, seed, admin)
     if side == "sweep-sqlite":
-        with sweep_server(f"sqlite:///{tmp / f'sweep-{seed}.db'}", 1, tmp / f"logs-{seed}") as s:
+        sqlite = f"sqlite:///{tmp / f'sweep-{seed}.db'}"
+        with sweep_server(sqlite, args.server_workers, tmp / f"logs-{seed}") as s:
             return run_sweep(args, seed, s, admin)
     with (
         fresh_database(admin, args.pg) as (database, url),
-        sweep_server(url, 1, tmp / f"logs-pg-{seed}") as server,
+        sweep_server(url, args.server_workers, tmp / f"logs-pg-{seed}") as server,
     ):
         return run_sweep(args, seed, server, admin, database)
 
@@ -294,6 +295,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
+    parser.add_argument("--server-workers", type=int, default=1, help="Sweep's API processes")
     parser.add_argument(
         "--keep-models", type=int, help="Sweep keeps the models of this many best trials only"
     )
