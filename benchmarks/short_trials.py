@@ -103,7 +103,7 @@ def optuna_process(
     """One of Optuna's processes: the same training code and data as Sweep's workers. It says
     when it is ready and when it is done, and stays until told to leave (its CPU time and its
     PostgreSQL backend's are read meanwhile)."""
-    ready, go, done, leave = signals
+    ready, go, finished, leave = signals
     import torch
 
     from sweep.models import catalog, datasets
@@ -155,7 +155,7 @@ def optuna_process(
     ready.release()
     go.wait()
     study.optimize(objective, n_trials=n_trials)
-    done.release()
+    finished.release()
     leave.wait()
 
 
@@ -170,21 +170,21 @@ def run_optuna(
         shares = [args.trials // args.concurrent] * args.concurrent
         shares[0] += args.trials - sum(shares)
         ready, go = context.Semaphore(0), context.Event()
-        done, leave = context.Semaphore(0), context.Event()
+        finished, leave = context.Semaphore(0), context.Event()
         processes = [
             context.Process(
-                target=optuna_process, args=(storage, name, body, n, (ready, go, done, leave))
+                target=optuna_process, args=(storage, name, body, n, (ready, go, finished, leave))
             )
             for n in shares
         ]
         for process in processes:
             process.start()
         try:
-            _each(ready, processes)
+            _wait_all(ready, processes)
             before = cpu_snapshot(admin, database, [p.pid for p in processes if p.pid], [])
             started = time.perf_counter()
             go.set()
-            _each(done, processes)
+            _wait_all(finished, processes)
             elapsed = time.perf_counter() - started
             after = cpu_snapshot(admin, database, [p.pid for p in processes if p.pid], [])
         finally:
@@ -206,7 +206,7 @@ def run_optuna(
     }
 
 
-def _each(signal: Any, processes: list[Any]) -> None:
+def _wait_all(signal: Any, processes: list[Any]) -> None:
     """Wait until every process has released `signal`; RuntimeError if one died first."""
     for _ in processes:
         while not signal.acquire(timeout=1):
