@@ -165,7 +165,9 @@ def claim(
     if held_id is not None:
         held = rows.trial(session, held_id)
         owner = rows.experiment(session, held.experiment_id)
-        return _assignment(session, owner, held, lease_seconds, _checkpoint_epoch(session, held))
+        resume = _checkpoint_epoch(session, held)
+        bar = artifacts.model_bar(session, owner)
+        return _assignment(session, owner, held, lease_seconds, resume, bar)
     experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
         return None
@@ -243,8 +245,9 @@ def _start(
         trial.started_at = utcnow()
         extend_lease(trial, lease_seconds)
     session.flush()
+    bar = artifacts.model_bar(session, experiment)  # the same for every trial started here
     return [
-        (worker_id, _assignment(session, experiment, trial, lease_seconds, resume))
+        (worker_id, _assignment(session, experiment, trial, lease_seconds, resume, bar))
         for worker_id, (trial, resume) in zip(worker_ids, starting, strict=False)
     ]
 
@@ -427,11 +430,18 @@ def _lock_claimable(
 
 
 def _assignment(
-    session: Session, experiment: Experiment, trial: Trial, lease_seconds: float, resume_epoch: int
+    session: Session,
+    experiment: Experiment,
+    trial: Trial,
+    lease_seconds: float,
+    resume_epoch: int,
+    bar: tuple[bool, float | None],
 ) -> Assignment:
+    """`bar`: artifacts.model_bar of the experiment (read once for all the trials a
+    transaction starts)."""
     spec = experiment.spec
     assert trial.token is not None and trial.number is not None
-    send_model, model_bar = artifacts.model_bar(session, experiment)
+    send_model, model_bar = bar
     return Assignment(
         trial_id=trial.id,
         experiment_id=experiment.id,
