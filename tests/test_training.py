@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import io
 import math
+import subprocess
+import sys
 from typing import Any
 
 import numpy as np
@@ -521,3 +523,22 @@ def test_a_checkpoint_serialized_after_training_went_on_still_resumes_exactly() 
 
     assert [without_time(m) for m in rest] == [without_time(m) for m in straight[2:]]
     assert resumed.model == whole.model
+
+
+def test_after_the_warm_up_a_trials_optimizer_imports_nothing() -> None:
+    """The first optimizer a process builds imports torch's compiler stack (over a second);
+    a worker builds one while it registers, so its first trial's does not wait for that."""
+    script = """
+import sys
+import torch
+from sweep.worker.train import make_optimizer, warm_up
+
+before = set(sys.modules)
+warm_up()
+assert set(sys.modules) - before, "the warm-up imported nothing: it has nothing to do"
+before = set(sys.modules)
+hp = {"optimizer": "adam", "lr": 0.01, "weight_decay": 0.0, "momentum": 0.0}
+make_optimizer(torch.nn.Linear(4, 2), hp)
+assert set(sys.modules) == before, set(sys.modules) - before
+"""
+    subprocess.run([sys.executable, "-c", script], check=True)

@@ -40,6 +40,7 @@ from sweep.worker.train import (
     TrialResult,
     to_device,
     train_trial,
+    warm_up,
 )
 
 log = logging.getLogger("sweep.worker")
@@ -128,6 +129,7 @@ class Worker:
         memory_gb = None
         if device.type == "cuda":  # what experiments' requirements.min_device_memory_gb ask
             memory_gb = torch.cuda.get_device_properties(device).total_memory / 2**30
+        threading.Thread(target=warm_up, name="warm-up", daemon=True).start()
         installed = (list(plugins.model_plugins()), list(plugins.dataset_plugins()))
         worker_id = self.worker_id = self.client.register(
             self.options.name,

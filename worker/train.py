@@ -165,6 +165,13 @@ def make_scheduler(optimizer: Optimizer, hp: dict[str, Any]) -> LRScheduler | No
     return _SCHEDULES[str(hp["lr_schedule"])](optimizer, hp)
 
 
+def warm_up() -> None:
+    """Build an optimizer and drop it. The first one a process builds imports torch's compiler
+    stack (torch._dynamo): over a second of CPU, which the first trial would otherwise wait
+    for. A worker does it while it registers and waits for work."""
+    torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1)
+
+
 # -------------------------------------------------------------------------------------------
 # Training
 
