@@ -26,7 +26,9 @@ small: compare within a seed.
 
 Also printed: the CPU time each side's processes used while timed, in milliseconds per trial:
 the processes that train (Optuna's, or Sweep's workers; training included), Sweep's server,
-and the PostgreSQL backends of the side's database.
+and the PostgreSQL backends of the side's database; and the share of the training processes'
+time spent in training passes (their `epoch_seconds`, summed over every epoch, against
+--concurrent times the seconds), the rest going to the sampler, storage and the service.
 
 Sweep keeps every trial's model file by default, which Optuna does not do at all; with
 --keep-models K its experiments keep the K best (`artifacts.keep_models`), and a trial that
@@ -99,10 +101,11 @@ def optuna_process(
     body: dict[str, Any],
     n_trials: int,
     signals: tuple[Any, Any, Any, Any],
+    training: Any,
 ) -> None:
     """One of Optuna's processes: the same training code and data as Sweep's workers. It says
     when it is ready and when it is done, and stays until told to leave (its CPU time and its
-    PostgreSQL backend's are read meanwhile)."""
+    PostgreSQL backend's are read meanwhile). Its training passes' seconds go in `training`."""
     ready, go, finished, leave = signals
     import torch
 
@@ -143,6 +146,7 @@ def optuna_process(
         )
 
         def report(epoch: int, metrics: dict[str, float]) -> None:
+            training.value += metrics["epoch_seconds"]
             trial.report(metrics["val_accuracy"], epoch)
             if trial.should_prune():
                 raise Pruned(f"pruned at epoch {epoch}")
@@ -171,11 +175,13 @@ def run_optuna(
         shares[0] += args.trials - sum(shares)
         ready, go = context.Semaphore(0), context.Event()
         finished, leave = context.Semaphore(0), context.Event()
+        training = [context.Value("d", 0.0) for _ in shares]
         processes = [
             context.Process(
-                target=optuna_process, args=(storage, name, body, n, (ready, go, finished, leave))
+                target=optuna_process,
+                args=(storage, name, body, n, (ready, go, finished, leave), seconds),
             )
-            for n in shares
+            for n, seconds in zip(shares, training, strict=True)
         ]
         for process in processes:
             process.start()
@@ -203,6 +209,7 @@ def run_optuna(
         "pruned": pruned,
         "trials": len(done),
         "cpu": cpu_used(before, after),
+        "training": sum(seconds.value for seconds in training),
     }
 
 
@@ -263,13 +270,33 @@ def run_sweep(
             if pool.poll() is None:
                 pool.terminate()
                 pool.wait(timeout=60)
+        training = _epoch_seconds(http, experiment_id)
     return {
         "seconds": elapsed,
         "best": experiment["best_value"],
         "pruned": experiment["counts"]["pruned"],
         "trials": experiment["trials_created"],
         "cpu": cpu_used(before, after),
+        "training": training,
     }
+
+
+def _epoch_seconds(http: httpx.Client, experiment_id: int) -> float:
+    """The seconds of every training pass an experiment's trials reported."""
+    path = f"/experiments/{experiment_id}"
+    numbers: list[int] = []
+    while True:
+        params = {"limit": 1000, "offset": len(numbers)}
+        page = http.get(f"{path}/trials", params=params).json()["items"]
+        if not page:
+            break
+        numbers += [t["number"] for t in page]
+    total = 0.0
+    for start in range(0, len(numbers), 50):
+        wanted: dict[str, Any] = {"metric": "epoch_seconds", "trial": numbers[start : start + 50]}
+        for curve in http.get(f"{path}/curves", params=wanted).json()["curves"]:
+            total += sum(v for v in curve["values"] if v is not None)
+    return total
 
 
 def run_side(
@@ -314,7 +341,7 @@ def main() -> None:
     )
     print(
         f"{'seed':>4} {'side':>17} {'seconds':>8} {'trials/s':>9} {'vs optuna':>9} {'best':>7}"
-        f"  CPU ms per trial: {'trainers':>8} {'server':>6} {'postgres':>8}"
+        f"  CPU ms per trial: {'trainers':>8} {'server':>6} {'postgres':>8}  training"
     )
     runs: list[dict[str, Any]] = []
     with (
@@ -331,10 +358,11 @@ def main() -> None:
                     baseline = rate
                 ratio = f"{rate / baseline:9.2f}" if baseline else f"{'-':>9}"
                 cpu = {k: 1000 * v / run["trials"] for k, v in run["cpu"].items()}
+                training = run["training"] / (args.concurrent * run["seconds"])
                 print(
                     f"{seed:>4} {side:>17} {run['seconds']:8.1f} {rate:9.2f} {ratio} "
                     f"{run['best']:7.4f}  {'':>17} {cpu['clients']:8.1f} {cpu['server']:6.1f} "
-                    f"{cpu['postgres']:8.1f}",
+                    f"{cpu['postgres']:8.1f}  {training:8.0%}",
                     flush=True,
                 )
     for side in args.sides:
