@@ -18,11 +18,11 @@ hears the same pruner (Sweep's default); --concurrent trials at once:
   processes (`sweep worker --devices cpu --trials-per-device N`).
 
 Every process gets one torch thread. The clock starts once every process is ready (Optuna's
-have loaded the data and the study; Sweep's workers have registered) and stops when the last
-trial has ended: Optuna when its processes return, Sweep when its experiment completes. Per
-seed, sides run one after the other; printed: seconds, trials/s, each side against Optuna in
-the same seed, and the best val_accuracy each side found. The machine may be shared and
-small: compare within a seed.
+have loaded the data and the study and built a first optimizer; Sweep's workers have
+registered, and build theirs meanwhile) and stops when the last trial has ended: Optuna
+when its processes return, Sweep when its experiment completes. Per seed, sides run one after
+the other; printed: seconds, trials/s, each side against Optuna in the same seed, and the best
+val_accuracy each side found. The machine may be shared and small: compare within a seed.
 
 Also printed: the CPU time each side's processes used while timed, in milliseconds per trial:
 the processes that train (Optuna's, or Sweep's workers; training included), Sweep's server,
@@ -114,13 +114,14 @@ def optuna_process(
     from sweep.service.schemas import ExperimentCreate
     from sweep.service.search.optimizer import directions, suggest_all
     from sweep.service.search.space import distributions
-    from sweep.worker.train import Pruned, TrialConfig, to_device, train_trial
+    from sweep.worker.train import Pruned, TrialConfig, to_device, train_trial, warm_up
 
     torch.set_num_threads(1)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     normalized = specs.normalize(ExperimentCreate.model_validate(body))
     device = torch.device("cpu")
     data = to_device(datasets.for_spec(normalized["dataset"]), device)
+    warm_up()  # as Sweep's workers do while they register
     dists = distributions(normalized["search_space"])
     study = optuna.create_study(
         storage=storage,
