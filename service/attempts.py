@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import functools
 import secrets
+from collections.abc import Sequence
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
@@ -123,9 +124,11 @@ def try_claim(
     project: str | None,
     lease_seconds: float,
     look_first: bool,
+    finishing: Sequence[int] = (),
 ) -> Assignment | None:
     """One claim attempt in its own transaction. With `look_first`, a read-only look comes
-    first, so workers polling an idle service never take the write lock."""
+    first, so workers polling an idle service never take the write lock (a worker's trial
+    named in `finishing` is still held until the claim's transaction)."""
     if look_first:
         with db.transaction(write=False) as session:
             if not claim_possible(
@@ -140,6 +143,7 @@ def try_claim(
             experiment_id=experiment_id,
             project=project,
             lease_seconds=lease_seconds,
+            finishing=finishing,
         )
 
 
@@ -151,16 +155,23 @@ def claim(
     lease_seconds: float,
     experiment_id: int | None = None,
     project: str | None = None,
+    finishing: Sequence[int] = (),
 ) -> Assignment | None:
     """Start the next trial for a worker, or None when nothing may start now.
 
-    A worker that already holds a running trial (its last claim's answer was lost) gets that
-    attempt back. Otherwise the oldest running experiment with work and a free slot is locked;
-    a queued trial of it is served first, else its sampler is asked for a new one. All in this
-    one transaction: exactly n_trials trials are ever created and never more than
-    max_concurrent run at once.
+    The worker's running trials named in `finishing` have ended their training: the worker
+    sends their models and results while it runs the next one, and they hold no slot from
+    now on (Trial.trained_at). A worker that holds another running trial (its last claim's
+    answer was lost) gets that attempt back. Otherwise the oldest running experiment with work
+    and a free slot is locked; a queued trial of it is served first, else its sampler is asked
+    for a new one. All in this one transaction: exactly n_trials trials are ever created and
+    never more than max_concurrent train at once.
     """
     worker = _check_claimant(session, worker_id, experiment_id, project)
+    if finishing:
+        session.execute(
+            _TRAINED, {"b_worker_id": worker_id, "b_ids": list(finishing), "b_now": utcnow()}
+        )
     held_id = session.execute(_SEEN, {"b_worker_id": worker_id, "b_now": utcnow()}).scalar_one()
     if held_id is not None:
         held = rows.trial(session, held_id)
@@ -198,11 +209,13 @@ def claim_waiting(
     holding = set(
         session.scalars(
             select(Trial.worker_id).where(
-                Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING
+                Trial.worker_id.in_(worker_ids),
+                Trial.state == TrialState.RUNNING,
+                Trial.trained_at.is_(None),
             )
         )
     )
-    free = experiment.max_concurrent - rows.count_trials(session, experiment.id)
+    free = experiment.max_concurrent - rows.count_training(session, experiment.id)
     takers = [w for w in worker_ids if w not in holding][: max(free, 0)]
     if not takers:
         return {}
@@ -288,6 +301,7 @@ def _restart(session: Session, optimizer: Optimizer, trial: Trial) -> int:
     lifecycle.move(trial, TrialState.RUNNING)
     resume = _checkpoint_epoch(session, trial)
     trial.attempt += 1
+    trial.trained_at = None
     trial.failure_reason = trial.failure_message = None
     trial.last_epoch = trial.resumed_from = resume
     trial.last_objective = session.scalar(
@@ -330,8 +344,12 @@ def _check_claimant(
 
 
 def _holds(worker_id: int) -> ColumnElement[bool]:
-    """A running trial of this worker's."""
-    return and_(Trial.worker_id == worker_id, Trial.state == TrialState.RUNNING)
+    """A running trial of this worker's, still training."""
+    return and_(
+        Trial.worker_id == worker_id,
+        Trial.state == TrialState.RUNNING,
+        Trial.trained_at.is_(None),
+    )
 
 
 class _Claimable(NamedTuple):
@@ -350,9 +368,13 @@ def _claimable_statements(
     """Running experiments with work left (budget or a queued trial) and a free slot, whose
     requirements the worker meets (as service.workers.cannot_run says); built once for each
     set of filters, the worker's properties bound (see `_claimable`)."""
-    running = (
+    training = (
         select(func.count())
-        .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
+        .where(
+            Trial.experiment_id == Experiment.id,
+            Trial.state == TrialState.RUNNING,
+            Trial.trained_at.is_(None),
+        )
         .scalar_subquery()
     )
     queued = exists().where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED)
@@ -365,7 +387,7 @@ def _claimable_statements(
         .where(
             Experiment.state == ExperimentState.RUNNING,
             (Experiment.trial_count < Experiment.n_trials) | queued,
-            running < Experiment.max_concurrent,
+            training < Experiment.max_concurrent,
             Experiment.needs_device.is_(None) | (Experiment.needs_device == bindparam("b_device")),
             Experiment.needs_memory_gb.is_(None)
             | (Experiment.needs_memory_gb <= bindparam("b_memory")),
@@ -424,7 +446,10 @@ def _lock_claimable(
     if experiment is None and session.scalars(claimable.any, params).first():
         experiment = session.scalars(claimable.queued, params).one_or_none()
     # Counted again now that the row is ours: the subquery above may have read an older snapshot.
-    if experiment is None or rows.count_trials(session, experiment.id) >= experiment.max_concurrent:
+    if (
+        experiment is None
+        or rows.count_training(session, experiment.id) >= experiment.max_concurrent
+    ):
         return None
     return experiment
 
@@ -824,10 +849,25 @@ _SEEN = (
     .returning(
         # Not correlated: SQLite's RETURNING names columns unqualified.
         select(TRIALS.c.id)
-        .where(TRIALS.c.worker_id == bindparam("b_worker_id"), TRIALS.c.state == TrialState.RUNNING)
+        .where(
+            TRIALS.c.worker_id == bindparam("b_worker_id"),
+            TRIALS.c.state == TrialState.RUNNING,
+            TRIALS.c.trained_at.is_(None),
+        )
         .limit(1)
         .scalar_subquery()
     )
+)
+# The claimant's trials whose training ended (see `claim`).
+_TRAINED = (
+    update(TRIALS)
+    .where(
+        TRIALS.c.id.in_(bindparam("b_ids", expanding=True)),
+        TRIALS.c.worker_id == bindparam("b_worker_id"),
+        TRIALS.c.state == TrialState.RUNNING,
+        TRIALS.c.trained_at.is_(None),
+    )
+    .values(trained_at=bindparam("b_now", type_=TRIALS.c.trained_at.type))
 )
 
 

@@ -372,11 +372,13 @@ def _targets(session: Session, experiment_ids: set[int | None]) -> dict[int, Exp
 
 
 def _holding(session: Session, worker_ids: set[int]) -> set[int]:
-    """Those of these workers that hold a running trial."""
+    """Those of these workers that hold a running trial still training."""
     if not worker_ids:
         return set()
     held = select(Trial.worker_id).where(
-        Trial.worker_id.in_(worker_ids), Trial.state == TrialState.RUNNING
+        Trial.worker_id.in_(worker_ids),
+        Trial.state == TrialState.RUNNING,
+        Trial.trained_at.is_(None),
     )
     return {w for w in session.scalars(held) if w is not None}
 
@@ -384,9 +386,13 @@ def _holding(session: Session, worker_ids: set[int]) -> set[int]:
 def _open(session: Session) -> list[tuple[Experiment, int]]:
     """Running experiments with work left and free slots, oldest first, each with how many
     trials could start in it now."""
-    running = (
+    training = (  # the trials holding a slot (attempts.claim)
         select(func.count())
-        .where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.RUNNING)
+        .where(
+            Trial.experiment_id == Experiment.id,
+            Trial.state == TrialState.RUNNING,
+            Trial.trained_at.is_(None),
+        )
         .scalar_subquery()
     )
     queued = (
@@ -398,11 +404,11 @@ def _open(session: Session) -> list[tuple[Experiment, int]]:
         Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED
     )
     rows = session.execute(
-        select(Experiment, running, queued)
+        select(Experiment, training, queued)
         .where(
             Experiment.state == ExperimentState.RUNNING,
             (Experiment.trial_count < Experiment.n_trials) | has_queued,
-            running < Experiment.max_concurrent,
+            training < Experiment.max_concurrent,
         )
         .order_by(Experiment.id)
     )

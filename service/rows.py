@@ -73,6 +73,12 @@ def _lock(session: Session, table: type[Row], row_id: int) -> Row:
 _NAMES: dict[type[Experiment | Trial], str] = {Experiment: "experiment", Trial: "trial"}
 
 
+def count_training(session: Session, experiment_id: int) -> int:
+    """How many of an experiment's trials hold a slot of max_concurrent: running, and not
+    told to have ended their training (Trial.trained_at)."""
+    return session.scalar(_COUNT_TRAINING, {"b_id": experiment_id}) or 0
+
+
 def count_trials(session: Session, experiment_id: int, *states: TrialState) -> int:
     """How many of an experiment's trials are running (or in any of `states`)."""
     states = states or (TrialState.RUNNING,)
@@ -92,4 +98,9 @@ _PROJECT_OF_TRIAL = select(Experiment.project).join(Trial).where(Trial.id == bin
 _COUNT_TRIALS = select(func.count()).where(
     Trial.experiment_id == bindparam("b_id"),
     Trial.state.in_(bindparam("b_states", expanding=True)),
+)
+_COUNT_TRAINING = select(func.count()).where(
+    Trial.experiment_id == bindparam("b_id"),
+    Trial.state == TrialState.RUNNING,
+    Trial.trained_at.is_(None),
 )

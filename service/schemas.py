@@ -471,6 +471,9 @@ class ClaimRequest(Strict):
     # Seconds the server may hold the request open waiting for work (long poll).
     wait_seconds: float = Field(0.0, ge=0, le=3600)
     experiment_id: Id | None = None
+    # This worker's running trials whose training ended: it still sends their models and
+    # results, and they hold no slot of max_concurrent from now on.
+    finishing: list[Id] = Field(default_factory=list, max_length=16)
 
 
 class Score(BaseModel):

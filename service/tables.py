@@ -279,6 +279,10 @@ class Trial(Base):
     # When its latest attempt started (None: never started)
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    # When its worker said the attempt's training ended, while it still sends the model and
+    # the result: the trial then holds no slot of max_concurrent, and the worker may claim
+    # its next one (None: training, or never started).
+    trained_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
 
 
 class TrialMetric(Base):

@@ -171,6 +171,41 @@ def test_a_worker_asking_again_gets_the_trial_it_holds(client: TestClient) -> No
     assert (first["trial_id"], first["token"]) == (again["trial_id"], again["token"])
 
 
+def test_a_trial_whose_training_ended_frees_its_slot_while_its_worker_finishes_it(
+    client: TestClient,
+) -> None:
+    experiment = create(client, budget=budget(3, max_concurrent=1))
+    worker, other = register(client, "finisher"), register(client, "other")
+    first = claim_trial(client, worker)
+    assert report(client, first["trial_id"], 1, 0.7)["action"] == "continue"
+    # Only its own worker may say a trial's training ended.
+    assert claim(client, other, finishing=[first["trial_id"]]) is None
+    second = claim_trial(client, worker, finishing=[first["trial_id"]])
+    assert second["trial_id"] != first["trial_id"]
+    assert claim(client, other) is None  # the one slot is the second trial's
+    again = claim_trial(client, worker, finishing=[first["trial_id"]])  # its answer was lost
+    assert (again["trial_id"], again["token"]) == (second["trial_id"], second["token"])
+    status = client.get(f"{API}/experiments/{experiment['id']}").json()
+    assert status["counts"]["running"] == 2
+
+    # The first attempt still sends its model and its result.
+    put = client.put(
+        f"{API}/trials/{first['trial_id']}/weights",
+        headers=attempt_headers(first["trial_id"], b"model"),
+        content=b"model",
+    )
+    assert put.status_code == 204
+    done = client.post(
+        f"{API}/trials/{first['trial_id']}/complete",
+        headers=attempt_headers(first["trial_id"]),
+        json={"value": 0.7, "epoch": 1},
+    )
+    assert done.json()["state"] == "completed"
+    assert client.get(f"{API}/trials/{first['trial_id']}/model").content == b"model"
+    bad = client.post(f"{API}/workers/{worker}/claim", json={"finishing": [0]})
+    assert bad.status_code == 422 and "finishing" in bad.text
+
+
 def test_pause_resume_cancel(client: TestClient) -> None:
     experiment = create(client, budget=budget(10))
     eid = experiment["id"]

@@ -14,7 +14,16 @@ from fastapi.testclient import TestClient
 from sweep.client import SweepClient
 from sweep.service.app import create_app
 from sweep.service.config import Settings
-from tests.helpers import authorize, budget, call, checksum, claim_trial, make_spec
+from tests.helpers import (
+    authorize,
+    budget,
+    call,
+    checksum,
+    claim,
+    claim_trial,
+    make_spec,
+    register,
+)
 from tests.processes import ServerProcess, start_worker, stop_workers
 
 API = "/api/v1"
@@ -77,6 +86,22 @@ def test_an_expired_lease_hands_the_same_trial_out_again_and_fences_the_old_atte
         call(client, second, "reports", epoch=1, metrics={"val_accuracy": 0.8}).status_code == 200
     )
     assert call(client, second, "complete", value=0.8).status_code == 200
+
+
+def test_a_trial_lost_while_its_worker_finished_it_holds_a_slot_again_when_restarted(
+    client: TestClient,
+) -> None:
+    start(client)
+    a, b = register(client, "a"), register(client, "b")
+    first = claim_trial(client, a)
+    # Its worker said its training ended (no trial is left to hand it), then went silent.
+    assert claim(client, a, finishing=[first["trial_id"]]) is None
+    wait_for_state(client, first["trial_id"], "queued")
+    second = claim_trial(client, b)
+    assert (second["trial_id"], second["attempt"]) == (first["trial_id"], 2)
+    # The new attempt trains: its worker asking again gets it back.
+    again = claim_trial(client, b)
+    assert (again["trial_id"], again["token"]) == (second["trial_id"], second["token"])
 
 
 def test_heartbeats_keep_the_lease(client: TestClient) -> None:

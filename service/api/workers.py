@@ -51,8 +51,9 @@ async def claim_trial(
     generation = db.changes.generation
     assignment = None
     # A long wait goes straight to the watcher, which checks it, when the service is quiet
-    # or others wait or look already; else the claim tries on its own first.
-    checked = not watcher.may_join_unchecked(wait, generation)
+    # or others wait or look already; else (and always when it frees the slots of trials it
+    # is finishing) the claim tries on its own first.
+    checked = bool(body.finishing) or not watcher.may_join_unchecked(wait, generation)
     if checked:
         attempt = partial(
             attempts.try_claim,
@@ -62,6 +63,7 @@ async def claim_trial(
             experiment_id=body.experiment_id,
             project=caller.project,
             lease_seconds=settings.lease_seconds,
+            finishing=body.finishing,
             # Look first where the watcher's last round found no work anywhere, else
             # straight for the lock.
             look_first=watcher.quiet(generation),
