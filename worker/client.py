@@ -99,12 +99,19 @@ class ServiceClient:
         return int(worker["id"])
 
     def claim(
-        self, worker_id: int, wait_seconds: float, experiment_id: int | None = None
+        self,
+        worker_id: int,
+        wait_seconds: float,
+        experiment_id: int | None = None,
+        finishing: list[int] | None = None,
     ) -> dict[str, Any] | None:
-        """The next trial (of `experiment_id` only, when given), or None."""
+        """The next trial (of `experiment_id` only, when given), or None. `finishing`: this
+        worker's trials whose training ended, whose models and results it is still sending."""
         body: dict[str, Any] = {"wait_seconds": wait_seconds}
         if experiment_id is not None:
             body["experiment_id"] = experiment_id
+        if finishing:
+            body["finishing"] = finishing
         response = self._call("POST", f"/workers/{worker_id}/claim", json=body)
         return None if response.status_code == 204 else dict(response.json())
 

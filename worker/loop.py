@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import json
 import logging
 import os
@@ -13,8 +14,9 @@ import time
 import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -103,6 +105,8 @@ class Worker:
         self.worker_id: int | None = None
         self.ran_out_of_memory = False
         self._waiting = False  # idle in a claim's long poll, which a stop signal may cut short
+        # The trial whose end (model, result) a thread is telling the service, and that thread.
+        self._ending: tuple[int, threading.Thread] | None = None
 
     def install_signal_handlers(self) -> None:
         """SIGTERM/SIGINT: stop after the current epoch (busy), or at once (idle).
@@ -146,21 +150,24 @@ class Worker:
             "worker %s registered as #%d on %s", self.options.name, worker_id, self.options.device
         )
         idle_since = time.monotonic()
-        while not self.stop.is_set() and not self._enough_trials():
-            if self.ran_out_of_memory and self.options.exit_on_oom:
-                log.warning("a trial ran out of memory: leaving the device to the others")
-                break
-            self._wait_for_memory()
-            assignment = self._claim(worker_id, idle_since)
-            if assignment is None:
-                if self._idle_too_long(idle_since):
+        try:
+            while not self.stop.is_set() and not self._enough_trials():
+                if self.ran_out_of_memory and self.options.exit_on_oom:
+                    log.warning("a trial ran out of memory: leaving the device to the others")
                     break
-                continue
-            if self.stop.is_set():  # told to stop while the claim was in flight: give it back
-                self._tell(self.client.release, assignment["trial_id"], assignment["token"])
-                break
-            self.run_trial(assignment)
-            idle_since = time.monotonic()
+                self._wait_for_memory()
+                assignment = self._claim(worker_id, idle_since)
+                if assignment is None:
+                    if self._idle_too_long(idle_since):
+                        break
+                    continue
+                if self.stop.is_set():  # told to stop while the claim was in flight: give it back
+                    self._tell(self.client.release, assignment["trial_id"], assignment["token"])
+                    break
+                self.run_trial(assignment, end_in_background=True)
+                idle_since = time.monotonic()
+        finally:
+            self._wait_ended()
         why = "told to stop" if self.stop.is_set() else "done"
         log.info("worker %s exiting (%s) after %d trials", self.options.name, why, self.trials_run)
         return self.trials_run
@@ -205,7 +212,9 @@ class Worker:
         try:
             try:
                 self._waiting = True
-                return self.client.claim(worker_id, wait, self.options.experiment_id)
+                return self.client.claim(
+                    worker_id, wait, self.options.experiment_id, self._finishing()
+                )
             finally:
                 self._waiting = False
         except _StopWaiting:  # told to stop: whatever the cut answer held comes back now
@@ -218,14 +227,18 @@ class Worker:
     def _claim_now(self, worker_id: int) -> dict[str, Any] | None:
         """The trial this worker holds, if a claim handed it one, asked without waiting."""
         try:
-            return self.client.claim(worker_id, 0, self.options.experiment_id)
+            return self.client.claim(worker_id, 0, self.options.experiment_id, self._finishing())
         except (ServiceError, ConnectionError) as exc:
             log.error("claim failed: %s", exc)
             return None
 
-    def run_trial(self, assignment: dict[str, Any]) -> None:
+    def run_trial(self, assignment: dict[str, Any], *, end_in_background: bool = False) -> None:
         """Train one claimed trial and tell the service how it ended. Never raises for the
         trial's own failures: a diverged or crashing trial must not take the worker down.
+
+        With `end_in_background`, the end (the last reports' answers, the model's upload, the
+        result) is told by a thread while the worker claims and trains its next trial, whose
+        claim names this one as finishing; a trial's end waits for the one before it.
 
         Its calls and log lines carry the request id w<worker>-t<trial>-a<attempt>."""
         trace = f"w{self.worker_id}-t{assignment['trial_id']}-a{assignment['attempt']}"
@@ -234,6 +247,8 @@ class Worker:
             self._run_trial(assignment)
         finally:
             logs.request_id.reset(context)
+        if not end_in_background:
+            self._wait_ended()
 
     def _run_trial(self, assignment: dict[str, Any]) -> None:
         trial_id, token = assignment["trial_id"], assignment["token"]
@@ -248,20 +263,65 @@ class Worker:
         )
         self.trials_run += 1
         interval = assignment["heartbeat_seconds"]
-        with Heartbeat(self.client, trial_id, token, interval) as beat:
-            with Outbox(self.client, trial_id, token) as outbox:
-                if assignment.get("program") is not None:
-                    ending = self._run_program(assignment, beat, outbox)
-                else:
-                    ending = self._run(assignment, beat, outbox)
-            # Everything reported was delivered first; the lease is still renewed while the
-            # model uploads and the end is told, however long a server outage makes them.
-            if ending is not None:
-                call, *args = ending
-                self._tell(call, trial_id, token, *args)
+        # Entered here, left by the end's thread (_end): the lease is renewed until the end
+        # is told, and the reports are delivered before it.
+        beating, reporting = ExitStack(), ExitStack()
+        try:
+            beat = beating.enter_context(Heartbeat(self.client, trial_id, token, interval))
+            outbox = reporting.enter_context(Outbox(self.client, trial_id, token))
+            if assignment.get("program") is not None:
+                end = _known(self._run_program(assignment, beat, outbox))
+            else:
+                end = self._run(assignment, beat, outbox)
+        except BaseException:
+            reporting.close()
+            beating.close()
+            raise
+        self._wait_ended()  # one end told at a time, in order
+        tell = partial(self._end, trial_id, token, end, reporting, beating)
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(tell,))
+        thread.name = f"end of trial {trial_id}"
+        thread.start()
+        self._ending = (trial_id, thread)
 
-    def _run(self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox) -> Ending:
-        """Train, and say which call ends the trial on the service (None: it already ended)."""
+    def _end(
+        self,
+        trial_id: int,
+        token: str,
+        end: Callable[[], Ending],
+        reporting: ExitStack,
+        beating: ExitStack,
+    ) -> None:
+        """Tell the service how a trial ended, once everything it reported was delivered; the
+        lease is still renewed while the model uploads and the end is told, however long a
+        server outage makes them."""
+        try:
+            with beating:
+                with reporting:
+                    ending = end()
+                if ending is not None:
+                    call, *args = ending
+                    self._tell(call, trial_id, token, *args)
+        except Exception:  # the worker goes on with its next trial whatever happened here
+            log.exception("telling the end of trial %d failed", trial_id)
+
+    def _finishing(self) -> list[int]:
+        """The trial whose end is being told, if any: its training is over."""
+        if self._ending is not None and self._ending[1].is_alive():
+            return [self._ending[0]]
+        return []
+
+    def _wait_ended(self) -> None:
+        """Wait until the end under way has been told."""
+        if self._ending is not None:
+            self._ending[1].join()
+            self._ending = None
+
+    def _run(
+        self, assignment: dict[str, Any], beat: Heartbeat, outbox: Outbox
+    ) -> Callable[[], Ending]:
+        """Train, and return what says (once the last reports were answered) which call
+        ends the trial on the service (None: it already ended)."""
         trial_id = assignment["trial_id"]
         try:
             with self._measuring_memory():
@@ -269,7 +329,7 @@ class Worker:
         except (Pruned, Stopped, TrialGone) as exc:
             log.info("trial %d stopped: %s", trial_id, exc or type(exc).__name__)
             self._ended("stopped")
-            return None
+            return _known(None)
         except Interrupted as exc:  # shutting down: checkpointed; the trial goes back
             log.info(
                 "gave trial %d back at epoch %d (checkpointed: the next worker resumes it)",
@@ -277,7 +337,7 @@ class Worker:
                 exc.epoch,
             )
             self._ended("released")
-            return (self.client.release,)
+            return _known((self.client.release,))
         except Diverged as exc:
             ending: Ending = (self.client.fail, "diverged", str(exc))
         except Exception as exc:
@@ -287,7 +347,10 @@ class Worker:
             ending = (self.client.fail, "oom" if _out_of_memory(exc) else "error", message)
         else:
             ending = (self._finish, result, _model_kept(assignment, result.value))
-        # Training did not wait for the answers to the last reports: one may end the trial.
+        return partial(self._after_reports, trial_id, outbox, ending)
+
+    def _after_reports(self, trial_id: int, outbox: Outbox, ending: Ending) -> Ending:
+        """Training did not wait for the answers to the last reports: one may end the trial."""
         outbox.drain()
         if outbox.verdict is not None:
             log.info("trial %d stopped: %s", trial_id, outbox.verdict[1])
@@ -504,6 +567,11 @@ class _Checkpoints:
         self.outbox.checkpoint(epoch, snapshot)
         if self.stop.is_set():
             raise Interrupted(epoch)
+
+
+def _known(ending: Ending) -> Callable[[], Ending]:
+    """An end there is nothing to wait for."""
+    return lambda: ending
 
 
 def _model_kept(assignment: dict[str, Any], value: float) -> bool:
