@@ -178,7 +178,8 @@ def claim(
         owner = rows.experiment(session, held.experiment_id)
         resume = _checkpoint_epoch(session, held)
         bar = artifacts.model_bar(session, owner)
-        return _assignment(session, owner, held, lease_seconds, resume, bar)
+        early = optimizer.suggests_ahead(owner.trial_count)
+        return _assignment(session, owner, held, lease_seconds, resume, bar, early)
     experiment = _lock_claimable(session, worker, experiment_id, project)
     if experiment is None:
         return None
@@ -259,8 +260,9 @@ def _start(
         extend_lease(trial, lease_seconds)
     session.flush()
     bar = artifacts.model_bar(session, experiment)  # the same for every trial started here
+    early = optimizer.suggests_ahead(experiment.trial_count)
     return [
-        (worker_id, _assignment(session, experiment, trial, lease_seconds, resume, bar))
+        (worker_id, _assignment(session, experiment, trial, lease_seconds, resume, bar, early))
         for worker_id, (trial, resume) in zip(worker_ids, starting, strict=False)
     ]
 
@@ -461,6 +463,7 @@ def _assignment(
     lease_seconds: float,
     resume_epoch: int,
     bar: tuple[bool, float | None],
+    claim_before_end: bool,
 ) -> Assignment:
     """`bar`: artifacts.model_bar of the experiment (read once for all the trials a
     transaction starts)."""
@@ -488,6 +491,7 @@ def _assignment(
         resumed_scores=_resumed_scores(session, experiment, trial, resume_epoch),
         send_model=send_model,
         model_bar=model_bar,
+        claim_before_end=claim_before_end,
     )
 
 

@@ -53,8 +53,9 @@ class Settings(BaseSettings):
     # this are dropped and rebuilt from SQL when next needed.
     max_cached_studies: int = 100
     # From this many trials on, an experiment's next suggestion is asked in the background
-    # after each claim instead of during the next one (TPE's ask grows with the history);
-    # the history it sees is then one claim older. "off": never.
+    # after each claim instead of during the next one (TPE's ask grows with the history),
+    # and a worker claims its next trial before it tells the end of the one it trained; the
+    # history a suggestion sees is then a claim or a result older. "off": never.
     ask_ahead_after: int | None = 1000
     # Where weights, checkpoints, outputs and datasets are kept: file:///path or
     # s3://bucket/prefix (default: the artifacts folder of the data directory).

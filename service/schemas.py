@@ -518,6 +518,11 @@ class Assignment(BaseModel):
     # (None: any). A model that does not beat it cannot be among the K: it is not sent.
     send_model: bool = True
     model_bar: float | None = None
+    # Whether the worker claims its next trial as this one's training ends, before it tells
+    # this one's end (naming it as finishing): true where the experiment's suggestions are
+    # asked ahead anyway (SWEEP_ASK_AHEAD_AFTER trials on). Below that, the next suggestion
+    # waits for this trial's result, as a sequential search expects.
+    claim_before_end: bool = False
 
 
 class ReportIn(Strict):

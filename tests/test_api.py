@@ -177,6 +177,9 @@ def test_a_trial_whose_training_ended_frees_its_slot_while_its_worker_finishes_i
     experiment = create(client, budget=budget(3, max_concurrent=1))
     worker, other = register(client, "finisher"), register(client, "other")
     first = claim_trial(client, worker)
+    # Its worker would wait for its end before claiming: below SWEEP_ASK_AHEAD_AFTER trials,
+    # suggestions wait for the results before them. Told so, the service frees the slot.
+    assert first["claim_before_end"] is False
     assert report(client, first["trial_id"], 1, 0.7)["action"] == "continue"
     # Only its own worker may say a trial's training ended.
     assert claim(client, other, finishing=[first["trial_id"]]) is None

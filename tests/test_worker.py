@@ -22,12 +22,23 @@ from fastapi.testclient import TestClient
 from sweep.models import bundle, catalog
 from sweep.models.datasets import load_dataset
 from sweep.retry import RetryPolicy
+from sweep.service.app import create_app
+from sweep.service.config import Settings
 from sweep.worker import train
 from sweep.worker.client import ServiceClient, TrialGone
 from sweep.worker.loop import Worker, WorkerOptions
 from sweep.worker.outbox import Outbox
 from sweep.worker.train import Pruned, Snapshot, TrialConfig, to_device, train_trial
-from tests.helpers import budget, quick_spec, scrape, submit, trials_of, value, wait_until
+from tests.helpers import (
+    authorize,
+    budget,
+    quick_spec,
+    scrape,
+    submit,
+    trials_of,
+    value,
+    wait_until,
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small models train faster on one
 
@@ -298,8 +309,7 @@ def test_a_model_that_cannot_be_kept_is_not_sent(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """keep_models: 1, trials one at a time: a trial's model is packed and sent only when its
-    value beats every trial finished at its claim, and the best trial has it. The worker
-    claims a trial while the one before it finishes: that one may or may not count."""
+    value beats every finished trial's, and the best trial has it."""
     packed: list[bytes] = []
 
     def pack(*args: Any) -> bytes:
@@ -327,47 +337,43 @@ def test_a_model_that_cannot_be_kept_is_not_sent(
     )
     assert Worker(ServiceClient("", http=client), options).run() == 6
     trials = sorted(trials_of(client, experiment_id), key=lambda t: t["number"])
-
-    def records(before: int) -> set[int]:
-        """The trials better than every trial up to `before` trials before them."""
-        return {
-            t["id"]
-            for i, t in enumerate(trials)
-            if all(t["value"] > s["value"] for s in trials[: max(i + 1 - before, 0)])
-        }
-
-    assert records(1) <= set(sent) <= records(2) and len(sent) < len(trials)
-    assert sorted(sent) == sent and len(packed) == len(sent)
+    records = [
+        t["id"] for i, t in enumerate(trials) if all(t["value"] > s["value"] for s in trials[:i])
+    ]
+    assert sent == records and len(sent) < len(trials) and len(packed) == len(sent)
     best = max(trials, key=lambda t: (t["value"], -t["id"]))
     assert [t["id"] for t in trials if t["has_weights"]] == [best["id"]]
     assert client.get(f"{API}/trials/{best['id']}/model").status_code == 200
 
 
 def test_a_worker_trains_its_next_trial_while_the_last_one_sends_its_model(
-    client: TestClient,
+    settings: Settings,
 ) -> None:
-    """max_concurrent 1: the network holds the first trial's model back until a second
-    trial runs beside it, which only a trial whose training ended allows; both complete,
-    each with its model."""
+    """Where suggestions are asked ahead (here from the first trial on), max_concurrent 1:
+    the network holds the first trial's model back until a second trial runs beside it,
+    which only a trial whose training ended allows; both complete, each with its model."""
+    ahead = settings.model_copy(update={"ask_ahead_after": 0})
     spec = quick_spec(budget=budget(2, 1), fixed={"epochs": 1}, pruner={"name": "none"})
-    experiment_id = submit(client, spec)
     held: list[str] = []
+    with TestClient(create_app(ahead)) as test_client:
+        client = authorize(test_client)
+        experiment_id = submit(client, spec)
 
-    def running() -> bool:
-        experiment = client.get(f"{API}/experiments/{experiment_id}").json()
-        return bool(experiment["counts"]["running"] == 2)
+        def running() -> bool:
+            experiment = client.get(f"{API}/experiments/{experiment_id}").json()
+            return bool(experiment["counts"]["running"] == 2)
 
-    def slow_first_model(request: httpx.Request) -> None:
-        if request.method == "PUT" and request.url.path.endswith("/weights") and not held:
-            held.append(request.url.path)
-            wait_until(running, timeout=30, what="the next trial to start", poll=0.05)
+        def slow_first_model(request: httpx.Request) -> None:
+            if request.method == "PUT" and request.url.path.endswith("/weights") and not held:
+                held.append(request.url.path)
+                wait_until(running, timeout=30, what="the next trial to start", poll=0.05)
 
-    client.event_hooks["request"].append(slow_first_model)
-    options = WorkerOptions(
-        name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5
-    )
-    assert Worker(ServiceClient("", http=client), options).run() == 2
-    trials = trials_of(client, experiment_id)
+        client.event_hooks["request"].append(slow_first_model)
+        options = WorkerOptions(
+            name="w", device=torch.device("cpu"), wait_seconds=0.2, exit_when_idle=0.5
+        )
+        assert Worker(ServiceClient("", http=client), options).run() == 2
+        trials = trials_of(client, experiment_id)
     assert [(t["state"], t["has_weights"]) for t in trials] == [("completed", True)] * 2
 
 

@@ -105,7 +105,10 @@ class Worker:
         self.worker_id: int | None = None
         self.ran_out_of_memory = False
         self._waiting = False  # idle in a claim's long poll, which a stop signal may cut short
-        # The trial whose end (model, result) a thread is telling the service, and that thread.
+        # The trial trained last whose end (the last reports' answers, the model, the result)
+        # is still to be told, and what tells it in its own context (its request id).
+        self._unsent: tuple[int, contextvars.Context, Callable[[], None]] | None = None
+        # The trial whose end a thread is telling the service, and that thread.
         self._ending: tuple[int, threading.Thread] | None = None
 
     def install_signal_handlers(self) -> None:
@@ -150,13 +153,15 @@ class Worker:
             "worker %s registered as #%d on %s", self.options.name, worker_id, self.options.device
         )
         idle_since = time.monotonic()
+        assignment = None  # claimed as the last trial's training ended
         try:
             while not self.stop.is_set() and not self._enough_trials():
                 if self.ran_out_of_memory and self.options.exit_on_oom:
                     log.warning("a trial ran out of memory: leaving the device to the others")
                     break
-                self._wait_for_memory()
-                assignment = self._claim(worker_id, idle_since)
+                if assignment is None:
+                    self._wait_for_memory()
+                    assignment = self._claim(worker_id, idle_since)
                 if assignment is None:
                     if self._idle_too_long(idle_since):
                         break
@@ -164,9 +169,16 @@ class Worker:
                 if self.stop.is_set():  # told to stop while the claim was in flight: give it back
                     self._tell(self.client.release, assignment["trial_id"], assignment["token"])
                     break
-                self.run_trial(assignment, end_in_background=True)
+                early = assignment.get("claim_before_end", False)
+                self.run_trial(assignment, end_in_background=early)
+                # Where the service says so, the next trial is claimed before this one's end
+                # is told, whatever the timing, so that the sampler's suggestions do not
+                # depend on it: a sweep of one worker repeats exactly.
+                assignment = self._claim_next(worker_id) if early else None
+                self._start_end()
                 idle_since = time.monotonic()
         finally:
+            self._start_end()
             self._wait_ended()
         why = "told to stop" if self.stop.is_set() else "done"
         log.info("worker %s exiting (%s) after %d trials", self.options.name, why, self.trials_run)
@@ -224,6 +236,15 @@ class Worker:
             self.stop.wait(min(wait, CLAIM_RETRY_SECONDS))
             return None
 
+    def _claim_next(self, worker_id: int) -> dict[str, Any] | None:
+        """As a trial's training ends: the next trial if one may start now (the one just
+        trained is named as finishing, so it holds no slot), without waiting for work."""
+        done = self._enough_trials() or (self.ran_out_of_memory and self.options.exit_on_oom)
+        if self.stop.is_set() or done:
+            return None
+        self._wait_for_memory()
+        return self._claim_now(worker_id)
+
     def _claim_now(self, worker_id: int) -> dict[str, Any] | None:
         """The trial this worker holds, if a claim handed it one, asked without waiting."""
         try:
@@ -237,8 +258,9 @@ class Worker:
         trial's own failures: a diverged or crashing trial must not take the worker down.
 
         With `end_in_background`, the end (the last reports' answers, the model's upload, the
-        result) is told by a thread while the worker claims and trains its next trial, whose
-        claim names this one as finishing; a trial's end waits for the one before it.
+        result) is left for `_start_end` to tell in a thread, while the worker claims and
+        trains its next trial: its claims name this one as finishing. One end is told at a
+        time, in order.
 
         Its calls and log lines carry the request id w<worker>-t<trial>-a<attempt>."""
         trace = f"w{self.worker_id}-t{assignment['trial_id']}-a{assignment['attempt']}"
@@ -248,6 +270,7 @@ class Worker:
         finally:
             logs.request_id.reset(context)
         if not end_in_background:
+            self._start_end()
             self._wait_ended()
 
     def _run_trial(self, assignment: dict[str, Any]) -> None:
@@ -279,8 +302,15 @@ class Worker:
             raise
         self._wait_ended()  # one end told at a time, in order
         tell = partial(self._end, trial_id, token, end, reporting, beating)
-        thread = threading.Thread(target=contextvars.copy_context().run, args=(tell,))
-        thread.name = f"end of trial {trial_id}"
+        self._unsent = (trial_id, contextvars.copy_context(), tell)
+
+    def _start_end(self) -> None:
+        """Tell the end of the trial trained last, in a thread."""
+        if self._unsent is None:
+            return
+        trial_id, context, tell = self._unsent
+        self._unsent = None
+        thread = threading.Thread(target=context.run, args=(tell,), name=f"end of {trial_id}")
         thread.start()
         self._ending = (trial_id, thread)
 
@@ -306,7 +336,9 @@ class Worker:
             log.exception("telling the end of trial %d failed", trial_id)
 
     def _finishing(self) -> list[int]:
-        """The trial whose end is being told, if any: its training is over."""
+        """The trial whose end is still to be told, if any: its training is over."""
+        if self._unsent is not None:
+            return [self._unsent[0]]
         if self._ending is not None and self._ending[1].is_alive():
             return [self._ending[0]]
         return []

@@ -192,6 +192,12 @@ class Optimizer:
         self._background: ThreadPoolExecutor | None = None  # asks ahead, started on first use
         self._closed = False
 
+    def suggests_ahead(self, trial_count: int) -> bool:
+        """Whether an experiment with this many trials has its suggestions made before the
+        results of the trials just trained are in (`ask_ahead_after`): at small budgets that
+        costs search quality, past it none that was measurable."""
+        return self.ask_ahead_after is not None and trial_count >= self.ask_ahead_after
+
     def close(self) -> None:
         """Wait for the ask ahead under way; no more start (claims ask for themselves)."""
         with self._guard:
