@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/short_trials.py [--trials 300] [--concurrent 2] [--epochs 1]
         [--seeds 0 1 2] [--sides optuna sweep-sqlite sweep-postgresql] [--keep-models K]
-        [--server-workers 1] [--pg URL] [--json FILE]
+        [--server-workers 1] [--ask-ahead-after N] [--pg URL] [--json FILE]
 
 Real training, where the control plane weighs most: each trial trains a tiny MLP (16 hidden
 units) on digits for --epochs epochs, so a trial takes tens of milliseconds and the service's
@@ -32,7 +32,9 @@ time spent in training passes (their `epoch_seconds`, summed over every epoch, a
 
 Sweep keeps every trial's model file by default, which Optuna does not do at all; with
 --keep-models K its experiments keep the K best (`artifacts.keep_models`), and a trial that
-cannot be among them does not send its model.
+cannot be among them does not send its model. With --ask-ahead-after N
+(SWEEP_ASK_AHEAD_AFTER; 1,000 by default), from trial N on the server asks suggestions ahead
+and a worker claims its next trial before it tells the last one's end.
 """
 
 from __future__ import annotations
@@ -62,6 +64,7 @@ from benchmarks.control_plane import (
     fresh_database,
     sweep_server,
 )
+from sweep.service.config import Settings
 from tests.processes import ServerProcess
 
 SIDES = ("optuna", "sweep-sqlite", "sweep-postgresql")
@@ -327,6 +330,9 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument(
         "--keep-models", type=int, help="Sweep keeps the models of this many best trials only"
     )
+    parser.add_argument(
+        "--ask-ahead-after", help="Sweep's SWEEP_ASK_AHEAD_AFTER (a number of trials, or off)"
+    )
     parser.add_argument("--pg", default=PG_ADMIN, help="PostgreSQL to make databases on")
     parser.add_argument("--json", type=Path, help="also write every run here")
     return parser.parse_args()
@@ -334,10 +340,14 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> None:
     args = parse_args()
+    if args.ask_ahead_after is not None:  # Sweep's servers inherit it
+        os.environ["SWEEP_ASK_AHEAD_AFTER"] = args.ask_ahead_after
+    ahead = Settings().ask_ahead_after
     print(
         f"{args.trials} trials x {args.epochs} epoch(s) of a 16-unit MLP on digits, "
         f"{args.concurrent} at once, TPE and Sweep's default pruner; Sweep keeps "
-        + ("every model" if args.keep_models is None else f"{args.keep_models} best models"),
+        + ("every model" if args.keep_models is None else f"{args.keep_models} best models")
+        + f" and asks ahead from trial {ahead}",
         flush=True,
     )
     print(
