@@ -209,11 +209,7 @@ def claim_waiting(
         return {}
     holding = set(
         session.scalars(
-            select(Trial.worker_id).where(
-                Trial.worker_id.in_(worker_ids),
-                Trial.state == TrialState.RUNNING,
-                Trial.trained_at.is_(None),
-            )
+            select(Trial.worker_id).where(Trial.worker_id.in_(worker_ids), rows.TRAINING)
         )
     )
     free = experiment.max_concurrent - rows.count_training(session, experiment.id)
@@ -347,11 +343,7 @@ def _check_claimant(
 
 def _holds(worker_id: int) -> ColumnElement[bool]:
     """A running trial of this worker's, still training."""
-    return and_(
-        Trial.worker_id == worker_id,
-        Trial.state == TrialState.RUNNING,
-        Trial.trained_at.is_(None),
-    )
+    return and_(Trial.worker_id == worker_id, rows.TRAINING)
 
 
 class _Claimable(NamedTuple):
@@ -372,11 +364,7 @@ def _claimable_statements(
     set of filters, the worker's properties bound (see `_claimable`)."""
     training = (
         select(func.count())
-        .where(
-            Trial.experiment_id == Experiment.id,
-            Trial.state == TrialState.RUNNING,
-            Trial.trained_at.is_(None),
-        )
+        .where(Trial.experiment_id == Experiment.id, rows.TRAINING)
         .scalar_subquery()
     )
     queued = exists().where(Trial.experiment_id == Experiment.id, Trial.state == TrialState.QUEUED)
@@ -853,11 +841,7 @@ _SEEN = (
     .returning(
         # Not correlated: SQLite's RETURNING names columns unqualified.
         select(TRIALS.c.id)
-        .where(
-            TRIALS.c.worker_id == bindparam("b_worker_id"),
-            TRIALS.c.state == TrialState.RUNNING,
-            TRIALS.c.trained_at.is_(None),
-        )
+        .where(TRIALS.c.worker_id == bindparam("b_worker_id"), rows.TRAINING)
         .limit(1)
         .scalar_subquery()
     )
@@ -868,8 +852,7 @@ _TRAINED = (
     .where(
         TRIALS.c.id.in_(bindparam("b_ids", expanding=True)),
         TRIALS.c.worker_id == bindparam("b_worker_id"),
-        TRIALS.c.state == TrialState.RUNNING,
-        TRIALS.c.trained_at.is_(None),
+        rows.TRAINING,
     )
     .values(trained_at=bindparam("b_now", type_=TRIALS.c.trained_at.type))
 )

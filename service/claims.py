@@ -52,6 +52,7 @@ from starlette.types import Receive
 from sweep.service import attempts, workers
 from sweep.service.db import Database, unavailable
 from sweep.service.errors import Conflict, NotFound, SweepError
+from sweep.service.rows import TRAINING
 from sweep.service.schemas import Assignment
 from sweep.service.search import Optimizer
 from sweep.service.states import ExperimentState, TrialState
@@ -375,25 +376,15 @@ def _holding(session: Session, worker_ids: set[int]) -> set[int]:
     """Those of these workers that hold a running trial still training."""
     if not worker_ids:
         return set()
-    held = select(Trial.worker_id).where(
-        Trial.worker_id.in_(worker_ids),
-        Trial.state == TrialState.RUNNING,
-        Trial.trained_at.is_(None),
-    )
+    held = select(Trial.worker_id).where(Trial.worker_id.in_(worker_ids), TRAINING)
     return {w for w in session.scalars(held) if w is not None}
 
 
 def _open(session: Session) -> list[tuple[Experiment, int]]:
     """Running experiments with work left and free slots, oldest first, each with how many
     trials could start in it now."""
-    training = (  # the trials holding a slot (attempts.claim)
-        select(func.count())
-        .where(
-            Trial.experiment_id == Experiment.id,
-            Trial.state == TrialState.RUNNING,
-            Trial.trained_at.is_(None),
-        )
-        .scalar_subquery()
+    training = (
+        select(func.count()).where(Trial.experiment_id == Experiment.id, TRAINING).scalar_subquery()
     )
     queued = (
         select(func.count())

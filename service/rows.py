@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TypeVar, cast
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from sweep.service.errors import NotFound
@@ -73,6 +73,11 @@ def _lock(session: Session, table: type[Row], row_id: int) -> Row:
 _NAMES: dict[type[Experiment | Trial], str] = {Experiment: "experiment", Trial: "trial"}
 
 
+# A trial holding a slot of max_concurrent: running, and not told to have ended its training
+# (its worker sends its model and result while it runs the next one).
+TRAINING = and_(Trial.state == TrialState.RUNNING, Trial.trained_at.is_(None))
+
+
 def count_training(session: Session, experiment_id: int) -> int:
     """How many of an experiment's trials hold a slot of max_concurrent: running, and not
     told to have ended their training (Trial.trained_at)."""
@@ -99,8 +104,4 @@ _COUNT_TRIALS = select(func.count()).where(
     Trial.experiment_id == bindparam("b_id"),
     Trial.state.in_(bindparam("b_states", expanding=True)),
 )
-_COUNT_TRAINING = select(func.count()).where(
-    Trial.experiment_id == bindparam("b_id"),
-    Trial.state == TrialState.RUNNING,
-    Trial.trained_at.is_(None),
-)
+_COUNT_TRAINING = select(func.count()).where(Trial.experiment_id == bindparam("b_id"), TRAINING)
