@@ -270,8 +270,7 @@ class Worker:
         finally:
             logs.request_id.reset(context)
         if not end_in_background:
-            self._start_end()
-            self._wait_ended()
+            self._start_end(here=True)
 
     def _run_trial(self, assignment: dict[str, Any]) -> None:
         trial_id, token = assignment["trial_id"], assignment["token"]
@@ -304,12 +303,15 @@ class Worker:
         tell = partial(self._end, trial_id, token, end, reporting, beating)
         self._unsent = (trial_id, contextvars.copy_context(), tell)
 
-    def _start_end(self) -> None:
-        """Tell the end of the trial trained last, in a thread."""
+    def _start_end(self, *, here: bool = False) -> None:
+        """Tell the end of the trial trained last: in a thread, or `here` and now."""
         if self._unsent is None:
             return
         trial_id, context, tell = self._unsent
         self._unsent = None
+        if here:
+            context.run(tell)
+            return
         thread = threading.Thread(target=context.run, args=(tell,), name=f"end of {trial_id}")
         thread.start()
         self._ending = (trial_id, thread)
