@@ -343,23 +343,31 @@ def test_blobs_sql_held_move_into_the_store_resumably_and_back(db_url: str, tmp_
             )
         ).inserted_primary_key[0]
         trials = [
-            Trial(
-                experiment_id=experiment_id,
-                number=n,
-                state="completed",
-                params={},
-                has_weights=True,
-            )
+            session.execute(
+                insert(Trial.__table__).values(
+                    experiment_id=experiment_id,
+                    number=n,
+                    state="completed",
+                    params={},
+                    system_attrs={},
+                    last_epoch=0,
+                    attempt=1,
+                    retries=0,
+                    resumed_from=0,
+                    has_weights=True,
+                    has_outputs=False,
+                    created_at=stamp,
+                    updated_at=stamp,
+                )
+            ).inserted_primary_key[0]
             for n in (0, 1)
         ]
-        session.add_all(trials)
-        session.flush()
-        for trial in trials:
-            row = {"trial_id": trial.id, "size": 50_000, "created_at": stamp}
+        for trial_id in trials:
+            row = {"trial_id": trial_id, "size": 50_000, "created_at": stamp}
             session.execute(insert(LEGACY_WEIGHTS).values(**row, data=blobs["weights"]))
         session.execute(
             insert(LEGACY_CHECKPOINTS).values(
-                trial_id=trials[1].id,
+                trial_id=trials[1],
                 epoch=4,
                 data=blobs["checkpoint"],
                 size=50_000,
@@ -368,7 +376,7 @@ def test_blobs_sql_held_move_into_the_store_resumably_and_back(db_url: str, tmp_
         )
         session.execute(
             insert(LEGACY_OUTPUTS).values(
-                trial_id=trials[1].id, data=blobs["outputs"], size=50_002, created_at=stamp
+                trial_id=trials[1], data=blobs["outputs"], size=50_002, created_at=stamp
             )
         )
         session.execute(
@@ -394,18 +402,18 @@ def test_blobs_sql_held_move_into_the_store_resumably_and_back(db_url: str, tmp_
     settings = Settings(database_url=db_url, data_dir=tmp_path)
     store = settings.open_store()
     # Cut short after its first row: a process that died while moving.
-    assert legacy_blobs._move_trial_row(db, store, LEGACY_WEIGHTS, "weights", trials[0].id) == 1
-    assert legacy_blobs._move_trial_row(db, store, LEGACY_WEIGHTS, "weights", trials[0].id) == 0
+    assert legacy_blobs._move_trial_row(db, store, LEGACY_WEIGHTS, "weights", trials[0]) == 1
+    assert legacy_blobs._move_trial_row(db, store, LEGACY_WEIGHTS, "weights", trials[0]) == 0
 
     with TestClient(create_app(settings)) as raw:  # it moves the rest as it starts
         client = authorize(raw)
-        for trial in trials:
-            assert client.get(f"{API}/trials/{trial.id}/model").content == blobs["weights"]
-        assert client.get(f"{API}/trials/{trials[1].id}/outputs").content == blobs["outputs"]
+        for trial_id in trials:
+            assert client.get(f"{API}/trials/{trial_id}/model").content == blobs["weights"]
+        assert client.get(f"{API}/trials/{trials[1]}/outputs").content == blobs["outputs"]
         assert client.get(f"{API}/datasets/content/{sha}").content == blobs["dataset"]
     with db.transaction(write=False) as session:
         assert legacy_blobs.pending(session) == 0
-        checkpoint = artifacts.of_trial(session, trials[1].id, "checkpoint")
+        checkpoint = artifacts.of_trial(session, trials[1], "checkpoint")
         assert checkpoint is not None and checkpoint.epoch == 4
         assert session.scalar(select(func.count()).select_from(Artifact)) == 5
     for key in (a.key for a in _all(db)):
