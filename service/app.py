@@ -343,7 +343,11 @@ def _install_error_handlers(app: FastAPI) -> None:
         log.warning("database unavailable: %s", _first_line(exc.orig))
         response = _error(503, "unavailable", "the database is unavailable for now; retry")
         response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
-        if lost_a_race(exc):
+        # A read whose pooled connection turned out to be gone (one in steady use is not
+        # pinged first) runs again, on a new one. A write's commit may have been what broke:
+        # its caller, who knows whether it may repeat it, retries.
+        gone = exc.connection_invalidated and request.method in ("GET", "HEAD")
+        if lost_a_race(exc) or gone:
             response.headers[RETRY_HEADER.decode()] = "1"
         return response
 

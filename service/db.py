@@ -58,8 +58,9 @@ def make_engine(url: str) -> Engine:
 
 # A pooled PostgreSQL connection is pinged before use only after it sat idle this long: a
 # restarted server or a dropped connection is found then, without a round trip before every
-# request of a busy process. One that breaks in steady use fails its request with a 503
-# (SQLAlchemy then discards the pool's older connections), which workers and clients retry.
+# request of a busy process. One that breaks in steady use fails its transaction (SQLAlchemy
+# then discards the pool's older connections): a read runs again, a write answers 503, which
+# workers and clients retry.
 PING_AFTER_IDLE_SECONDS = 2.0
 
 

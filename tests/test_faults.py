@@ -25,6 +25,7 @@ import anyio
 import httpx
 import psycopg
 import pytest
+from fastapi.testclient import TestClient
 from sqlalchemy import select, text
 from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
@@ -33,13 +34,16 @@ from sweep.client import SweepClient
 from sweep.service import db as service_db
 from sweep.service import workers
 from sweep.service.api.deps import Transaction
+from sweep.service.app import create_app
 from sweep.service.config import Settings
 from sweep.service.schemas import WorkerRegister
 from sweep.service.tables import Worker
 from sweep.service.tokens import create_in_database
 from tests.conftest import PG_ADMIN
 from tests.helpers import (
+    API,
     assert_metrics_intact,
+    authorize,
     budget,
     make_spec,
     quick_spec,
@@ -388,7 +392,8 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(
     postgresql_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A connection in steady use is not pinged before each transaction: one whose backend
-    was ended fails its next transaction (a 503 over HTTP), and the pool then replaces its
+    was ended fails its next transaction (over HTTP a write's 503; a read runs again), and
+    the pool then replaces its
     connections. One that sat idle past PING_AFTER_IDLE_SECONDS is pinged when taken from
     the pool, and replaced unseen."""
     database = service_db.Database.connect(postgresql_url)
@@ -417,6 +422,28 @@ def test_a_pooled_connection_is_pinged_only_after_sitting_idle(
             assert backend() not in (first, second)
     finally:
         database.dispose()
+
+
+@pytest.mark.postgres
+def test_a_read_on_a_connection_ended_in_steady_use_runs_again(
+    database: Database, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A read whose pooled connection's backend was ended (in steady use, so not pinged
+    first) fails on it, and is run again on a new one: its caller gets its answer."""
+    settings = Settings(database_url=database.url, data_dir=tmp_path)
+    with TestClient(create_app(settings)) as client:
+        authorize(client)
+        assert client.get(f"{API}/experiments").status_code == 200
+        database.terminate()
+        ended = "SELECT count(*) FROM pg_stat_activity WHERE usename = %s"
+        wait_until(
+            lambda: database.admin.execute(ended, (database.role,)).fetchone() == (0,),
+            10,
+            "the backends to end",
+        )
+        caplog.clear()
+        assert client.get(f"{API}/experiments").status_code == 200
+    assert "database unavailable" in caplog.text  # the first try met the ended backend
 
 
 @pytest.mark.postgres
