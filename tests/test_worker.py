@@ -377,6 +377,30 @@ def test_a_worker_trains_its_next_trial_while_the_last_one_sends_its_model(
     assert [(t["state"], t["has_weights"]) for t in trials] == [("completed", True)] * 2
 
 
+def test_a_trial_claimed_before_the_last_ones_end_is_given_back_when_told_to_stop(
+    settings: Settings,
+) -> None:
+    """The stop comes with the answer to the claim made as the first trial's training ended:
+    the worker tells the first trial's end, gives the second back unstarted, and exits."""
+    ahead = settings.model_copy(update={"ask_ahead_after": 0})
+    spec = quick_spec(budget=budget(3, 1), fixed={"epochs": 1}, pruner={"name": "none"})
+    with TestClient(create_app(ahead)) as test_client:
+        client = authorize(test_client)
+        experiment_id = submit(client, spec)
+        options = WorkerOptions(name="w", device=torch.device("cpu"), wait_seconds=0.2)
+        worker = Worker(ServiceClient("", http=client), options)
+
+        def stop_with_early_answer(response: httpx.Response) -> None:
+            request = response.request
+            if request.url.path.endswith("/claim") and b"finishing" in request.content:
+                worker.stop.set()
+
+        client.event_hooks["response"].append(stop_with_early_answer)
+        assert worker.run() == 1
+        trials = sorted(trials_of(client, experiment_id), key=lambda t: t["number"])
+    assert [(t["state"], t["attempt"]) for t in trials] == [("completed", 1), ("queued", 1)]
+
+
 @pytest.fixture
 def signal_cut_requests() -> Iterator[None]:
     """For a test whose signal handler raises inside a request to the in-process app. The

@@ -153,12 +153,13 @@ class Worker:
             "worker %s registered as #%d on %s", self.options.name, worker_id, self.options.device
         )
         idle_since = time.monotonic()
-        assignment = None  # claimed as the last trial's training ended
+        next_up = None  # claimed as the last trial's training ended, not started yet
         try:
             while not self.stop.is_set() and not self._enough_trials():
                 if self.ran_out_of_memory and self.options.exit_on_oom:
                     log.warning("a trial ran out of memory: leaving the device to the others")
                     break
+                assignment, next_up = next_up, None
                 if assignment is None:
                     self._wait_for_memory()
                     assignment = self._claim(worker_id, idle_since)
@@ -174,11 +175,13 @@ class Worker:
                 # Where the service says so, the next trial is claimed before this one's end
                 # is told, whatever the timing, so that the sampler's suggestions do not
                 # depend on it: a sweep of one worker repeats exactly.
-                assignment = self._claim_next(worker_id) if early else None
+                next_up = self._claim_next(worker_id) if early else None
                 self._start_end()
                 idle_since = time.monotonic()
         finally:
             self._start_end()
+            if next_up is not None:  # told to stop as it was claimed: give it back unstarted
+                self._tell(self.client.release, next_up["trial_id"], next_up["token"])
             self._wait_ended()
         why = "told to stop" if self.stop.is_set() else "done"
         log.info("worker %s exiting (%s) after %d trials", self.options.name, why, self.trials_run)
